@@ -1,0 +1,81 @@
+"""Gather + cost: part-to-part costs between each query and its candidates.
+
+For query part sets `A [Q, m, D]` and candidate ids `ids [Q, K]` into the
+gallery part sets `B [N, n, D]`, the cost is `C[q, k, i, j] = 1 - a_i · b_j`
+with masked pairs (a padded part on either side) set to `pad`, a finite
+value larger than any real cost. A finite pad keeps every assignment
+feasible; because `pad > 2 * min(m, n)` exceeds the largest total real cost,
+the minimum-cost assignment first maximises the number of real-real pairs,
+then minimises their cost. Real pairs are exactly those with cost <= 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REAL_COST_MAX = 2.0
+
+
+def pad_cost(m: int, n: int) -> float:
+    """The cost of a masked pair for `m x n` problems: above any real total."""
+    return 2.0 * min(m, n) + 1.0
+
+
+def part_cost_reference(
+    query_parts: Tensor,
+    query_mask: Tensor,
+    ids: Tensor,
+    gallery_parts: Tensor,
+    gallery_mask: Tensor,
+    pad: float,
+    chunk_elements: int = 1 << 24,
+) -> Tensor:
+    """Plain-torch gather + cost, chunked over queries.
+
+    Args:
+        query_parts: `[Q, m, D]` float.
+        query_mask: `[Q, m]` bool, True = valid.
+        ids: `[Q, K]` int64 gallery ids.
+        gallery_parts: `[N, n, D]` float.
+        gallery_mask: `[N, n]` bool.
+        pad: cost written where either part is masked.
+        chunk_elements: most gathered elements (`rows * K * n * D`) held at once.
+
+    Returns:
+        cost `[Q, K, m, n]` float32.
+    """
+    num_queries, num_parts = query_parts.shape[:2]
+    num_cands = ids.shape[1]
+    num_regions, dim = gallery_parts.shape[1:]
+    compute_dtype = torch.float64 if query_parts.dtype == torch.float64 else torch.float32
+    cost = torch.empty(num_queries, num_cands, num_parts, num_regions, dtype=torch.float32, device=query_parts.device)
+    rows = max(1, chunk_elements // max(num_cands * num_regions * dim, 1))
+    for start in range(0, num_queries, rows):
+        stop = start + rows
+        block_ids = ids[start:stop]
+        cand_parts = gallery_parts[block_ids].to(compute_dtype)  # [q, K, n, D]
+        sim = torch.einsum("qmd,qknd->qkmn", query_parts[start:stop].to(compute_dtype), cand_parts)
+        valid = query_mask[start:stop, None, :, None] & gallery_mask[block_ids][:, :, None, :]
+        cost[start:stop] = torch.where(valid, 1.0 - sim, pad).float()
+    return cost
+
+
+@torch.library.custom_op("geosteer::part_cost", mutates_args=())
+def part_cost(
+    query_parts: Tensor,
+    query_mask: Tensor,
+    ids: Tensor,
+    gallery_parts: Tensor,
+    gallery_mask: Tensor,
+    pad: float,
+) -> Tensor:
+    """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts."""
+    return part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+
+
+@part_cost.register_fake
+def _(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad):
+    return query_parts.new_empty(
+        ids.shape[0], ids.shape[1], query_parts.shape[1], gallery_parts.shape[1], dtype=torch.float32
+    )

@@ -1,0 +1,57 @@
+"""First-stage retrieval: exact top-K cosine, chunked over queries.
+
+Never holds the whole `[Q, N]` score matrix: queries go through in chunks of
+at most `chunk_elements // N` rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def first_stage_reference(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
+    """Top-`k` inner products of each query against the gallery.
+
+    Args:
+        query: `[Q, D]` float.
+        gallery: `[N, D]` float, same dtype and device.
+        k: candidates per query, `1 <= k <= N`.
+        chunk_elements: most scores held at once.
+
+    Returns:
+        scores `[Q, k]` float32, descending; ids `[Q, k]` int64 into the gallery.
+    """
+    num_queries, num_items = query.shape[0], gallery.shape[0]
+    rows = max(1, chunk_elements // max(num_items, 1))
+    # CPU half-precision matmul is slow and lossy; score in float32 there.
+    if query.dtype == torch.float64:
+        compute_dtype = torch.float64
+    elif query.device.type == "cpu":
+        compute_dtype = torch.float32
+    else:
+        compute_dtype = query.dtype
+    gallery_t = gallery.to(compute_dtype).t()
+    scores = torch.empty(num_queries, k, dtype=torch.float32, device=query.device)
+    ids = torch.empty(num_queries, k, dtype=torch.long, device=query.device)
+    for start in range(0, num_queries, rows):
+        block = query[start : start + rows].to(compute_dtype) @ gallery_t
+        top = block.float().topk(k, dim=1, sorted=True)
+        scores[start : start + rows] = top.values
+        ids[start : start + rows] = top.indices
+    return scores, ids
+
+
+@torch.library.custom_op("geosteer::first_stage", mutates_args=())
+def first_stage(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
+    """Exact top-`k` retrieval `[Q, D] x [N, D] -> ([Q, k] float32, [Q, k] int64)`."""
+    return first_stage_reference(query, gallery, k, chunk_elements)
+
+
+@first_stage.register_fake
+def _(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
+    num_queries = query.shape[0]
+    return (
+        query.new_empty(num_queries, k, dtype=torch.float32),
+        query.new_empty(num_queries, k, dtype=torch.long),
+    )

@@ -1,0 +1,45 @@
+"""Projection of each query's candidates onto per-query vectors.
+
+`P[q, k, j] = G[ids[q, k]] · V[q, j]`: candidate-by-anchor similarities for
+the steering neighbourhoods, and candidate-by-direction projections for the
+steered re-score — one batched op for both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
+    """Plain-torch gather + batched dot, chunked over queries.
+
+    Args:
+        gallery: `[N, D]` float.
+        ids: `[Q, K]` int64 gallery ids.
+        vectors: `[Q, J, D]` float.
+
+    Returns:
+        `[Q, K, J]` float32.
+    """
+    num_queries, num_cands = ids.shape
+    dim = gallery.shape[1]
+    compute_dtype = torch.float64 if gallery.dtype == torch.float64 else torch.float32
+    out = torch.empty(num_queries, num_cands, vectors.shape[1], dtype=torch.float32, device=gallery.device)
+    rows = max(1, chunk_elements // max(num_cands * dim, 1))
+    for start in range(0, num_queries, rows):
+        stop = start + rows
+        cands = gallery[ids[start:stop]].to(compute_dtype)  # [q, K, D]
+        out[start:stop] = torch.bmm(cands, vectors[start:stop].to(compute_dtype).transpose(1, 2)).float()
+    return out
+
+
+@torch.library.custom_op("geosteer::project", mutates_args=())
+def project(gallery: Tensor, ids: Tensor, vectors: Tensor) -> Tensor:
+    """`[N, D], [Q, K], [Q, J, D] -> [Q, K, J]` float32 candidate projections."""
+    return project_reference(gallery, ids, vectors)
+
+
+@project.register_fake
+def _(gallery, ids, vectors):
+    return gallery.new_empty(ids.shape[0], ids.shape[1], vectors.shape[1], dtype=torch.float32)

@@ -1,0 +1,94 @@
+"""Neighbourhood-level re-ranking (DESIGN §1, stage 2): alignment and structure."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geosteer.ops.assign import assign
+from geosteer.ops.cost import REAL_COST_MAX
+
+#: Relation types of `query_relations[..., 2]`, in image coordinates (y down).
+RELATIONS = ("left_of", "right_of", "above", "below")
+
+
+def alignment_from_cost(cost: Tensor, num_valid_parts: Tensor, matching: str) -> tuple[Tensor, Tensor]:
+    """Alignment A(q, c) = (1/m) Σ_matched a_i·b_j and the matching itself.
+
+    Args:
+        cost: `[Q, K, m, n]` float32, masked pairs above `REAL_COST_MAX`.
+        num_valid_parts: `[Q]` valid query parts m_q (>= 1).
+        matching: "hungarian" (one-to-one) or "max" (each part's best region).
+
+    Returns:
+        alignment `[Q, K]` float32; matched column per part `[Q, K, m]` int64
+        (-1 = unmatched).
+    """
+    num_queries, num_cands, num_parts, num_regions = cost.shape
+    if matching == "hungarian":
+        cols = assign(cost.reshape(num_queries * num_cands, num_parts, num_regions))
+        cols = cols.reshape(num_queries, num_cands, num_parts)
+    else:
+        cols = cost.argmin(dim=-1)
+    matched = cost.gather(-1, cols.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # [Q, K, m]
+    real = (cols >= 0) & (matched <= REAL_COST_MAX)
+    cols = torch.where(real, cols, torch.full_like(cols, -1))
+    total = torch.where(real, 1.0 - matched, torch.zeros_like(matched)).sum(dim=-1)
+    return total / num_valid_parts.to(total.dtype)[:, None], cols
+
+
+def neighbourhood_cost(pool_sims: Tensor, neighbors: int) -> Tensor:
+    """Costs between q's and each candidate's kNN sets inside the pool.
+
+    A_q is q's `neighbors` best candidates (pool positions 0..k-1, since the
+    pool is sorted by first-stage score); B_c is c's `neighbors` nearest pool
+    items by embedding similarity.
+
+    Args:
+        pool_sims: `[Q, K, K]` candidate-by-candidate similarities.
+        neighbors: k.
+
+    Returns:
+        cost `[Q, K, k, k]` float32, `C[q, c, i, j] = 1 - a_i · b_{c,j}`.
+    """
+    num_queries, num_cands, _ = pool_sims.shape
+    nbrs = pool_sims.topk(neighbors, dim=-1).indices  # [Q, K, k]
+    rows = pool_sims[:, :neighbors, :]  # [Q, k, K]: a_i against every pool item
+    sims = rows[:, None, :, :].expand(num_queries, num_cands, neighbors, num_cands).gather(
+        -1, nbrs[:, :, None, :].expand(num_queries, num_cands, neighbors, neighbors)
+    )
+    return 1.0 - sims
+
+
+def relation_score(cols: Tensor, ids: Tensor, boxes: Tensor, relations: Tensor) -> Tensor:
+    """R(q, c): fraction of the query's relations that hold between matched regions.
+
+    Args:
+        cols: `[Q, K, m]` matched region per query part, -1 = unmatched.
+        ids: `[Q, K]` candidate ids.
+        boxes: `[N, n, 4]` region boxes (x0, y0, x1, y1), image coordinates.
+        relations: `[Q, r, 3]` int64 rows (i, j, type), type indexing
+            `RELATIONS`; rows with i < 0 are padding.
+
+    Returns:
+        `[Q, K]` float32 in [0, 1]; 0 for queries without relations.
+    """
+    num_queries, num_cands, _ = cols.shape
+    num_rel = relations.shape[1]
+    centres = ((boxes[..., :2] + boxes[..., 2:]) * 0.5).float()[ids]  # [Q, K, n, 2]
+    matched = centres.gather(2, cols.clamp_min(0)[..., None].expand(-1, -1, -1, 2))  # [Q, K, m, 2]
+    ok = cols >= 0
+    valid = relations[..., 0] >= 0  # [Q, r]
+    part_i = relations[..., 0].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
+    part_j = relations[..., 1].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
+    ci = matched.gather(2, part_i[..., None].expand(-1, -1, -1, 2))  # [Q, K, r, 2]
+    cj = matched.gather(2, part_j[..., None].expand(-1, -1, -1, 2))
+    kind = relations[..., 2][:, None, :]
+    holds = torch.where(
+        kind == 0, ci[..., 0] < cj[..., 0],
+        torch.where(kind == 1, ci[..., 0] > cj[..., 0],
+                    torch.where(kind == 2, ci[..., 1] < cj[..., 1], ci[..., 1] > cj[..., 1])),
+    )
+    holds = holds & ok.gather(2, part_i) & ok.gather(2, part_j) & valid[:, None, :]
+    count = valid.sum(dim=1).clamp_min(1).float()[:, None]
+    return holds.float().sum(dim=-1) / count
