@@ -107,7 +107,7 @@ class GeoSteerHead(nn.Module):
 
         # Stage 0: candidates.
         if first_stage is None:
-            s0, ids = exact_first_stage(query, gallery, cfg.k, cfg.chunk_elements)
+            s0, ids = exact_first_stage(query, gallery, cfg.k, cfg.chunk_elements, cfg.backend)
         else:
             s0, ids = _take_external(first_stage, cfg.k)
 
@@ -118,9 +118,9 @@ class GeoSteerHead(nn.Module):
             neg_mask = negatives_mask if negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
             pos = self._positives(query, query_parts, positives, neg.shape[1])
             if cfg.alpha > 0:
-                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.neighbors, cfg.alpha)
+                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.neighbors, cfg.alpha, cfg.backend)
             else:
-                neg_sims = project(gallery, ids, neg)
+                neg_sims = project(gallery, ids, neg, cfg.backend)
             if cfg.beta > 0:
                 s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
 
@@ -133,13 +133,13 @@ class GeoSteerHead(nn.Module):
                 qp = F.normalize(query_parts, dim=-1)
                 qmask = query_parts_mask if query_parts_mask is not None else _all_true(qp.shape[:2], qp.device)
                 gmask = gallery_parts_mask if gallery_parts_mask is not None else _all_true(gallery_parts.shape[:2], qp.device)
-                cost = part_cost(qp, qmask, ids, gallery_parts, gmask, pad_cost(qp.shape[1], gallery_parts.shape[1]))
+                cost = part_cost(qp, qmask, ids, gallery_parts, gmask, pad_cost(qp.shape[1], gallery_parts.shape[1]), cfg.backend)
                 num_valid = qmask.sum(dim=1)
             else:
-                pool_sims = project(gallery, ids, gallery[ids])
+                pool_sims = project(gallery, ids, gallery[ids], cfg.backend)
                 cost = neighbourhood_cost(pool_sims, cfg.neighbors)
                 num_valid = torch.full((num_queries,), cfg.neighbors, device=s0.device)
-            align, cols = alignment_from_cost(cost, num_valid, cfg.matching)
+            align, cols = alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend)
             if cfg.gamma > 0 and query_relations is not None and gallery_part_boxes is not None:
                 structure = relation_score(cols, ids, gallery_part_boxes, query_relations)
 
@@ -205,8 +205,9 @@ class GeoSteerHead(nn.Module):
             validate.embeddings("gallery_parts", gallery_parts, 3, "[N, n, D]", like=query)
             validate.leading("gallery_parts", gallery_parts, num_items, "N")
             validate.nonempty("gallery_parts", gallery_parts, 1, "n")
-            if parts_mode and rerank:
-                flags.append(checks.check_finite(gallery_parts, "gallery_parts"))
+            # Non-finite candidate parts are caught inside geosteer::part_cost,
+            # on the gathered rows only: scanning all N x n x D here would cost
+            # as much as the re-ranking itself.
             if gallery_parts_mask is not None:
                 validate.mask("gallery_parts_mask", gallery_parts_mask, tuple(gallery_parts.shape[:2]), query)
                 flags.append(checks.check_rows_any(gallery_parts_mask, "gallery_parts_mask"))

@@ -12,13 +12,16 @@ from geosteer.ops.cost import REAL_COST_MAX
 RELATIONS = ("left_of", "right_of", "above", "below")
 
 
-def alignment_from_cost(cost: Tensor, num_valid_parts: Tensor, matching: str) -> tuple[Tensor, Tensor]:
+def alignment_from_cost(
+    cost: Tensor, num_valid_parts: Tensor, matching: str, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """Alignment A(q, c) = (1/m) Σ_matched a_i·b_j and the matching itself.
 
     Args:
         cost: `[Q, K, m, n]` float32, masked pairs above `REAL_COST_MAX`.
         num_valid_parts: `[Q]` valid query parts m_q (>= 1).
         matching: "hungarian" (one-to-one) or "max" (each part's best region).
+        backend: solver choice for CUDA tensors.
 
     Returns:
         alignment `[Q, K]` float32; matched column per part `[Q, K, m]` int64
@@ -26,7 +29,7 @@ def alignment_from_cost(cost: Tensor, num_valid_parts: Tensor, matching: str) ->
     """
     num_queries, num_cands, num_parts, num_regions = cost.shape
     if matching == "hungarian":
-        cols = assign(cost.reshape(num_queries * num_cands, num_parts, num_regions))
+        cols = assign(cost.reshape(num_queries * num_cands, num_parts, num_regions), backend)
         cols = cols.reshape(num_queries, num_cands, num_parts)
     else:
         cols = cost.argmin(dim=-1)

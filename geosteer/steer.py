@@ -76,6 +76,7 @@ def steer_scores(
     negatives_mask: Tensor,
     neighbors: int,
     alpha: float,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Steered scores of the pool and the pool-by-negative similarities.
 
@@ -89,19 +90,20 @@ def steer_scores(
         negatives_mask: `[Q, J]` bool.
         neighbors: neighbourhood size k.
         alpha: step size α.
+        backend: kernel choice for CUDA tensors.
 
     Returns:
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
     num_anchors = negatives.shape[1]
-    pos_sims = project(gallery, ids, positives)
-    neg_sims = project(gallery, ids, negatives)
+    pos_sims = project(gallery, ids, positives, backend)
+    neg_sims = project(gallery, ids, negatives, backend)
     pos_means = neighbourhood_means(gallery, ids, pos_sims, neighbors)
     neg_means = neighbourhood_means(gallery, ids, neg_sims, neighbors)
     raw = pos_means.expand(-1, num_anchors, -1) - neg_means
     query32 = query.float()
     dirs = orthogonal_directions(query32, raw, negatives_mask)
-    dir_sims = project(gallery, ids, dirs)  # [Q, K, J]
+    dir_sims = project(gallery, ids, dirs, backend)  # [Q, K, J]
     moved = query32 + alpha * dirs.sum(dim=1)
     steered = (first_scores + alpha * dir_sims.sum(dim=-1)) / moved.norm(dim=-1, keepdim=True)
     return steered, neg_sims

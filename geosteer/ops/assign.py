@@ -39,13 +39,13 @@ def assign_reference(cost: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("geosteer::assign", mutates_args=())
-def assign(cost: Tensor) -> Tensor:
+def assign(cost: Tensor, backend: str) -> Tensor:
     """Minimum-cost assignment `[B, W, T] -> [B, W]` int64 (see module doc)."""
     return assign_reference(cost)
 
 
 @assign.register_fake
-def _(cost: Tensor) -> Tensor:
+def _(cost: Tensor, backend: str) -> Tensor:
     return cost.new_empty(cost.shape[0], cost.shape[1], dtype=torch.long)
 
 
@@ -71,4 +71,4 @@ def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: st
         cost = -cost
         if cost.numel() and bool((cost == float("-inf")).any()):
             raise ValueError("cost has invalid numeric entries (+inf when maximizing)")
-    return assign(cost)
+    return assign(cost, backend)

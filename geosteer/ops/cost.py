@@ -69,13 +69,26 @@ def part_cost(
     gallery_parts: Tensor,
     gallery_mask: Tensor,
     pad: float,
+    backend: str,
 ) -> Tensor:
-    """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts."""
-    return part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts.
+
+    Raises `ValueError` if a gathered candidate part holds NaN/inf (checked on
+    the costs, which is far cheaper than scanning all of `gallery_parts`).
+    """
+    cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    check_cost_finite(cost)
+    return cost
+
+
+def check_cost_finite(cost: Tensor) -> None:
+    """A non-finite cost can only come from a non-finite candidate part."""
+    if cost.numel() and not bool(torch.isfinite(cost).all()):
+        raise ValueError("gallery_parts contains NaN or inf entries in the candidates' rows; embeddings must be finite")
 
 
 @part_cost.register_fake
-def _(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad):
+def _(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend):
     return query_parts.new_empty(
         ids.shape[0], ids.shape[1], query_parts.shape[1], gallery_parts.shape[1], dtype=torch.float32
     )

@@ -43,13 +43,17 @@ def first_stage_reference(query: Tensor, gallery: Tensor, k: int, chunk_elements
 
 
 @torch.library.custom_op("geosteer::first_stage", mutates_args=())
-def first_stage(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
-    """Exact top-`k` retrieval `[Q, D] x [N, D] -> ([Q, k] float32, [Q, k] int64)`."""
+def first_stage(query: Tensor, gallery: Tensor, k: int, chunk_elements: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Exact top-`k` retrieval `[Q, D] x [N, D] -> ([Q, k] float32, [Q, k] int64)`.
+
+    `backend` ("auto" | "triton" | "torch") picks the CUDA implementation; CPU
+    tensors always run the torch reference.
+    """
     return first_stage_reference(query, gallery, k, chunk_elements)
 
 
 @first_stage.register_fake
-def _(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
+def _(query: Tensor, gallery: Tensor, k: int, chunk_elements: int, backend: str) -> tuple[Tensor, Tensor]:
     num_queries = query.shape[0]
     return (
         query.new_empty(num_queries, k, dtype=torch.float32),

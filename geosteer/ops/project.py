@@ -35,11 +35,11 @@ def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_eleme
 
 
 @torch.library.custom_op("geosteer::project", mutates_args=())
-def project(gallery: Tensor, ids: Tensor, vectors: Tensor) -> Tensor:
+def project(gallery: Tensor, ids: Tensor, vectors: Tensor, backend: str) -> Tensor:
     """`[N, D], [Q, K], [Q, J, D] -> [Q, K, J]` float32 candidate projections."""
     return project_reference(gallery, ids, vectors)
 
 
 @project.register_fake
-def _(gallery, ids, vectors):
+def _(gallery, ids, vectors, backend):
     return gallery.new_empty(ids.shape[0], ids.shape[1], vectors.shape[1], dtype=torch.float32)
