@@ -8,7 +8,7 @@ from geosteer import ops  # noqa: F401  (registers the geosteer:: ops)
 from geosteer.config import PRESETS, HeadConfig, get_config
 from geosteer.head import GeoSteerHead, HeadResult
 from geosteer.ops.assign import batch_linear_assignment
-from geosteer.rerank import RELATIONS
+from geosteer.rerank import RELATIONS, knn_graph
 
 __version__ = "0.1.0"
 
@@ -20,4 +20,5 @@ __all__ = [
     "RELATIONS",
     "batch_linear_assignment",
     "get_config",
+    "knn_graph",
 ]

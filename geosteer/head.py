@@ -14,7 +14,7 @@ from geosteer.ops import checks
 from geosteer.ops.cost import pad_cost, part_cost
 from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.project import project
-from geosteer.rerank import alignment_from_cost, neighbourhood_cost, relation_score
+from geosteer.rerank import alignment_from_cost, neighbourhood_cost, neighbours_of, relation_score
 from geosteer.steer import confuser_penalty, steer_scores
 
 
@@ -67,6 +67,7 @@ class GeoSteerHead(nn.Module):
         positives: Tensor | None = None,
         query_relations: Tensor | None = None,
         gallery_part_boxes: Tensor | None = None,
+        gallery_neighbors: Tensor | None = None,
         first_stage: tuple[Tensor, Tensor] | None = None,
     ) -> HeadResult:
         """Re-rank the gallery for each query.
@@ -85,6 +86,10 @@ class GeoSteerHead(nn.Module):
             query_relations: `[Q, r, 3]` int64 (i, j, type) over query parts,
                 type indexes `geosteer.RELATIONS`; i < 0 marks padding.
             gallery_part_boxes: `[N, n, 4]` float boxes of gallery parts.
+            gallery_neighbors: `[N, k']` int64 kNN graph of the gallery
+                (`geosteer.knn_graph`), k' >= neighbors, for neighbourhood mode;
+                without it the candidates' neighbours are searched per call
+                (Q·K·N·D work: fine for small galleries only).
             first_stage: `(scores [Q, K'], ids [Q, K'])` from an external index
                 (FAISS) with K' >= k, used instead of the exact first stage.
 
@@ -99,8 +104,8 @@ class GeoSteerHead(nn.Module):
         rerank = cfg.lam > 0 or cfg.gamma > 0
         checks_ = self._validate(
             query, gallery, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
-            negatives, negatives_mask, positives, query_relations, gallery_part_boxes, first_stage,
-            parts_mode, rerank,
+            negatives, negatives_mask, positives, query_relations, gallery_part_boxes, gallery_neighbors,
+            first_stage, parts_mode, rerank,
         )
         query = F.normalize(query, dim=-1)
         num_queries = query.shape[0]
@@ -136,8 +141,11 @@ class GeoSteerHead(nn.Module):
                 cost = part_cost(qp, qmask, ids, gallery_parts, gmask, pad_cost(qp.shape[1], gallery_parts.shape[1]), cfg.backend)
                 num_valid = qmask.sum(dim=1)
             else:
-                pool_sims = project(gallery, ids, gallery[ids], cfg.backend)
-                cost = neighbourhood_cost(pool_sims, cfg.neighbors)
+                if gallery_neighbors is None:
+                    nbrs = neighbours_of(gallery, ids, cfg.neighbors, cfg.chunk_elements, cfg.backend)
+                else:
+                    nbrs = gallery_neighbors[:, : cfg.neighbors][ids]
+                cost = neighbourhood_cost(gallery, ids, nbrs, cfg.neighbors, cfg.backend)
                 num_valid = torch.full((num_queries,), cfg.neighbors, device=s0.device)
             align, cols = alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend)
             if cfg.gamma > 0 and query_relations is not None and gallery_part_boxes is not None:
@@ -176,8 +184,8 @@ class GeoSteerHead(nn.Module):
 
     def _validate(
         self, query, gallery, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
-        negatives, negatives_mask, positives, query_relations, gallery_part_boxes, first_stage,
-        parts_mode, rerank,
+        negatives, negatives_mask, positives, query_relations, gallery_part_boxes, gallery_neighbors,
+        first_stage, parts_mode, rerank,
     ) -> Tensor:
         """Static checks now; value checks as ops whose zero sum is returned."""
         cfg = self.config
@@ -250,6 +258,16 @@ class GeoSteerHead(nn.Module):
                 raise ValueError(f"gallery_part_boxes must be float {expected}, got {gallery_part_boxes.dtype} {list(gallery_part_boxes.shape)}")
             flags.append(checks.check_finite(gallery_part_boxes, "gallery_part_boxes"))
             flags.append(checks.check_relations(query_relations, query_parts.shape[1], "query_relations"))
+
+        if gallery_neighbors is not None:
+            validate.tensor("gallery_neighbors", gallery_neighbors, 2, "[N, k']")
+            if gallery_neighbors.dtype != torch.long or gallery_neighbors.shape[0] != num_items:
+                raise ValueError(f"gallery_neighbors must be int64 [N={num_items}, k'], got {gallery_neighbors.dtype} {list(gallery_neighbors.shape)}")
+            if gallery_neighbors.shape[1] < cfg.neighbors:
+                raise ValueError(f"gallery_neighbors has k'={gallery_neighbors.shape[1]} columns but neighbors={cfg.neighbors}")
+            flags.append(checks.check_ids(gallery_neighbors, num_items, "gallery_neighbors"))
+        elif not parts_mode and rerank and cfg.neighbors >= num_items:
+            raise ValueError(f"neighbourhood mode needs neighbors={cfg.neighbors} < N={num_items}")
 
         if first_stage is not None:
             if not isinstance(first_stage, (tuple, list)) or len(first_stage) != 2:

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from geosteer.ops.assign import assign
-from geosteer.ops.cost import REAL_COST_MAX
+from geosteer.ops.cost import REAL_COST_MAX, pad_cost, part_cost
+from geosteer.ops.first_stage import first_stage
 
 #: Relation types of `query_relations[..., 2]`, in image coordinates (y down).
 RELATIONS = ("left_of", "right_of", "above", "below")
@@ -40,27 +41,65 @@ def alignment_from_cost(
     return total / num_valid_parts.to(total.dtype)[:, None], cols
 
 
-def neighbourhood_cost(pool_sims: Tensor, neighbors: int) -> Tensor:
-    """Costs between q's and each candidate's kNN sets inside the pool.
+def knn_graph(gallery: Tensor, k: int, *, chunk_elements: int = 1 << 24, backend: str = "auto") -> Tensor:
+    """Each gallery item's `k` nearest other gallery items (self excluded).
 
-    A_q is q's `neighbors` best candidates (pool positions 0..k-1, since the
-    pool is sorted by first-stage score); B_c is c's `neighbors` nearest pool
-    items by embedding similarity.
+    Build it once per gallery and pass it to the head as `gallery_neighbors`
+    for neighbourhood mode on large galleries.
 
     Args:
-        pool_sims: `[Q, K, K]` candidate-by-candidate similarities.
-        neighbors: k.
+        gallery: `[N, D]` L2-normalised, N > k.
+        k: neighbours per item.
+
+    Returns:
+        `[N, k]` int64 gallery ids, nearest first.
+
+    Raises:
+        ValueError: k < 1 or k >= N.
+    """
+    if not isinstance(k, int) or k < 1 or k >= gallery.shape[0]:
+        raise ValueError(f"k must be an int in [1, N-1] = [1, {gallery.shape[0] - 1}], got {k!r}")
+    return neighbours_of(gallery, torch.arange(gallery.shape[0], device=gallery.device), k, chunk_elements, backend)
+
+
+def neighbours_of(gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str) -> Tensor:
+    """The `k` nearest gallery items of each item in `ids` (any shape), self excluded.
+
+    Returns:
+        `[*ids.shape, k]` int64.
+    """
+    flat = ids.reshape(-1)
+    _, top = first_stage(gallery[flat], gallery, k + 1, chunk_elements, backend)  # [M, k+1]
+    # Move the item itself to the end (exact duplicates may hide it: then the
+    # last neighbour is dropped instead) and keep the first k.
+    is_self = (top == flat[:, None]).to(torch.int8)
+    order = is_self.argsort(dim=1, stable=True)
+    return top.gather(1, order)[:, :k].reshape(*ids.shape, k)
+
+
+def neighbourhood_cost(gallery: Tensor, ids: Tensor, neighbours: Tensor, k: int, backend: str) -> Tensor:
+    """Costs between q's kNN set and each candidate's kNN set (neighbourhood mode).
+
+    A_q is q's `k` nearest gallery items (pool positions 0..k-1: the pool is
+    sorted by first-stage score); B_c is c's `k` nearest gallery items.
+
+    Args:
+        gallery: `[N, D]`.
+        ids: `[Q, K]` candidate pool, best first.
+        neighbours: `[Q, K, k]` gallery ids of each candidate's neighbours.
+        k: neighbourhood size.
 
     Returns:
         cost `[Q, K, k, k]` float32, `C[q, c, i, j] = 1 - a_i · b_{c,j}`.
     """
-    num_queries, num_cands, _ = pool_sims.shape
-    nbrs = pool_sims.topk(neighbors, dim=-1).indices  # [Q, K, k]
-    rows = pool_sims[:, :neighbors, :]  # [Q, k, K]: a_i against every pool item
-    sims = rows[:, None, :, :].expand(num_queries, num_cands, neighbors, num_cands).gather(
-        -1, nbrs[:, :, None, :].expand(num_queries, num_cands, neighbors, neighbors)
-    )
-    return 1.0 - sims
+    num_queries, num_cands = ids.shape
+    anchors = gallery[ids[:, :k]]  # [Q, k, D]
+    valid_a = torch.ones(num_queries, k, dtype=torch.bool, device=gallery.device)
+    valid_b = torch.ones(gallery.shape[0], 1, dtype=torch.bool, device=gallery.device)
+    # Each neighbour is a one-element "part set" of the gallery, so the
+    # gather+cost op serves here too: [Q, K*k, k, 1] -> [Q, K, k(i), k(j)].
+    cost = part_cost(anchors, valid_a, neighbours.reshape(num_queries, num_cands * k), gallery[:, None, :], valid_b, pad_cost(1, 1), backend)
+    return cost.reshape(num_queries, num_cands, k, k).transpose(-1, -2)
 
 
 def relation_score(cols: Tensor, ids: Tensor, boxes: Tensor, relations: Tensor) -> Tensor:
