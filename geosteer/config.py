@@ -18,7 +18,7 @@ class HeadConfig:
     # K: candidates kept from the first stage and re-ranked (the result width).
     k: int = 50
     # Size of the local neighbourhoods: N+/N- for steering, and the kNN sets
-    # of neighbourhood mode. Must not exceed k.
+    # of neighbourhood mode. Capped at k (the pool it is taken from).
     neighbors: int = 5
     # λ: weight of the part alignment A(q, c); 0 disables re-ranking.
     lam: float = 0.5
@@ -44,8 +44,6 @@ class HeadConfig:
         _check_positive_int("k", self.k)
         _check_positive_int("neighbors", self.neighbors)
         _check_positive_int("chunk_elements", self.chunk_elements)
-        if self.neighbors > self.k:
-            raise ValueError(f"neighbors={self.neighbors} must not exceed k={self.k}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
         for name in ("alpha", "beta", "gamma"):
@@ -55,6 +53,11 @@ class HeadConfig:
         _check_choice("mode", self.mode, ("auto", "parts", "neighbourhood"))
         _check_choice("matching", self.matching, ("hungarian", "max"))
         _check_choice("backend", self.backend, ("auto", "triton", "torch"))
+
+    @property
+    def pool_neighbors(self) -> int:
+        """The neighbourhood size actually used: `neighbors` capped at `k`."""
+        return min(self.neighbors, self.k)
 
     def replace(self, **changes) -> "HeadConfig":
         """A copy with some fields changed (validated again)."""

@@ -123,7 +123,7 @@ class GeoSteerHead(nn.Module):
             neg_mask = negatives_mask if negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
             pos = self._positives(query, query_parts, positives, neg.shape[1])
             if cfg.alpha > 0:
-                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.neighbors, cfg.alpha, cfg.backend)
+                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.pool_neighbors, cfg.alpha, cfg.backend)
             else:
                 neg_sims = project(gallery, ids, neg, cfg.backend)
             if cfg.beta > 0:
@@ -142,11 +142,11 @@ class GeoSteerHead(nn.Module):
                 num_valid = qmask.sum(dim=1)
             else:
                 if gallery_neighbors is None:
-                    nbrs = neighbours_of(gallery, ids, cfg.neighbors, cfg.chunk_elements, cfg.backend)
+                    nbrs = neighbours_of(gallery, ids, cfg.pool_neighbors, cfg.chunk_elements, cfg.backend)
                 else:
-                    nbrs = gallery_neighbors[:, : cfg.neighbors][ids]
-                cost = neighbourhood_cost(gallery, ids, nbrs, cfg.neighbors, cfg.backend)
-                num_valid = torch.full((num_queries,), cfg.neighbors, device=s0.device)
+                    nbrs = gallery_neighbors[:, : cfg.pool_neighbors][ids]
+                cost = neighbourhood_cost(gallery, ids, nbrs, cfg.pool_neighbors, cfg.backend)
+                num_valid = torch.full((num_queries,), cfg.pool_neighbors, device=s0.device)
             align, cols = alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend)
             if cfg.gamma > 0 and query_relations is not None and gallery_part_boxes is not None:
                 structure = relation_score(cols, ids, gallery_part_boxes, query_relations)
@@ -263,11 +263,11 @@ class GeoSteerHead(nn.Module):
             validate.tensor("gallery_neighbors", gallery_neighbors, 2, "[N, k']")
             if gallery_neighbors.dtype != torch.long or gallery_neighbors.shape[0] != num_items:
                 raise ValueError(f"gallery_neighbors must be int64 [N={num_items}, k'], got {gallery_neighbors.dtype} {list(gallery_neighbors.shape)}")
-            if gallery_neighbors.shape[1] < cfg.neighbors:
-                raise ValueError(f"gallery_neighbors has k'={gallery_neighbors.shape[1]} columns but neighbors={cfg.neighbors}")
+            if gallery_neighbors.shape[1] < cfg.pool_neighbors:
+                raise ValueError(f"gallery_neighbors has k'={gallery_neighbors.shape[1]} columns but neighbors={cfg.pool_neighbors}")
             flags.append(checks.check_ids(gallery_neighbors, num_items, "gallery_neighbors"))
-        elif not parts_mode and rerank and cfg.neighbors >= num_items:
-            raise ValueError(f"neighbourhood mode needs neighbors={cfg.neighbors} < N={num_items}")
+        elif not parts_mode and rerank and cfg.pool_neighbors >= num_items:
+            raise ValueError(f"neighbourhood mode needs neighbors={cfg.pool_neighbors} < N={num_items}")
 
         if first_stage is not None:
             if not isinstance(first_stage, (tuple, list)) or len(first_stage) != 2:
