@@ -1,0 +1,255 @@
+"""Region proposals from the image itself, for region mode (DESIGN §1, stage 2).
+
+Two proposers, no annotations and no new dependency:
+
+- "components": connected components of non-background pixels (the
+  background colour is the median of the image border). Exact on flat-colour
+  scenes with separated objects; touching objects merge into one region and
+  speckle noise is removed by an opening + reconstruction first.
+- "grid": a multi-scale grid of overlapping crops, 2x2 (cells 0.6 of the
+  side, stride 0.4) + 3x3 (cells 0.4, stride 0.3) = 13 boxes. The general
+  fallback for natural images.
+- "colours": components split by colour as well (pixels take the nearest of
+  the image's dominant foreground colours), so touching objects of
+  different colours stay apart on flat-colour scenes.
+- "both" (alias "components+grid"), "colours+grid": those first, then the grid.
+
+Boxes are (x0, y0, x1, y1) pixel extents, x1/y1 exclusive. `region_sets`
+pads per-image lists into the head's `[N, n, 4]` boxes and `[N, n]` mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import Tensor
+
+Box = tuple[int, int, int, int]
+
+METHODS: tuple[str, ...] = ("components", "colours", "grid", "both", "components+grid", "colours+grid")
+#: (cell side, stride) of each grid scale, as fractions of the image side.
+GRID_SCALES: tuple[tuple[int, float, float], ...] = ((2, 0.6, 0.4), (3, 0.4, 0.3))
+#: Margin added to each side of a component box before cropping (fraction of
+#: its longer side): component crops then look like `object_crop` (fill 0.75).
+COMPONENT_PAD = 0.15
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise TypeError(f"image must be a PIL.Image or an [H, W, 3] numpy array, got {type(image).__name__}")
+
+
+def background_colour(arr: np.ndarray) -> np.ndarray:
+    """Median colour of the one-pixel image border, `[3]` float."""
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]], axis=0)
+    return np.median(border.astype(np.float32), axis=0)
+
+
+def _foreground(arr: np.ndarray, threshold: float) -> np.ndarray:
+    diff = np.abs(arr.astype(np.float32) - background_colour(arr)).max(axis=2)
+    raw = diff > threshold
+    # Opening drops isolated noise specks; reconstruction then grows the
+    # survivors back inside the raw mask, so thin parts (star tips) stay.
+    seeds = ndimage.binary_opening(raw, structure=np.ones((3, 3), bool))
+    return ndimage.binary_propagation(seeds, mask=raw)
+
+
+def _label_boxes(masks: list[np.ndarray], min_pixels: float, max_regions: int) -> list[Box]:
+    found = []
+    for mask in masks:
+        labels, count = ndimage.label(mask)  # 4-connectivity: diagonal contact does not merge
+        if count == 0:
+            continue
+        areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+        for k, sl in enumerate(ndimage.find_objects(labels)):
+            if sl is not None and areas[k] >= min_pixels:
+                found.append((int(areas[k]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)))
+    found.sort(key=lambda ab: (-ab[0], ab[1][1], ab[1][0]))
+    return [b for _, b in found[:max_regions]]
+
+
+def _colour_masks(arr: np.ndarray, fg: np.ndarray, min_pixels: float, merge: float = 48.0) -> list[np.ndarray]:
+    """Split the foreground by dominant colour: one mask per colour class."""
+    smooth = ndimage.median_filter(arr, size=(3, 3, 1)).astype(np.float32)
+    pix = smooth[fg]
+    if len(pix) == 0:
+        return []
+    bins = (pix // 32).astype(np.int32) @ np.array([64, 8, 1], dtype=np.int32)
+    counts = np.bincount(bins, minlength=512)
+    centres: list[np.ndarray] = []
+    for b in np.argsort(-counts):  # biggest colour bins first
+        if counts[b] < min_pixels:
+            break
+        c = pix[bins == b].mean(axis=0)
+        if all(np.abs(c - o).max() > merge for o in centres):  # one class per colour
+            centres.append(c)
+    if not centres:
+        return [fg]
+    dist = np.stack([np.abs(smooth - c).max(axis=2) for c in centres])  # [C, H, W]
+    nearest = dist.argmin(axis=0)
+    masks = []
+    for k in range(len(centres)):
+        raw = fg & (nearest == k)
+        # anti-aliased rims (object colour blended with the background or a
+        # neighbour) are thin: opening removes classes made only of them,
+        # reconstruction keeps the thin parts of real objects.
+        seeds = ndimage.binary_opening(raw, structure=np.ones((3, 3), bool))
+        masks.append(ndimage.binary_propagation(seeds, mask=raw))
+    return masks
+
+
+def component_boxes(
+    image, threshold: float = 40.0, min_area: float = 0.002, max_regions: int = 16, by_colour: bool = False
+) -> list[Box]:
+    """Boxes of connected components of non-background pixels.
+
+    Args:
+        image: PIL image or `[H, W, 3]` uint8 array.
+        threshold: a pixel is foreground when some channel differs from the
+            background colour by more than this (0-255).
+        min_area: components smaller than this fraction of the image are
+            dropped (anti-aliasing fringes, noise).
+        max_regions: keep at most this many, largest first.
+        by_colour: also split components where the colour changes.
+
+    Returns:
+        Boxes sorted by area (largest first), ties by position; may be empty.
+    """
+    arr = _as_array(image)
+    h, w, _ = arr.shape
+    fg = _foreground(arr, threshold)
+    min_pixels = min_area * h * w
+    masks = _colour_masks(arr, fg, min_pixels) if by_colour else [fg]
+    return _label_boxes(masks, min_pixels, max_regions)
+
+
+def grid_boxes(width: int, height: int) -> list[Box]:
+    """The 13 overlapping grid cells (2x2 then 3x3), row-major."""
+    out = []
+    for n, cell, stride in GRID_SCALES:
+        for r in range(n):
+            for c in range(n):
+                x0, y0 = round(c * stride * width), round(r * stride * height)
+                x1 = min(width, round((c * stride + cell) * width))
+                y1 = min(height, round((r * stride + cell) * height))
+                out.append((x0, y0, x1, y1))
+    return out
+
+
+def propose_regions(image, method: str = "grid", max_regions: int = 16) -> list[Box]:
+    """Region boxes of one image.
+
+    Args:
+        image: PIL image or `[H, W, 3]` uint8 array.
+        method: "components", "colours", "grid", "both" / "components+grid"
+            or "colours+grid".
+        max_regions: at most this many boxes (components come first).
+
+    Returns:
+        At least one box: "components" on an image with no foreground
+        returns the whole image, so no region set is ever empty.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+        raise ValueError(f"max_regions must be a positive int, got {max_regions!r}")
+    arr = _as_array(image)
+    h, w, _ = arr.shape
+    boxes: list[Box] = []
+    if method != "grid":
+        boxes += component_boxes(arr, max_regions=max_regions, by_colour=method.startswith("colours"))
+    if method not in ("components", "colours"):
+        boxes += grid_boxes(w, h)
+    if not boxes:
+        boxes = [(0, 0, w, h)]
+    return boxes[:max_regions]
+
+
+def crop_regions(
+    image, boxes: list[Box], out_size: int = 96, pad: float = 0.0, square: bool = False
+) -> list[Image.Image]:
+    """Crop and resize each box; area outside the image takes the background colour.
+
+    Args:
+        image: PIL image or `[H, W, 3]` uint8 array.
+        boxes: (x0, y0, x1, y1) pixel boxes.
+        out_size: side of each (square) output crop.
+        pad: margin added on every side, as a fraction of the box's longer side.
+        square: grow the shorter side to the longer one (keeps the aspect
+            of the object; use for component boxes).
+
+    Returns:
+        One `out_size x out_size` RGB image per box.
+    """
+    arr = _as_array(image)
+    img = Image.fromarray(arr, "RGB")
+    fill = tuple(int(round(v)) for v in background_colour(arr))
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"boxes must have x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
+        bw, bh = x1 - x0, y1 - y0
+        side = max(bw, bh)
+        if square:
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            x0, x1, y0, y1 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
+        m = pad * side
+        x0, y0, x1, y1 = (int(round(v)) for v in (x0 - m, y0 - m, x1 + m, y1 + m))
+        canvas = Image.new("RGB", (x1 - x0, y1 - y0), fill)
+        canvas.paste(img.crop((max(0, x0), max(0, y0), min(img.width, x1), min(img.height, y1))),
+                     (max(0, -x0), max(0, -y0)))
+        out.append(canvas.resize((out_size, out_size), Image.BILINEAR))
+    return out
+
+
+def region_crops(
+    image, method: str = "grid", max_regions: int = 16, out_size: int = 96
+) -> tuple[list[Box], list[Image.Image]]:
+    """Proposals and their crops in one call.
+
+    Component boxes are cropped square with `COMPONENT_PAD` margin (like
+    `object_crop`), grid cells as they are; the boxes returned are the
+    proposals themselves (tight), which is what the structure term needs.
+    """
+    arr = _as_array(image)
+    boxes = propose_regions(arr, method, max_regions)
+    n_comp = 0 if method == "grid" else len(
+        component_boxes(arr, max_regions=max_regions, by_colour=method.startswith("colours")))
+    n_comp = min(n_comp, len(boxes))
+    crops = crop_regions(arr, boxes[:n_comp], out_size, pad=COMPONENT_PAD, square=True)
+    crops += crop_regions(arr, boxes[n_comp:], out_size)
+    return boxes, crops
+
+
+def pad_boxes(per_image: list[list[Box]]) -> tuple[Tensor, Tensor]:
+    """Per-image box lists -> (`[N, n, 4]` float32 boxes, `[N, n]` bool mask).
+
+    n is the longest list; padding rows are zero boxes with mask False.
+    """
+    n = max((len(b) for b in per_image), default=0)
+    boxes = torch.zeros(len(per_image), n, 4, dtype=torch.float32)
+    mask = torch.zeros(len(per_image), n, dtype=torch.bool)
+    for i, bs in enumerate(per_image):
+        if bs:
+            boxes[i, : len(bs)] = torch.tensor(bs, dtype=torch.float32)
+            mask[i, : len(bs)] = True
+    return boxes, mask
+
+
+def region_sets(images, method: str = "grid", max_regions: int = 16) -> tuple[Tensor, Tensor]:
+    """Region boxes of many images, padded for the head.
+
+    Args:
+        images: sequence of PIL images (or `[H, W, 3]` arrays).
+        method, max_regions: as in `propose_regions`.
+
+    Returns:
+        boxes `[N, n, 4]` float32 (x0, y0, x1, y1) pixels; mask `[N, n]`
+        bool, True for real regions (every row has at least one).
+    """
+    return pad_boxes([propose_regions(im, method, max_regions) for im in images])
