@@ -7,12 +7,18 @@ value larger than any real cost. A finite pad keeps every assignment
 feasible; because `pad > 2 * min(m, n)` exceeds the largest total real cost,
 the minimum-cost assignment first maximises the number of real-real pairs,
 then minimises their cost. Real pairs are exactly those with cost <= 2.
+
+Dispatch: CPU tensors run `part_cost_reference`; CUDA tensors run the fused
+Triton kernel of `kernels/part_cost.py` (no gathered `[Q, K, n, D]` copy)
+or the reference, as `backend` and `geosteer.ops.backend.use_triton` decide.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
 
 REAL_COST_MAX = 2.0
 
@@ -73,10 +79,40 @@ def part_cost(
 ) -> Tensor:
     """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts.
 
-    Raises `ValueError` if a gathered candidate part holds NaN/inf (checked on
-    the costs, which is far cheaper than scanning all of `gallery_parts`).
+    This default kernel (CPU and any non-CUDA device) is the torch reference,
+    whatever `backend` says; CUDA tensors go to `_part_cost_cuda`.
+
+    Args:
+        query_parts: `[Q, m, D]` float.
+        query_mask: `[Q, m]` bool, True = valid.
+        ids: `[Q, K]` int64 gallery ids in `[0, N)`.
+        gallery_parts: `[N, n, D]` float, same dtype as `query_parts`.
+        gallery_mask: `[N, n]` bool.
+        pad: cost of a masked pair (see `pad_cost`).
+        backend: "auto" | "triton" | "torch" (the CUDA implementation).
+
+    Raises:
+        ValueError: unknown `backend`, or a gathered candidate part holds
+            NaN/inf (checked on the costs, far cheaper than scanning all of
+            `gallery_parts`).
     """
+    check_backend(backend)
     cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    check_cost_finite(cost)
+    return cost
+
+
+@part_cost.register_kernel("cuda")
+def _part_cost_cuda(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend):
+    """CUDA: the fused Triton gather + cost kernel, or the reference (see `backend.use_triton`)."""
+    if not use_triton("geosteer::part_cost", backend, query_parts.device, (query_parts.dtype, gallery_parts.dtype)):
+        cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    else:
+        from geosteer.kernels.part_cost import part_cost_triton
+
+        same_device("geosteer::part_cost", query_parts, query_mask=query_mask, ids=ids, gallery_parts=gallery_parts, gallery_mask=gallery_mask)
+        check_ids_in_range(ids, gallery_parts.shape[0], "ids")
+        cost = part_cost_triton(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
     check_cost_finite(cost)
     return cost
 

@@ -2,12 +2,20 @@
 
 Never holds the whole `[Q, N]` score matrix: queries go through in chunks of
 at most `chunk_elements // N` rows.
+
+There is no Triton kernel for this op: on CUDA the chunked matmul runs on
+cuBLAS in the embeddings' dtype and `torch.topk` selects, which a fused
+Triton top-k has yet to be shown to beat. Every `backend` therefore runs the
+same code on every device; `backend` is still validated, so a misspelt one
+fails here as it does in the other ops.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from geosteer.ops.backend import check_backend
 
 
 def first_stage_reference(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
@@ -46,9 +54,18 @@ def first_stage_reference(query: Tensor, gallery: Tensor, k: int, chunk_elements
 def first_stage(query: Tensor, gallery: Tensor, k: int, chunk_elements: int, backend: str) -> tuple[Tensor, Tensor]:
     """Exact top-`k` retrieval `[Q, D] x [N, D] -> ([Q, k] float32, [Q, k] int64)`.
 
-    `backend` ("auto" | "triton" | "torch") picks the CUDA implementation; CPU
-    tensors always run the torch reference.
+    Args:
+        query: `[Q, D]` float.
+        gallery: `[N, D]` float, same dtype and device.
+        k: candidates per query, `1 <= k <= N`.
+        chunk_elements: most scores held at once.
+        backend: "auto" | "triton" | "torch"; all run the torch code (see
+            the module docstring).
+
+    Raises:
+        ValueError: unknown `backend`.
     """
+    check_backend(backend)
     return first_stage_reference(query, gallery, k, chunk_elements)
 
 

@@ -3,12 +3,18 @@
 `P[q, k, j] = G[ids[q, k]] · V[q, j]`: candidate-by-anchor similarities for
 the steering neighbourhoods, and candidate-by-direction projections for the
 steered re-score — one batched op for both.
+
+Dispatch: CPU tensors run `project_reference`; CUDA tensors run the fused
+Triton kernel of `kernels/project.py` (no gathered `[Q, K, D]` copy) or the
+reference, as `backend` and `geosteer.ops.backend.use_triton` decide.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
 
 
 def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
@@ -36,8 +42,34 @@ def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_eleme
 
 @torch.library.custom_op("geosteer::project", mutates_args=())
 def project(gallery: Tensor, ids: Tensor, vectors: Tensor, backend: str) -> Tensor:
-    """`[N, D], [Q, K], [Q, J, D] -> [Q, K, J]` float32 candidate projections."""
+    """`[N, D], [Q, K], [Q, J, D] -> [Q, K, J]` float32 candidate projections.
+
+    This default kernel (CPU and any non-CUDA device) is the torch reference,
+    whatever `backend` says; CUDA tensors go to `_project_cuda`.
+
+    Args:
+        gallery: `[N, D]` float.
+        ids: `[Q, K]` int64 gallery ids in `[0, N)`.
+        vectors: `[Q, J, D]` float.
+        backend: "auto" | "triton" | "torch" (the CUDA implementation).
+
+    Raises:
+        ValueError: unknown `backend`.
+    """
+    check_backend(backend)
     return project_reference(gallery, ids, vectors)
+
+
+@project.register_kernel("cuda")
+def _project_cuda(gallery, ids, vectors, backend):
+    """CUDA: the fused Triton gather + projection kernel, or the reference (see `backend.use_triton`)."""
+    if not use_triton("geosteer::project", backend, gallery.device, (gallery.dtype, vectors.dtype)):
+        return project_reference(gallery, ids, vectors)
+    from geosteer.kernels.project import project_triton
+
+    same_device("geosteer::project", gallery, ids=ids, vectors=vectors)
+    check_ids_in_range(ids, gallery.shape[0], "ids")
+    return project_triton(gallery, ids, vectors)
 
 
 @project.register_fake
