@@ -1,47 +1,300 @@
 """Exact batched linear assignment, registered as `geosteer::assign`.
 
-Contract (torch-linear-assignment's): `cost [B, W, T]` float, returns int64
-`[B, W]` column ids, -1 for rows left unmatched when W > T; +inf marks a
-forbidden edge; NaN or -inf is invalid; no feasible full matching is an error.
+Contract (torch-linear-assignment's, i.e. SciPy's `linear_sum_assignment`
+per problem): `cost [B, W, T]` float, returns int64 `[B, W]` column ids, -1
+for rows left unmatched when W > T; +inf marks a forbidden edge; NaN or -inf
+is invalid; a problem with no finite matching of all min(W, T) rows is an
+error. Ties may pick a different (equally cheap) matching than SciPy.
+
+Algorithms (the rule is measured; numbers at `_GPU_DP_MAX_ROWS` and in the
+README's solver table):
+
+| device | shape (r = min(W, T)) | algorithm |
+|---|---|---|
+| CPU, numba installed | any | compiled shortest augmenting paths over the batch (`_assign_numba`) |
+| CPU, no numba | any | SciPy per problem |
+| CUDA, Triton | r <= 6 | subset-DP Triton kernel (`geosteer.kernels.assign`) |
+| CUDA, Triton, capability >= 8.0 | r > 6 | torch-linear-assignment's Triton kernel |
+| CUDA, backend="torch" (or "auto" where Triton cannot run) | r <= 6 | subset DP in torch ops on the GPU (`assign_dp_reference`) |
+| CUDA, backend="torch" (or "auto" where Triton cannot run) | r > 6 | the CPU path, and back |
+
+Why this CPU rule (measured on the 2-core CI machine, under load, one
+thread): augmenting paths in numba beat a numba subset DP (a prototype, not
+kept) at every shape, 21.5 vs 42.4 ms on 51,200 x 4x16, 4.4 vs 165 ms on
+4,096 x 8x8, 94 ms vs 12.7 s on 51,200 x 10x10 (same runs). Without numba the
+SciPy loop beats the torch subset DP everywhere (`bench/bench_assign.py
+--threads 1 --providers torch_dp scipy`: 51,200 x 4x16 128 vs 443 ms,
+1,024 x 8x8 2.9 vs 126 ms), so the torch DP serves only as the GPU fallback
+and as the Triton kernel's reference.
+
+W > T is solved as the transposed `[B, T, W]` problem.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from geosteer.ops.backend import BackendUnavailable, check_backend, use_triton
 
-def _validate_cost(cost: Tensor) -> Tensor:
+try:
+    from geosteer.ops import _assign_numba
+except ModuleNotFoundError as error:  # numba is the optional part; anything else is a broken install
+    if error.name not in ("numba", "llvmlite"):
+        raise
+    _assign_numba = None
+_NUMBA_MISSING = _assign_numba is None
+
+_OP = "geosteer::assign"
+
+# On CUDA the Triton subset DP runs for r <= 6 (2^6 = 64 states; its int8
+# choice workspace is B * T * 64 bytes); larger problems go to
+# torch-linear-assignment's kernel. Not yet measured on a GPU: re-check with
+# `bench/bench_assign.py --device cuda` and move the threshold to the crossover.
+_GPU_DP_MAX_ROWS = 6
+# The torch DP keeps a [T, chunk, 2^r] int8 choice table; bound it.
+_DP_CHUNK_BYTES = 1 << 26
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def check_cost_type(cost: Tensor) -> Tensor:
+    """Static checks (trace fine under torch.compile); returns float32 / float64.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: not `[B, W, T]`.
+    """
     if not isinstance(cost, Tensor):
         raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
     if cost.ndim != 3:
         raise ValueError(f"cost must have shape [B, W, T], got {tuple(cost.shape)}")
     if not cost.is_floating_point():
         raise TypeError(f"cost must be a floating tensor, got {cost.dtype}")
-    if cost.dtype in (torch.float16, torch.bfloat16):
+    if cost.dtype not in (torch.float32, torch.float64):
         cost = cost.float()
-    if cost.numel() and bool((torch.isnan(cost) | (cost == float("-inf"))).any()):
-        raise ValueError("cost has invalid numeric entries (NaN or -inf)")
     return cost
 
 
-def assign_reference(cost: Tensor) -> Tensor:
-    """SciPy per problem, through torch-linear-assignment's CPU path."""
-    from torch_linear_assignment import batch_linear_assignment as tla_solve
+def check_cost_values(cost: Tensor) -> None:
+    """Value check (a host sync: inside the op only).
 
+    Raises:
+        ValueError: NaN or -inf entries.
+    """
+    if cost.numel() and bool((torch.isnan(cost) | torch.isneginf(cost)).any()):
+        raise ValueError(
+            "cost has invalid numeric entries: NaN, or -inf (+inf with maximize=True); "
+            "+inf (-inf with maximize=True) marks a forbidden edge"
+        )
+
+
+def _infeasible(problem: int, rows: int) -> ValueError:
+    return ValueError(
+        f"cost matrix is infeasible: problem {problem} has no matching of all {rows} rows "
+        "that avoids forbidden (+inf) entries"
+    )
+
+
+# --------------------------------------------------------------------------
+# Solvers for one orientation: cost [B, W, T] with 1 <= W <= T, B >= 1.
+
+
+def assign_dp_reference(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """Subset dynamic programme in plain torch (any device); the Triton kernel's reference.
+
+    `dp[s]` is the cheapest way to give the rows in bit set `s` distinct
+    columns among those swept so far; column j either stays unused or goes to
+    a row i of s (rows tried in order, strict `<`, so ties keep the earlier
+    choice). The choice per (column, state) is kept to read the matching
+    back. Work `T * 2^W * W` per problem, vectorised over the batch; sums
+    in float64.
+
+    Args:
+        cost: `[B, W, T]` float32 / float64, 1 <= W <= T, no NaN / -inf.
+
+    Returns:
+        (`[B, W]` int64 column per row, `[B]` bool infeasible). Rows of an
+        infeasible problem hold unspecified ids.
+    """
+    batch, rows, cols = cost.shape
+    device = cost.device
+    num_states = 1 << rows
+    state = torch.arange(num_states, device=device)
+    has_row = [(state >> i) & 1 == 1 for i in range(rows)]  # [S] each
+    without_row = [state ^ (1 << i) for i in range(rows)]
+    cost = cost.double()  # float64 sums, as the kernel (see its module doc) and SciPy
+    dp = torch.full((batch, num_states), float("inf"), dtype=torch.float64, device=device)
+    dp[:, 0] = 0
+    choices = torch.empty((cols, batch, num_states), dtype=torch.int8, device=device)
+    for j in range(cols):
+        new = dp
+        choice = torch.full((batch, num_states), -1, dtype=torch.int8, device=device)
+        for i in range(rows):
+            cand = dp[:, without_row[i]] + cost[:, i, j, None]
+            better = has_row[i] & (cand < new)
+            new = torch.where(better, cand, new)
+            choice = torch.where(better, torch.tensor(i, dtype=torch.int8, device=device), choice)
+        dp = new
+        choices[j] = choice
+    infeasible = torch.isinf(dp[:, -1])
+
+    # Read back: from the full set, each column's choice says which row took it.
+    out = torch.full((batch, rows + 1), -1, dtype=torch.long, device=device)  # last column: a sink
+    taken = torch.full((batch, 1), num_states - 1, dtype=torch.long, device=device)
+    for j in range(cols - 1, -1, -1):
+        row = choices[j].gather(1, taken).long()  # [B, 1]
+        took = row >= 0
+        out.scatter_(1, torch.where(took, row, rows), j)
+        taken = torch.where(took, taken ^ (1 << row.clamp_min(0)), taken)
+    return out[:, :rows], infeasible
+
+
+def _dp_chunked(cost: Tensor) -> tuple[Tensor, Tensor]:
+    batch, rows, cols = cost.shape
+    chunk = max(1, _DP_CHUNK_BYTES // (cols << rows))
+    if batch <= chunk:
+        return assign_dp_reference(cost)
+    parts = [assign_dp_reference(cost[start : start + chunk]) for start in range(0, batch, chunk)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _scipy_loop(cost: Tensor) -> Tensor:
+    """SciPy per problem (CPU); raises on the first infeasible problem."""
+    from scipy.optimize import linear_sum_assignment
+
+    array = cost.detach().cpu().numpy()
+    out = np.empty(cost.shape[:2], dtype=np.int64)
+    for b in range(array.shape[0]):
+        try:
+            _, out[b] = linear_sum_assignment(array[b])
+        except ValueError as error:
+            raise _infeasible(b, cost.shape[1]) from error
+    return torch.from_numpy(out)
+
+
+def _solve_cpu(cost: Tensor) -> Tensor:
+    """The CPU rule (module doc) for an oriented CPU `cost` (1 <= W <= T), values already checked."""
+    _, rows, _ = cost.shape
+    if _assign_numba is not None:
+        cols, status, bad = _assign_numba.solve(cost.detach().contiguous().numpy(), torch.get_num_threads())
+        if status != _assign_numba.OK:
+            raise _infeasible(bad, rows)
+        return torch.from_numpy(cols)
+    if _NUMBA_MISSING:
+        _warn_once(f"{_OP}: numba is not installed, so CPU problems are solved by SciPy one at a time (3-50x slower; pip install numba)")
+    return _scipy_loop(cost)
+
+
+def _solve_cpu_numba(cost: Tensor) -> Tensor:
+    """CPU tensors with numba: checks, orientation and solve in NumPy / numba, no torch op.
+
+    (See `_assign_numba.solve` for why torch ops are avoided here.)
+    """
+    batch, rows, cols = cost.shape
+    if batch == 0 or rows == 0 or cols == 0:
+        return torch.full((batch, rows), -1, dtype=torch.long)
+    array = cost.detach().numpy()
+    tall = rows > cols
+    work = np.ascontiguousarray(array.transpose(0, 2, 1) if tall else array)
+    found, status, bad = _assign_numba.solve(work, torch.get_num_threads())
+    if status != _assign_numba.OK:
+        # Invalid entries win over infeasibility wherever they are.
+        if status == _assign_numba.INVALID or np.isnan(array).any() or np.isneginf(array).any():
+            check_cost_values(cost)
+        raise _infeasible(bad, min(rows, cols))
+    if not tall:
+        return torch.from_numpy(found)
+    out = np.full((batch, rows), -1, dtype=np.int64)
+    out[np.arange(batch)[:, None], found] = np.arange(cols)[None, :]
+    return torch.from_numpy(out)
+
+
+def _raise_if_any(infeasible: Tensor, rows: int) -> None:
+    if bool(infeasible.any()):
+        raise _infeasible(int(infeasible.nonzero()[0, 0]), rows)
+
+
+def _solve_cuda(cost: Tensor, backend: str) -> Tensor:
+    """The CUDA rule (module doc); `cost` on a CUDA device."""
+    _, rows, _ = cost.shape
+    small = rows <= _GPU_DP_MAX_ROWS
+    if use_triton(_OP, backend, cost.device, ()):
+        if small:
+            from geosteer.kernels.assign import assign_dp_triton
+
+            cols, infeasible = assign_dp_triton(cost)
+            _raise_if_any(infeasible, rows)
+            return cols
+        major, minor = torch.cuda.get_device_capability(cost.device)
+        if (major, minor) >= (8, 0):
+            from torch_linear_assignment.assignment import batch_linear_assignment_cuda
+
+            try:
+                return batch_linear_assignment_cuda(cost.contiguous())
+            except ValueError as error:  # its only ValueError left here is infeasibility
+                raise ValueError(f"cost matrix is infeasible: {error}") from error
+        problem = f"torch-linear-assignment's Triton kernel (r = {rows} > {_GPU_DP_MAX_ROWS}) needs capability >= 8.0, {cost.device} has {major}.{minor}"
+        if backend == "triton":
+            raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
+        _warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}")
+    if small:
+        cols, infeasible = _dp_chunked(cost)
+        _raise_if_any(infeasible, rows)
+        return cols
+    return _solve_cpu(cost.cpu()).to(cost.device)
+
+
+def solve(cost: Tensor, backend: str = "auto") -> Tensor:
+    """Validate, orient (W <= T) and dispatch; the body of `geosteer::assign`.
+
+    Args:
+        cost: `[B, W, T]` float; fp16 / bf16 are promoted to float32.
+        backend: "auto" | "triton" | "torch" (a choice for CUDA tensors).
+
+    Returns:
+        `[B, W]` int64 column per row, -1 = unmatched, on `cost`'s device.
+    """
+    check_backend(backend)
+    cost = check_cost_type(cost)
+    if cost.device.type == "cpu" and _assign_numba is not None:
+        return _solve_cpu_numba(cost)
+    check_cost_values(cost)
     batch, rows, cols = cost.shape
     if batch == 0 or rows == 0 or cols == 0:
         return torch.full((batch, rows), -1, dtype=torch.long, device=cost.device)
-    try:
-        return tla_solve(cost.cpu()).to(cost.device)
-    except ValueError as error:
-        raise ValueError(f"cost matrix is infeasible: {error}") from error
+    tall = rows > cols
+    work = cost.transpose(1, 2).contiguous() if tall else cost.contiguous()
+    found = _solve_cuda(work, backend) if work.is_cuda else _solve_cpu(work)
+    found = found.to(cost.device)
+    if not tall:
+        return found
+    # found[b, j] = the row that column j took; invert into a column per row.
+    out = torch.full((batch, rows), -1, dtype=torch.long, device=cost.device)
+    return out.scatter_(1, found, torch.arange(cols, device=cost.device).expand(batch, cols).contiguous())
 
 
-@torch.library.custom_op("geosteer::assign", mutates_args=())
+@torch.library.custom_op(_OP, mutates_args=())
 def assign(cost: Tensor, backend: str) -> Tensor:
-    """Minimum-cost assignment `[B, W, T] -> [B, W]` int64 (see module doc)."""
-    return assign_reference(cost)
+    """Minimum-cost assignment `[B, W, T] -> [B, W]` int64 (see module doc).
+
+    Runs as one opaque op under `torch.compile`: the value checks, host syncs
+    and NumPy / numba calls stay inside it.
+
+    Raises:
+        TypeError / ValueError: see `batch_linear_assignment`.
+        BackendUnavailable: backend="triton" on CUDA where it cannot run.
+    """
+    return solve(cost, backend)
 
 
 @assign.register_fake
@@ -52,23 +305,37 @@ def _(cost: Tensor, backend: str) -> Tensor:
 def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: str = "auto") -> Tensor:
     """Solve a batch of rectangular linear assignment problems exactly.
 
+    Drop-in for `torch_linear_assignment.batch_linear_assignment` (plus
+    `maximize` and `backend`); each problem is SciPy's
+    `linear_sum_assignment(cost[b], maximize=maximize)`.
+
+    Forbidden edges: with `maximize=False`, +inf marks a forbidden edge and
+    -inf is invalid. With `maximize=True` the problem is solved on `-cost`
+    (as SciPy does), so it is the other way round: -inf marks a forbidden
+    edge (a pair worth "minus infinity" is never taken) and +inf is invalid.
+
     Args:
-        cost: `[B, W, T]` float (fp16/bf16 promoted to fp32); +inf = forbidden.
+        cost: `[B, W, T]` float (fp16/bf16 promoted to fp32); any device.
         maximize: maximise the total instead of minimising it.
-        backend: "auto" | "triton" | "torch".
+        backend: "auto" | "triton" | "torch", the solver for CUDA tensors
+            (CPU tensors always take the CPU rule in the module doc).
 
     Returns:
-        `[B, W]` int64 column id per row, -1 where a row is unmatched (W > T).
+        `[B, W]` int64 column id per row on `cost`'s device, -1 where a row
+        is unmatched (W > T).
 
     Raises:
         TypeError: `cost` is not a floating tensor.
-        ValueError: wrong rank, NaN / -inf entries, or an infeasible problem.
+        ValueError: wrong rank, unknown `backend`, invalid numeric entries
+            (NaN, or -inf / +inf when minimising / maximising), or an
+            infeasible problem.
+        BackendUnavailable: backend="triton" on CUDA where it cannot run.
     """
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    cost = _validate_cost(cost)
+    check_backend(backend)
+    cost = check_cost_type(cost)
     if maximize:
+        # Negated, a forbidden -inf becomes +inf and an invalid +inf becomes
+        # -inf, which the op rejects (values are checked inside the op so that
+        # this function traces under torch.compile).
         cost = -cost
-        if cost.numel() and bool((cost == float("-inf")).any()):
-            raise ValueError("cost has invalid numeric entries (+inf when maximizing)")
     return assign(cost, backend)
