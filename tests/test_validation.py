@@ -172,3 +172,18 @@ def test_bad_knn_graph():
         head(inputs["query"], inputs["gallery"], gallery_neighbors=torch.zeros(N, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="gallery_neighbors holds ids outside"):
         head(inputs["query"], inputs["gallery"], gallery_neighbors=torch.full((N, 3), N, dtype=torch.long))
+
+
+def test_nan_written_in_place_after_a_clean_call_is_still_caught():
+    # The finite check remembers clean tensors; an in-place write must void that.
+    inputs = good_inputs()
+    head = GeoSteerHead(k=5, lam=0.0)
+    head(inputs["query"], inputs["gallery"])
+    head(inputs["query"], inputs["gallery"])
+    inputs["gallery"][3, 1] = float("nan")
+    with pytest.raises(ValueError, match="gallery contains NaN or inf"):
+        head(inputs["query"], inputs["gallery"])
+    with torch.inference_mode():
+        bad = inputs["gallery"].clone()
+        with pytest.raises(ValueError, match="gallery contains NaN or inf"):
+            head(inputs["query"], bad)

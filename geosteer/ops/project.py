@@ -17,8 +17,10 @@ from torch import Tensor
 from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
 
 
-def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
+def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_elements: int = 1 << 20) -> Tensor:
     """Plain-torch gather + batched dot, chunked over queries.
+
+    Chunks of ~4 MB keep the gathered rows in cache for the matmul.
 
     Args:
         gallery: `[N, D]` float.
