@@ -68,6 +68,26 @@ def nonempty(name: str, x: Tensor, dim: int, what: str) -> None:
         raise ValueError(f"{name} has {what}=0 (shape {tuple(x.shape)}); sets must not be empty")
 
 
+def part_set(
+    name: str, parts, parts_mask, rows: int, rows_name: str, set_name: str, query: Tensor, check_values: bool
+) -> list[Tensor]:
+    """Check an optional part set `[R, s, D]` and its mask `[R, s]`; return value-check flags."""
+    flags = []
+    if parts is None:
+        if parts_mask is not None:
+            raise ValueError(f"{name}_mask was given without {name}")
+        return flags
+    embeddings(name, parts, 3, f"[{rows_name}, {set_name}, D]", like=query)
+    leading(name, parts, rows, rows_name)
+    nonempty(name, parts, 1, set_name)
+    if check_values:
+        flags.append(checks.check_finite(parts, name))
+    if parts_mask is not None:
+        mask(f"{name}_mask", parts_mask, tuple(parts.shape[:2]), query)
+        flags.append(checks.check_rows_any(parts_mask, f"{name}_mask"))
+    return flags
+
+
 def head_inputs(
     cfg: HeadConfig, query, gallery, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
     negatives, negatives_mask, positives, query_relations, gallery_part_boxes, gallery_neighbors,
@@ -92,28 +112,11 @@ def head_inputs(
         raise ValueError(f"k={cfg.k} exceeds the gallery size N={num_items}")
     flags = [checks.check_finite(query, "query"), checks.check_finite(gallery, "gallery")]
 
-    if query_parts is not None:
-        embeddings("query_parts", query_parts, 3, "[Q, m, D]", like=query)
-        leading("query_parts", query_parts, num_queries, "Q")
-        nonempty("query_parts", query_parts, 1, "m")
-        flags.append(checks.check_finite(query_parts, "query_parts"))
-        if query_parts_mask is not None:
-            mask("query_parts_mask", query_parts_mask, tuple(query_parts.shape[:2]), query)
-            flags.append(checks.check_rows_any(query_parts_mask, "query_parts_mask"))
-    elif query_parts_mask is not None:
-        raise ValueError("query_parts_mask was given without query_parts")
-    if gallery_parts is not None:
-        embeddings("gallery_parts", gallery_parts, 3, "[N, n, D]", like=query)
-        leading("gallery_parts", gallery_parts, num_items, "N")
-        nonempty("gallery_parts", gallery_parts, 1, "n")
-        # Non-finite candidate parts are caught inside geosteer::part_cost,
-        # on the gathered rows only: scanning all N x n x D here would cost
-        # as much as the re-ranking itself.
-        if gallery_parts_mask is not None:
-            mask("gallery_parts_mask", gallery_parts_mask, tuple(gallery_parts.shape[:2]), query)
-            flags.append(checks.check_rows_any(gallery_parts_mask, "gallery_parts_mask"))
-    elif gallery_parts_mask is not None:
-        raise ValueError("gallery_parts_mask was given without gallery_parts")
+    flags += part_set("query_parts", query_parts, query_parts_mask, num_queries, "Q", "m", query, check_values=True)
+    # Non-finite candidate parts are caught inside geosteer::part_cost, on the
+    # gathered rows only: scanning all N x n x D here would cost as much as
+    # the re-ranking itself.
+    flags += part_set("gallery_parts", gallery_parts, gallery_parts_mask, num_items, "N", "n", query, check_values=False)
 
     if negatives is not None:
         embeddings("negatives", negatives, 3, "[Q, u, D]", like=query)

@@ -19,12 +19,12 @@ The torch reference is `geosteer.ops.cost.part_cost_reference`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from geosteer.kernels._launch import block_size, upcast_operands
 
 
 @triton.jit
@@ -73,22 +73,6 @@ def _part_cost_kernel(
     tl.store(out_ptr + out_offs, cost, mask=row_ok[:, None] & part_ok[None, :])
 
 
-def _upcast(x: Tensor, y: Tensor) -> bool:
-    """Contract in fp32 unless both operands share a half dtype.
-
-    The Triton interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies the
-    raw bit patterns of bfloat16 `tl.dot` operands (triton-lang/triton#11584,
-    not supported upstream), so there bfloat16 is upcast too.
-    """
-    if x.dtype != y.dtype or x.dtype not in (torch.float16, torch.bfloat16):
-        return True
-    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _block(size: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(max(size, 1))))
-
-
 def part_cost_triton(
     query_parts: Tensor,
     query_mask: Tensor,
@@ -127,10 +111,10 @@ def part_cost_triton(
     # Bool masks are read as bytes (a view, no copy).
     qmask = query_mask.view(torch.uint8)
     gmask = gallery_mask.view(torch.uint8)
-    upcast = _upcast(query_parts, gallery_parts)
+    upcast = upcast_operands(query_parts, gallery_parts)
     block_r = 64
-    block_m = _block(num_parts, 16, 32)
-    block_d = _block(dim, 16, 32 if upcast else 64)
+    block_m = block_size(num_parts, 16, 32)
+    block_d = block_size(dim, 16, 32 if upcast else 64)
     grid = (num_queries, triton.cdiv(num_cands * num_regions, block_r), triton.cdiv(num_parts, block_m))
     _part_cost_kernel[grid](
         query_parts, qmask, ids, gallery_parts, gmask, out,

@@ -16,12 +16,12 @@ The torch reference is `geosteer.ops.project.project_reference`.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from geosteer.kernels._launch import block_size, upcast_operands
 
 
 @triton.jit
@@ -60,22 +60,6 @@ def _project_kernel(
     tl.store(out_ptr + out_offs, acc, mask=k_ok[:, None] & j_ok[None, :])
 
 
-def _upcast(x: Tensor, y: Tensor) -> bool:
-    """Contract in fp32 unless both operands share a half dtype.
-
-    The Triton interpreter (TRITON_INTERPRET=1, the CPU tests) multiplies the
-    raw bit patterns of bfloat16 `tl.dot` operands (triton-lang/triton#11584,
-    not supported upstream), so there bfloat16 is upcast too.
-    """
-    if x.dtype != y.dtype or x.dtype not in (torch.float16, torch.bfloat16):
-        return True
-    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _block(size: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(max(size, 1))))
-
-
 def project_triton(gallery: Tensor, ids: Tensor, vectors: Tensor) -> Tensor:
     """Launch the projection kernel (no input checks beyond what it needs).
 
@@ -95,10 +79,10 @@ def project_triton(gallery: Tensor, ids: Tensor, vectors: Tensor) -> Tensor:
     out = torch.empty(num_queries, num_cands, num_vectors, dtype=torch.float32, device=gallery.device)
     if out.numel() == 0:
         return out
-    upcast = _upcast(gallery, vectors)
-    block_k = _block(num_cands, 16, 64)
-    block_j = _block(num_vectors, 16, 64)
-    block_d = _block(dim, 16, 32 if upcast else 64)
+    upcast = upcast_operands(gallery, vectors)
+    block_k = block_size(num_cands, 16, 64)
+    block_j = block_size(num_vectors, 16, 64)
+    block_d = block_size(dim, 16, 32 if upcast else 64)
     grid = (num_queries, triton.cdiv(num_cands, block_k), triton.cdiv(num_vectors, block_j))
     _project_kernel[grid](
         gallery, ids, vectors, out,
