@@ -14,7 +14,7 @@ from geosteer.ops.cost import pad_cost, part_cost
 from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.project import project
 from geosteer.rerank import alignment_from_cost, neighbourhood_cost, neighbours_of, relation_score
-from geosteer.steer import confuser_penalty, steer_scores
+from geosteer.steer import confuser_penalty, region_confuser_penalty, steer_scores
 
 
 class HeadResult(NamedTuple):
@@ -108,7 +108,8 @@ class GeoSteerHead(nn.Module):
         )
         query = F.normalize(query, dim=-1)
         s0, ids = self._candidates(query, gallery, first_stage)
-        s = self._steer(query, gallery, ids, s0, query_parts, negatives, negatives_mask, positives)
+        s = self._steer(query, gallery, ids, s0, query_parts, negatives, negatives_mask, positives,
+                        gallery_parts if parts_mode else None, gallery_parts_mask)
         align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
         if rerank:
             align, cols = self._align(
@@ -147,19 +148,30 @@ class GeoSteerHead(nn.Module):
     def _steer(
         self, query: Tensor, gallery: Tensor, ids: Tensor, s0: Tensor, query_parts: Tensor | None,
         negatives: Tensor | None, negatives_mask: Tensor | None, positives: Tensor | None,
+        gallery_parts: Tensor | None = None, gallery_parts_mask: Tensor | None = None,
     ) -> Tensor:
-        """Stage 1: steered scores q'·c `[Q, K]`, less the β confuser penalty."""
+        """Stage 1: steered scores q'·c `[Q, K]`, less the β confuser penalty.
+
+        With region sets (`gallery_parts`, parts mode) the penalty is measured
+        per object on the regions (`region_confuser_penalty`), else on the
+        pooled embeddings (`confuser_penalty`).
+        """
         cfg = self.config
         if negatives is None or (cfg.alpha == 0 and cfg.beta == 0):
             return s0
         neg = F.normalize(negatives, dim=-1)
         neg_mask = negatives_mask if negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
+        pos = self._positives(query, query_parts, positives, neg.shape[1])
         if cfg.alpha > 0:
-            pos = self._positives(query, query_parts, positives, neg.shape[1])
             s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.pool_neighbors, cfg.alpha, cfg.backend)
-        else:
+        elif gallery_parts is None:
             s, neg_sims = s0, project(gallery, ids, neg, cfg.backend)
-        if cfg.beta > 0:
+        else:
+            s = s0
+        if cfg.beta > 0 and gallery_parts is not None:
+            gmask = gallery_parts_mask if gallery_parts_mask is not None else _all_true(gallery_parts.shape[:2], s0.device)
+            s = s - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, gallery_parts, gmask, cfg.backend)
+        elif cfg.beta > 0:
             s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
         return s
 

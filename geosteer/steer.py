@@ -1,13 +1,34 @@
 """Query-conditioned local steering (DESIGN §1, stage 1).
 
-Each anchor pair j (a positive anchor p_j: what the query asks for; a
-negative anchor u_j: one of its confusers) gives a direction
+Two levers, both driven by contrastive anchor pairs (a positive anchor p_j:
+what the query asks for; a negative anchor u_j: one of its confusers, e.g.
+"a red pentagon" / "a red hexagon"):
 
-    d_j = normalise(mean(N+_j) - mean(N-_j)),
+**The confuser penalty β** demotes a candidate that fits a confuser better
+than the query. With region sets (the head's parts mode) it is measured per
+object on the candidate's regions, `region_confuser_penalty`:
+β · max_j relu(r(c, u_j) - r(c, p_j)), r = the best region's similarity. On
+the pooled embedding (`confuser_penalty`: β · relu(max_j c·u_j - c·q)) the
+same contrast is near chance on GeoShapes, because a scene embedding barely
+separates a scene from its pentagon/hexagon or colour-swapped twin; regions
+do (bench/tune_defaults.py measures both).
 
-where N+_j / N-_j are the `neighbors` candidates of the query's own pool
-nearest p_j / u_j. Directions are made orthogonal to q and to each other
-(Gram-Schmidt) and never averaged into one vector; the query moves to
+**The query move α**: each pair gives a direction d_j; how d_j is built is
+the *design*:
+
+- "near" (the first sketch in DESIGN §1): N+_j / N-_j are the `neighbors`
+  pool items nearest p_j / u_j, d_j = mean(N+_j) - mean(N-_j). On GeoShapes
+  the two neighbourhoods are mostly the same images (a scene and its twin
+  are near both texts), so d_j is mostly noise.
+- "margin": pool items are ranked by their *contrast margin*
+  c·p_j - c·u_j, so N+_j holds the items that prefer p_j over u_j most and
+  N-_j those that prefer u_j most; each member is weighted by its margin
+  (relu), so a pool with no preference (p_j = u_j) gives no direction.
+- "text": d_j = p_j - u_j, the contrast in the text space itself.
+- "margin+text": the two, each normalised, summed.
+
+Directions are made orthogonal to q and to each other (Gram-Schmidt) and
+never averaged into one vector; the query moves to
 q' = normalise(q + α Σ_j d_j) and every candidate is re-scored with q'.
 """
 
@@ -20,6 +41,11 @@ from torch import Tensor
 from geosteer.ops.project import project
 
 _EPS = 1e-6
+DESIGNS: tuple[str, ...] = ("near", "margin", "text", "margin+text")
+#: The design `steer_scores` uses when none is given. No design raised R@1
+#: at any α tried on the validation seeds (bench/results/tune_2026-11-29.json:
+#: 4 designs x 2 anchor kinds x α 0.1-1 x k 3-10), so the presets keep α = 0.
+DEFAULT_DESIGN = "margin"
 
 
 def neighbourhood_means(gallery: Tensor, ids: Tensor, anchor_sims: Tensor, neighbors: int) -> Tensor:
@@ -39,6 +65,29 @@ def neighbourhood_means(gallery: Tensor, ids: Tensor, anchor_sims: Tensor, neigh
     member_ids = ids.gather(1, top.reshape(num_queries, -1))  # [Q, k*J]
     members = gallery[member_ids].float().reshape(num_queries, neighbors, num_anchors, -1)
     return members.mean(dim=1)
+
+
+def weighted_means(gallery: Tensor, ids: Tensor, weights: Tensor, neighbors: int) -> tuple[Tensor, Tensor]:
+    """Weighted mean of the `neighbors` pool items with the largest weight, per anchor.
+
+    Args:
+        gallery: `[N, D]`.
+        ids: `[Q, K]` candidate pool.
+        weights: `[Q, K, J]` non-negative.
+        neighbors: k of the neighbourhoods.
+
+    Returns:
+        means `[Q, J, D]` float32 (zero where every weight is 0) and the
+        total weight `[Q, J]`.
+    """
+    num_queries, _, num_anchors = weights.shape
+    top = weights.topk(neighbors, dim=1)  # [Q, k, J]
+    member_ids = ids.gather(1, top.indices.reshape(num_queries, -1))
+    members = gallery[member_ids].float().reshape(num_queries, neighbors, num_anchors, -1)
+    w = top.values.float()  # [Q, k, J]
+    total = w.sum(dim=1)  # [Q, J]
+    means = (members * w[..., None]).sum(dim=1) / total.clamp_min(_EPS)[..., None]
+    return means, total
 
 
 def orthogonal_directions(query: Tensor, raw: Tensor, valid: Tensor) -> Tensor:
@@ -66,6 +115,50 @@ def orthogonal_directions(query: Tensor, raw: Tensor, valid: Tensor) -> Tensor:
     return torch.stack(out, dim=1)
 
 
+def raw_directions(
+    gallery: Tensor,
+    ids: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    pos_sims: Tensor,
+    neg_sims: Tensor,
+    neighbors: int,
+    design: str = "margin",
+) -> tuple[Tensor, Tensor]:
+    """Un-orthogonalised directions of one design, and which are usable.
+
+    Args:
+        gallery: `[N, D]`.
+        ids: `[Q, K]` candidate pool.
+        positives: `[Q, J or 1, D]` unit anchors; negatives `[Q, J, D]`.
+        pos_sims, neg_sims: `[Q, K, J or 1]`, `[Q, K, J]` pool-by-anchor similarities.
+        neighbors: k of the neighbourhoods.
+        design: one of `DESIGNS`.
+
+    Returns:
+        raw `[Q, J, D]` float32, usable `[Q, J]` bool (False where the design
+        finds no contrast, e.g. identical anchors).
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    num_anchors = negatives.shape[1]
+    usable = torch.ones(negatives.shape[:2], dtype=torch.bool, device=negatives.device)
+    parts = []
+    if design == "near":
+        pos_means = neighbourhood_means(gallery, ids, pos_sims, neighbors)
+        neg_means = neighbourhood_means(gallery, ids, neg_sims, neighbors)
+        return pos_means.expand(-1, num_anchors, -1) - neg_means, usable
+    if design in ("margin", "margin+text"):
+        margin = pos_sims.float() - neg_sims.float()  # [Q, K, J]
+        plus, w_plus = weighted_means(gallery, ids, F.relu(margin), neighbors)
+        minus, w_minus = weighted_means(gallery, ids, F.relu(-margin), neighbors)
+        usable = usable & (w_plus > _EPS) & (w_minus > _EPS)
+        parts.append(F.normalize(plus - minus, dim=-1))
+    if design in ("text", "margin+text"):
+        parts.append(F.normalize(positives.float().expand(-1, num_anchors, -1) - negatives.float(), dim=-1))
+    return torch.stack(parts).sum(dim=0), usable
+
+
 def steer_scores(
     query: Tensor,
     gallery: Tensor,
@@ -77,6 +170,7 @@ def steer_scores(
     neighbors: int,
     alpha: float,
     backend: str = "auto",
+    design: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Steered scores of the pool and the pool-by-negative similarities.
 
@@ -91,25 +185,92 @@ def steer_scores(
         neighbors: neighbourhood size k.
         alpha: step size α.
         backend: kernel choice for CUDA tensors.
+        design: how each direction is built (`DESIGNS`); None = `DEFAULT_DESIGN`
+            (read at call time, so the head follows it).
 
     Returns:
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
-    num_anchors = negatives.shape[1]
+    design = DEFAULT_DESIGN if design is None else design
     pos_sims = project(gallery, ids, positives, backend)
     neg_sims = project(gallery, ids, negatives, backend)
-    pos_means = neighbourhood_means(gallery, ids, pos_sims, neighbors)
-    neg_means = neighbourhood_means(gallery, ids, neg_sims, neighbors)
-    raw = pos_means.expand(-1, num_anchors, -1) - neg_means
+    raw, usable = raw_directions(gallery, ids, positives, negatives, pos_sims, neg_sims, neighbors, design)
     query32 = query.float()
-    dirs = orthogonal_directions(query32, raw, negatives_mask)
+    dirs = orthogonal_directions(query32, raw, negatives_mask & usable)
     dir_sims = project(gallery, ids, dirs, backend)  # [Q, K, J]
     moved = query32 + alpha * dirs.sum(dim=1)
-    steered = (first_scores + alpha * dir_sims.sum(dim=-1)) / moved.norm(dim=-1, keepdim=True)
+    steered = (first_scores + alpha * dir_sims.float().sum(dim=-1)) / moved.norm(dim=-1, keepdim=True)
     return steered, neg_sims
 
 
 def confuser_penalty(first_scores: Tensor, negative_sims: Tensor, negatives_mask: Tensor) -> Tensor:
-    """relu(max_j c·u_j - c·q): how much better a candidate fits a confuser. `[Q, K]`."""
-    masked = negative_sims.masked_fill(~negatives_mask[:, None, :], float("-inf"))
-    return F.relu(masked.amax(dim=-1) - first_scores)
+    """relu(max_j c·u_j - c·q): how much better a candidate fits a confuser. `[Q, K]`.
+
+    `first_scores` may also be `[Q, K, J]` (or `[Q, K, 1]`): the candidate's
+    similarity to the positive anchor of each pair, giving the paired form
+    max_j relu(c·u_j - c·p_j).
+    """
+    if first_scores.ndim == 2:
+        masked = negative_sims.masked_fill(~negatives_mask[:, None, :], float("-inf"))
+        return F.relu(masked.amax(dim=-1) - first_scores)
+    gap = F.relu(negative_sims - first_scores)  # [Q, K, J]
+    return gap.masked_fill(~negatives_mask[:, None, :], 0.0).amax(dim=-1)
+
+
+def region_anchor_sims(
+    anchors: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_parts_mask: Tensor, backend: str = "auto",
+) -> Tensor:
+    """Each candidate's best region for each anchor: max_b a_j·b over its valid regions.
+
+    The regions of the K candidates are gathered as K·n rows of the
+    flattened `[N·n, D]` region table and projected on the anchors with the
+    `geosteer::project` op (a fused Triton gather + projection on CUDA).
+
+    Args:
+        anchors: `[Q, J, D]` unit anchors (part phrases, their negatives).
+        ids: `[Q, K]` candidate pool.
+        gallery_parts: `[N, n, D]` region embeddings; gallery_parts_mask `[N, n]`.
+        backend: kernel choice for CUDA tensors.
+
+    Returns:
+        `[Q, K, J]` float32.
+    """
+    num_items, num_regions, dim = gallery_parts.shape
+    num_queries, num_cands = ids.shape
+    offsets = torch.arange(num_regions, device=ids.device)
+    region_ids = (ids[..., None] * num_regions + offsets).reshape(num_queries, num_cands * num_regions)
+    sims = project(gallery_parts.reshape(num_items * num_regions, dim), region_ids, anchors, backend)
+    sims = sims.reshape(num_queries, num_cands, num_regions, anchors.shape[1])
+    valid = gallery_parts_mask[ids][..., None]  # [Q, K, n, 1]
+    return sims.masked_fill(~valid, float("-inf")).amax(dim=2)
+
+
+def region_confuser_penalty(
+    positives: Tensor,
+    negatives: Tensor,
+    negatives_mask: Tensor,
+    ids: Tensor,
+    gallery_parts: Tensor,
+    gallery_parts_mask: Tensor,
+    backend: str = "auto",
+) -> Tensor:
+    """The confuser penalty measured on regions: max_j relu(r(c, u_j) - r(c, p_j)).
+
+    r(c, a) is the similarity of candidate c's best region to anchor a. A
+    candidate is demoted when, for some pair j, one of its regions fits the
+    confuser u_j ("a red hexagon", "a blue pentagon") better than any of its
+    regions fits what the query asks for (p_j: "a red pentagon"). Measured
+    on the pooled embedding this contrast is near chance on GeoShapes (the
+    scene embedding barely tells a scene from its twin); on regions it is
+    the local, per-object evidence that does.
+
+    Args:
+        positives: `[Q, J, D]` or `[Q, 1, D]`; negatives `[Q, J, D]`; negatives_mask `[Q, J]`.
+        ids: `[Q, K]`; gallery_parts `[N, n, D]`; gallery_parts_mask `[N, n]`.
+
+    Returns:
+        `[Q, K]` float32 >= 0.
+    """
+    pos_sims = region_anchor_sims(positives, ids, gallery_parts, gallery_parts_mask, backend)
+    neg_sims = region_anchor_sims(negatives, ids, gallery_parts, gallery_parts_mask, backend)
+    return confuser_penalty(pos_sims, neg_sims, negatives_mask)

@@ -1,0 +1,177 @@
+"""`geosteer demo` and `geosteer eval`: the built-in benchmark from the command line.
+
+`geosteer demo` runs offline on a fresh install: it loads the shipped demo
+model, builds GeoShapes galleries (every split, the three test seeds),
+indexes them, runs cosine / rerank / steer / rerank+steer, prints one table
+(R@1, mean ± std over the seeds) and writes `index.html` (top-5 of each
+method per query, images embedded) and `contact_sheet.png` into `--out`
+(default ./geosteer-demo).
+
+`geosteer eval` prints and writes (`--json`) R@1 / R@5 / nDCG@10 of every
+method, the per-part-max ablation included, over the given seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from geosteer.config import DEFAULT_REGIONS
+from geosteer.data.splits import SPLITS, TEST_SEEDS
+from geosteer.index import FAMILIES, METHOD_FAMILIES
+
+DEMO_OUT = "geosteer-demo"
+#: Queries per split in the demo (the eval default is 100) and in --quick.
+DEMO_QUERIES = 50
+QUICK_QUERIES = 8
+#: Queries per split shown on the page (the first ones, not picked).
+SHOWN_PER_SPLIT = 6
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model: str, pretrained: str | None, device: str):
+    # Cached: repeated commands in one process (tests, notebooks) load once.
+    from geosteer.encoders.clip import load_clip
+
+    if model == "demo":  # everything is local: never let transformers try the Hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return load_clip(model, pretrained=pretrained, device=device)
+
+
+def _indexer(encoder, methods, progress: bool, cache_dir: str | None):
+    from geosteer.index import Indexer
+
+    # Encode only the region families the methods read.
+    fams = {f for m in methods if m.uses_parts for f in METHOD_FAMILIES[m.regions]}
+    ordered = [f for f in FAMILIES if f in fams] or ["grid"]
+    return Indexer(encoder, families=ordered, progress=progress, cache_dir=cache_dir)
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- eval
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `geosteer eval`."""
+    p.add_argument("--split", nargs="+", default=list(SPLITS), choices=SPLITS, metavar="SPLIT",
+                   help=f"splits to run (default: all of {', '.join(SPLITS)})")
+    p.add_argument("--seed", nargs="+", type=int, default=list(TEST_SEEDS),
+                   help="gallery seeds (default: the test seeds %(default)s)")
+    p.add_argument("--queries", type=int, default=100, help="queries per split (default: %(default)s)")
+    p.add_argument("--model", default="demo", help="anything geosteer.encoders.load_clip takes: 'demo' (default), "
+                   "an open_clip architecture with --pretrained, 'local-dir:<folder>', 'hf-hub:<repo>'")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file for an architecture name")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--k", type=int, default=None, help="override K of every method")
+    p.add_argument("--json", dest="json_path", default=None, help="write the full results here")
+    p.add_argument("--ranks", action="store_true", help="keep every query's rank in the JSON")
+    p.add_argument("--cache-dir", default=None, help="save / reuse encodings here (keyed by the model's weights)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run a parsed `geosteer eval`."""
+    from geosteer.eval import METHOD_NAMES, default_methods, evaluate, format_table
+
+    _threads(args.threads)
+    if args.queries < 1:
+        raise ValueError(f"--queries must be >= 1, got {args.queries}")
+    methods = default_methods(k=args.k, names=METHOD_NAMES)
+    encoder = _load(args.model, args.pretrained, args.device)
+    indexer = _indexer(encoder, methods, progress=not args.no_progress, cache_dir=args.cache_dir)
+    log = None if args.no_progress else (lambda s: print(s, file=sys.stderr))
+    results = evaluate(indexer, splits=args.split, seeds=args.seed, methods=methods, num_queries=args.queries,
+                       keep_ranks=args.ranks, log=log)
+    for metric, label in (("r1", "R@1"), ("r5", "R@5"), ("ndcg10", "nDCG@10")):
+        print(f"\n{label} (%), mean ± std over seeds {args.seed}, model {args.model}")
+        print(format_table(results, metric))
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\nwrote {args.json_path}")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `geosteer demo`."""
+    p.add_argument("--out", default=DEMO_OUT, help="output folder (default: ./%(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"seed {TEST_SEEDS[0]} only, {QUICK_QUERIES} queries a split, binding and fine only (a smoke test)")
+    p.add_argument("--split", nargs="+", default=None, choices=SPLITS, metavar="SPLIT",
+                   help="splits to run (default: all)")
+    p.add_argument("--seed", nargs="+", type=int, default=None,
+                   help=f"gallery seeds (default: the test seeds {list(TEST_SEEDS)}; the page shows the first)")
+    p.add_argument("--queries", type=int, default=None, help=f"queries per split (default: {DEMO_QUERIES})")
+    p.add_argument("--model", default="demo", help="as for geosteer eval (default: the shipped demo model)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file for an architecture name")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run a parsed `geosteer demo`; print the table, write the page and the sheet."""
+    from geosteer.eval import DEMO_METHODS, default_methods, evaluate, format_table, run_method
+    from geosteer.report import QueryRow, contact_sheet, results_table_html, write_html
+
+    _threads(args.threads)
+    t0 = time.perf_counter()
+    splits = args.split or (["binding", "fine"] if args.quick else list(SPLITS))
+    seeds = args.seed or ([TEST_SEEDS[0]] if args.quick else list(TEST_SEEDS))
+    num_queries = args.queries or (QUICK_QUERIES if args.quick else DEMO_QUERIES)
+    if num_queries < 1:
+        raise ValueError(f"--queries must be >= 1, got {num_queries}")
+    methods = default_methods(names=DEMO_METHODS)
+    progress = not args.no_progress
+    say = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
+    say(f"loading model {args.model!r} ...")
+    encoder = _load(args.model, args.pretrained, args.device)
+    indexer = _indexer(encoder, methods, progress=progress, cache_dir=None)
+    say(f"indexing {len(splits)} GeoShapes splits x seeds {seeds} ({num_queries} queries each) "
+        f"and running {', '.join(m.name for m in methods)} ...")
+    results = evaluate(indexer, splits=splits, seeds=seeds, methods=methods, num_queries=num_queries, log=say)
+    table = format_table(results, "r1")
+    t_eval = time.perf_counter() - t0
+
+    rows: list[QueryRow] = []
+    shown = ("cosine", "steer", "rerank", "rerank+steer")
+    by_name = {m.name: m for m in methods}
+    for s in splits:
+        idx = indexer.split(s, seeds[0], num_queries=num_queries)
+        images = idx.split.images()
+        n = min(SHOWN_PER_SPLIT, len(idx.split.queries))
+        tops = {m: run_method(idx, by_name[m]).indices[:n, :5].tolist() for m in shown}
+        for q in range(n):
+            rows.append(QueryRow(s, idx.split.queries[q], idx.split.targets[q], idx.split.hard_negatives[q],
+                                 {m: tops[m][q] for m in shown}, images))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = (f"model {args.model}; GeoShapes seeds {seeds}, {num_queries} queries a split; regions {DEFAULT_REGIONS}; "
+             f"R@1 in percent (mean ± std over the seeds); the first {SHOWN_PER_SPLIT} queries of each split "
+             f"(seed {seeds[0]}) are shown, not picked.")
+    page = write_html(out / "index.html", rows, shown, results_table_html(results, [m.name for m in methods]),
+                      notes=notes)
+    sheet = contact_sheet(out / "contact_sheet.png", [r for i, r in enumerate(rows) if i % SHOWN_PER_SPLIT < 2],
+                          ("cosine", "rerank+steer"))
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    total = time.perf_counter() - t0
+    print(f"\nR@1 (%) on GeoShapes, mean ± std over seeds {seeds}, {num_queries} queries a split, model {args.model}:")
+    print(table)
+    print(f"\n{total:.0f} s ({t_eval:.0f} s indexing + evaluation)")
+    print(f"open {page.resolve()}  (contact sheet: {sheet}, numbers: {out / 'results.json'})")
+    return 0
