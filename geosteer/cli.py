@@ -13,51 +13,37 @@ status); heavy imports happen only when a command runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 
 
-def _add_train_demo(sub: argparse._SubParsersAction) -> None:
-    from geosteer import train_demo
+def _subcommand(name: str, module: str, help: str, doc_part: int, add_arguments: str, run: str):
+    """An adder for `COMMANDS`: imports `geosteer.<module>` only when the parser is built."""
 
-    p = sub.add_parser(
-        "train-demo",
-        help="train the demo model's image tower on GeoShapes (CPU, minutes)",
-        description=train_demo.__doc__.split("\n\n")[0],
-    )
-    train_demo.add_arguments(p)
-    p.set_defaults(func=train_demo.run)
+    def add(sub: argparse._SubParsersAction) -> None:
+        mod = importlib.import_module(f"geosteer.{module}")
+        p = sub.add_parser(name, help=help, description=mod.__doc__.split("\n\n")[doc_part])
+        getattr(mod, add_arguments)(p)
+        p.set_defaults(func=getattr(mod, run))
 
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from geosteer import demo
-
-    p = sub.add_parser(
-        "demo",
-        help="offline demo: index GeoShapes, compare methods, write an HTML page (top-5 before/after)",
-        description=demo.__doc__.split("\n\n")[1],
-    )
-    demo.add_demo_arguments(p)
-    p.set_defaults(func=demo.run_demo)
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from geosteer import demo
-
-    p = sub.add_parser(
-        "eval",
-        help="R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
-        description=demo.__doc__.split("\n\n")[2],
-    )
-    demo.add_eval_arguments(p)
-    p.set_defaults(func=demo.run_eval)
+    return add
 
 
 #: name -> adds its subparser (with `func` set). Later commands append here.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
-    "demo": _add_demo,
-    "eval": _add_eval,
-    "train-demo": _add_train_demo,
+    "demo": _subcommand(
+        "demo", "demo", "offline demo: index GeoShapes, compare methods, write an HTML page (top-5 before/after)",
+        1, "add_demo_arguments", "run_demo",
+    ),
+    "eval": _subcommand(
+        "eval", "demo", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
+        2, "add_eval_arguments", "run_eval",
+    ),
+    "train-demo": _subcommand(
+        "train-demo", "train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",
+        0, "add_arguments", "run",
+    ),
 }
 
 

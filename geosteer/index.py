@@ -113,16 +113,7 @@ class SplitIndex:
         return self.texts[[self.text_ids[s] for s in strings]]
 
     def regions(self, method: str = "grid", max_regions: int = 16) -> tuple[Tensor, Tensor, Tensor]:
-        """Region sets of `method`, padded for the head.
-
-        Returns:
-            gallery_parts `[N, n, D]`, gallery_parts_mask `[N, n]` bool,
-            gallery_part_boxes `[N, n, 4]` float32 pixels. An image with no
-            region (no foreground for "components") gets its whole-image box
-            and embedding, as `propose_regions` does.
-        """
-        if method not in METHOD_FAMILIES:
-            raise ValueError(f"method must be one of {tuple(METHOD_FAMILIES)}, got {method!r}")
+        """Region sets of `method`, padded for the head (memoised `assemble_regions`)."""
         key = ("regions", method, max_regions)
         if key in self._memo:
             return self._memo[key]
