@@ -85,9 +85,9 @@ PRESETS: dict[str, HeadConfig] = {
     "cosine": HeadConfig(lam=0.0, alpha=0.0),
     # Region re-ranking with the structure term (γ acts only on queries
     # with relations), the default for images with region sets.
-    "default": HeadConfig(k=100, lam=0.7, gamma=0.1),
+    "default": HeadConfig(k=100, lam=0.8, gamma=0.1),
     # The same with a larger structure weight (every γ in 0.1-1 tied on validation).
-    "relations": HeadConfig(k=100, lam=0.7, gamma=0.5),
+    "relations": HeadConfig(k=100, lam=0.8, gamma=0.5),
     # Steering alone: the confuser penalty measured on regions. α = 0: every
     # query move tried (4 designs x 2 anchor kinds x α 0.1-1 x k 3-10)
     # lowered R@1 on validation.
@@ -95,7 +95,7 @@ PRESETS: dict[str, HeadConfig] = {
     # Re-ranking plus steering. On validation every β > 0 on top of
     # re-ranking cost 0.2-0.6 points (touching split), so β = 0 here: with
     # region matching on, the penalty adds nothing the alignment lacks.
-    "rerank+steer": HeadConfig(k=100, lam=0.7, gamma=0.1, alpha=0.0, beta=0.0),
+    "rerank+steer": HeadConfig(k=100, lam=0.8, gamma=0.1, alpha=0.0, beta=0.0),
 }
 #: Region method the presets were tuned with: `geosteer.index` "masked"
 #: (colour regions, each cropped alone).
