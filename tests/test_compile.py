@@ -22,7 +22,7 @@ from torch._inductor.compile_fx import compile_fx
 
 from geosteer import GeoSteerHead
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import needs_cuda
 
 Q, N, D, M, NP, U = 5, 60, 24, 3, 4, 2  # queries, gallery, dim, query parts, gallery parts, negatives
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from geosteer.ops.first_stage import first_stage, first_stage_reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import needs_cuda
 
 
 def make_inputs(num_queries, num_items, dim, dtype=torch.float32, seed=0):

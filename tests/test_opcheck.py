@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import geosteer  # noqa: F401  (registers the ops)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import needs_cuda
 
 
 def _unit(*shape, g, dtype=torch.float32):

@@ -9,8 +9,6 @@ op itself never sends CPU tensors there. The backend-resolution tests for
 from __future__ import annotations
 
 import builtins
-import importlib.util
-import os
 import sys
 import warnings
 
@@ -21,14 +19,7 @@ import torch.nn.functional as F
 from geosteer.ops import backend as backend_mod
 from geosteer.ops.cost import pad_cost, part_cost, part_cost_reference
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-# Kernel tests on CPU tensors need Triton's interpreter (tests/conftest.py
-# turns it on; `TRITON_INTERPRET=0 pytest` runs only the compiled CUDA tests).
-needs_interpreter = pytest.mark.skipif(
-    not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton with TRITON_INTERPRET=1"
-)
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import HAS_TRITON, needs_cuda, needs_interpreter, needs_triton
 
 # (Q, K, m, n, D, N): odd sizes; K = 1; m > n; m = n = 1; K*n over one row
 # block (64); m over one part block (32); D over one D block; Q = 0; and
@@ -130,7 +121,7 @@ def test_kernel_zero_dim_costs_one():
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
 def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
     """CPU tensors never reach the Triton launcher, whatever `backend` says."""
-    if importlib.util.find_spec("triton") is not None:
+    if HAS_TRITON:
         import geosteer.kernels.part_cost as kernel_mod
 
         def boom(*args, **kwargs):

@@ -6,8 +6,6 @@ interpreter, TRITON_INTERPRET=1 from tests/conftest.py).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -15,14 +13,7 @@ import torch.nn.functional as F
 
 from geosteer.ops.project import project, project_reference
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-# Kernel tests on CPU tensors need Triton's interpreter (tests/conftest.py
-# turns it on; `TRITON_INTERPRET=0 pytest` runs only the compiled CUDA tests).
-needs_interpreter = pytest.mark.skipif(
-    not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton with TRITON_INTERPRET=1"
-)
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import HAS_TRITON, needs_cuda, needs_interpreter, needs_triton
 
 # (Q, K, J, D, N): odd sizes; K = 1; J = 1; K over one candidate block (64);
 # J over one vector block (64); D over one D block; Q = 0; J = 0.
@@ -94,7 +85,7 @@ def test_kernel_strided_inputs_int32_ids_and_mixed_dtypes():
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
 def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
     """CPU tensors never reach the Triton launcher, whatever `backend` says."""
-    if importlib.util.find_spec("triton") is not None:
+    if HAS_TRITON:
         import geosteer.kernels.project as kernel_mod
 
         def boom(*args, **kwargs):
