@@ -192,8 +192,9 @@ def steer_scores(
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
     design = DEFAULT_DESIGN if design is None else design
-    pos_sims = project(gallery, ids, positives, backend)
-    neg_sims = project(gallery, ids, negatives, backend)
+    # One projection for both anchor sets: the candidate rows are read once.
+    sims = project(gallery, ids, torch.cat([positives, negatives.to(positives.dtype)], dim=1), backend)
+    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
     raw, usable = raw_directions(gallery, ids, positives, negatives, pos_sims, neg_sims, neighbors, design)
     query32 = query.float()
     dirs = orthogonal_directions(query32, raw, negatives_mask & usable)
@@ -271,6 +272,8 @@ def region_confuser_penalty(
     Returns:
         `[Q, K]` float32 >= 0.
     """
-    pos_sims = region_anchor_sims(positives, ids, gallery_parts, gallery_parts_mask, backend)
-    neg_sims = region_anchor_sims(negatives, ids, gallery_parts, gallery_parts_mask, backend)
+    # One pass over the candidates' regions for both anchor sets.
+    anchors = torch.cat([positives, negatives.to(positives.dtype)], dim=1)
+    sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
+    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
     return confuser_penalty(pos_sims, neg_sims, negatives_mask)
