@@ -9,6 +9,7 @@ from typing import Literal
 Mode = Literal["auto", "parts", "neighbourhood"]
 Matching = Literal["hungarian", "max"]
 Backend = Literal["auto", "triton", "torch"]
+Screen = Literal["auto", "bf16", "off"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class HeadConfig:
     backend: Backend = "auto"
     # First stage: most query×gallery scores held at once (query chunking).
     chunk_elements: int = 1 << 24
+    # First stage: "bf16" screens the gallery with a bf16 matmul, re-scores a
+    # 2K shortlist in float32 and proves per query that nothing outside it
+    # belongs in the top-K (else scores that query the plain way): the exact
+    # result, ~2.5x faster on CPUs with AVX512-BF16/AMX. "auto": bf16 on
+    # such CPUs for large galleries; "off": always the plain float32 matmul.
+    screen: Screen = "auto"
 
     def __post_init__(self) -> None:
         _check_positive_int("k", self.k)
@@ -57,6 +64,7 @@ class HeadConfig:
         _check_choice("mode", self.mode, ("auto", "parts", "neighbourhood"))
         _check_choice("matching", self.matching, ("hungarian", "max"))
         _check_choice("backend", self.backend, ("auto", "triton", "torch"))
+        _check_choice("screen", self.screen, ("auto", "bf16", "off"))
 
     @property
     def pool_neighbors(self) -> int:

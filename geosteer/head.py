@@ -140,7 +140,7 @@ class GeoSteerHead(nn.Module):
         """Stage 0: first-stage scores `[Q, K]` float32 (descending) and ids `[Q, K]`."""
         cfg = self.config
         if first_stage is None:
-            return exact_first_stage(query, gallery, cfg.k, cfg.chunk_elements, cfg.backend)
+            return exact_first_stage(query, gallery, cfg.k, cfg.chunk_elements, cfg.backend, cfg.screen)
         scores, ids = first_stage
         top = scores.float().topk(cfg.k, dim=1, sorted=True)  # external order need not be sorted
         return top.values, ids.long().gather(1, top.indices)
@@ -192,7 +192,7 @@ class GeoSteerHead(nn.Module):
         else:
             k = cfg.pool_neighbors
             if gallery_neighbors is None:
-                nbrs = neighbours_of(gallery, ids, k, cfg.chunk_elements, cfg.backend)
+                nbrs = neighbours_of(gallery, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
             else:
                 nbrs = gallery_neighbors[:, :k][ids]
             cost = neighbourhood_cost(gallery, ids, nbrs, k, cfg.backend)

@@ -41,7 +41,9 @@ def alignment_from_cost(
     return total / num_valid_parts.to(total.dtype)[:, None], cols
 
 
-def knn_graph(gallery: Tensor, k: int, *, chunk_elements: int = 1 << 24, backend: str = "auto") -> Tensor:
+def knn_graph(
+    gallery: Tensor, k: int, *, chunk_elements: int = 1 << 24, backend: str = "auto", screen: str = "auto"
+) -> Tensor:
     """Each gallery item's `k` nearest other gallery items (self excluded).
 
     Build it once per gallery and pass it to the head as `gallery_neighbors`
@@ -50,6 +52,7 @@ def knn_graph(gallery: Tensor, k: int, *, chunk_elements: int = 1 << 24, backend
     Args:
         gallery: `[N, D]` L2-normalised, N > k.
         k: neighbours per item.
+        chunk_elements, backend, screen: as in `HeadConfig`.
 
     Returns:
         `[N, k]` int64 gallery ids, nearest first.
@@ -59,17 +62,20 @@ def knn_graph(gallery: Tensor, k: int, *, chunk_elements: int = 1 << 24, backend
     """
     if not isinstance(k, int) or k < 1 or k >= gallery.shape[0]:
         raise ValueError(f"k must be an int in [1, N-1] = [1, {gallery.shape[0] - 1}], got {k!r}")
-    return neighbours_of(gallery, torch.arange(gallery.shape[0], device=gallery.device), k, chunk_elements, backend)
+    ids = torch.arange(gallery.shape[0], device=gallery.device)
+    return neighbours_of(gallery, ids, k, chunk_elements, backend, screen)
 
 
-def neighbours_of(gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str) -> Tensor:
+def neighbours_of(
+    gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str, screen: str = "off"
+) -> Tensor:
     """The `k` nearest gallery items of each item in `ids` (any shape), self excluded.
 
     Returns:
         `[*ids.shape, k]` int64.
     """
     flat = ids.reshape(-1)
-    _, top = first_stage(gallery[flat], gallery, k + 1, chunk_elements, backend)  # [M, k+1]
+    _, top = first_stage(gallery[flat], gallery, k + 1, chunk_elements, backend, screen)  # [M, k+1]
     # Move the item itself to the end (exact duplicates may hide it: then the
     # last neighbour is dropped instead) and keep the first k.
     is_self = (top == flat[:, None]).to(torch.int8)

@@ -59,6 +59,7 @@ BASE_OPS = {"check_finite", "first_stage", "part_cost", "assign"}
 SCENARIOS = {
     "parts_masked": (dict(k=12, lam=0.5), PARTS, BASE_OPS | {"check_rows_any"}),
     "neighbourhood": (dict(k=12, neighbors=4, lam=0.6, mode="neighbourhood"), (), BASE_OPS),
+    "bf16_screen": (dict(k=12, lam=0.5, screen="bf16"), PARTS, BASE_OPS | {"check_rows_any"}),
     "steer_beta": (
         dict(k=12, neighbors=3, lam=0.5, alpha=0.4, beta=0.3),
         PARTS + ("negatives", "negatives_mask"),
