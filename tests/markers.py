@@ -14,3 +14,5 @@ needs_interpreter = pytest.mark.skipif(
 )
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")

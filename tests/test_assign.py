@@ -23,13 +23,8 @@ import geosteer
 import geosteer.ops.assign as assign_mod
 from geosteer.ops.assign import assign, assign_dp_reference, batch_linear_assignment
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-HAS_NUMBA = assign_mod._assign_numba is not None
-needs_interpreter = pytest.mark.skipif(
-    not HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1", reason="needs triton with TRITON_INTERPRET=1"
-)
-needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from markers import HAS_NUMBA, HAS_TRITON, needs_cuda, needs_interpreter, needs_numba
+
 INF = float("inf")
 
 

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from geosteer.ops import backend as backend_mod
+from geosteer.ops import cost as cost_mod
 from geosteer.ops.cost import pad_cost, part_cost, part_cost_reference
 
-from markers import HAS_TRITON, needs_cuda, needs_interpreter, needs_triton
+from markers import HAS_TRITON, needs_cuda, needs_interpreter, needs_numba, needs_triton
 
 # (Q, K, m, n, D, N): odd sizes; K = 1; m > n; m = n = 1; K*n over one row
 # block (64); m over one part block (32); D over one D block; Q = 0; and
@@ -119,8 +120,12 @@ def test_kernel_zero_dim_costs_one():
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
-def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
-    """CPU tensors never reach the Triton launcher, whatever `backend` says."""
+def test_op_on_cpu_never_reaches_triton(backend, monkeypatch):
+    """CPU tensors never reach the Triton launcher, whatever `backend` says.
+
+    float32 runs the numba kernel (summation order differs from the
+    reference's bmm), except backend="torch", which is the reference itself.
+    """
     if HAS_TRITON:
         import geosteer.kernels.part_cost as kernel_mod
 
@@ -131,7 +136,43 @@ def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
     inputs = make_inputs((3, 5, 4, 3, 16, 9), torch.float32)
     got = torch.ops.geosteer.part_cost(*inputs, backend)
     assert got.device.type == "cpu" and got.dtype == torch.float32
-    torch.testing.assert_close(got, part_cost_reference(*inputs), atol=0, rtol=0)
+    exact = backend == "torch" or not cost_mod.use_numba(inputs[0], inputs[3], backend)
+    torch.testing.assert_close(got, part_cost_reference(*inputs), atol=0 if exact else 1e-6, rtol=0)
+
+
+# --- the numba CPU kernel ----------------------------------------------------
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "Q{}K{}m{}n{}D{}N{}".format(*s))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_kernel_matches_reference(shape, threads, monkeypatch):
+    monkeypatch.setattr(cost_mod._cost_numba, "PARALLEL_MIN_WORK", 0)  # split even tiny batches
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    inputs = make_inputs(shape, torch.float32, seed=3)
+    assert cost_mod.use_numba(inputs[0], inputs[3], "auto")
+    got = cost_mod.part_cost_numba(*inputs)
+    want = part_cost_reference(*inputs)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    pad = inputs[-1]
+    assert torch.equal(got == pad, want == pad)  # the same pairs masked
+
+
+@needs_numba
+def test_numba_kernel_rejects_ids_out_of_range():
+    query_parts, query_mask, ids, gallery_parts, gallery_mask, pad = make_inputs((2, 3, 2, 2, 8, 5), torch.float32)
+    ids[1, 2] = 5
+    with pytest.raises(ValueError, match="ids"):
+        torch.ops.geosteer.part_cost(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, "auto")
+
+
+@needs_numba
+def test_numba_kernel_is_skipped_where_it_does_not_apply():
+    query_parts, _, _, gallery_parts, _, _ = make_inputs((2, 3, 2, 2, 8, 5), torch.float32)
+    assert not cost_mod.use_numba(query_parts, gallery_parts, "torch")
+    assert not cost_mod.use_numba(query_parts.double(), gallery_parts.double(), "auto")
+    assert not cost_mod.use_numba(query_parts, gallery_parts.transpose(0, 1).contiguous().transpose(0, 1), "auto")
 
 
 def test_op_rejects_unknown_backend():

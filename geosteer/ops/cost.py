@@ -8,9 +8,12 @@ feasible; because `pad > 2 * min(m, n)` exceeds the largest total real cost,
 the minimum-cost assignment first maximises the number of real-real pairs,
 then minimises their cost. Real pairs are exactly those with cost <= 2.
 
-Dispatch: CPU tensors run `part_cost_reference`; CUDA tensors run the fused
-Triton kernel of `kernels/part_cost.py` (no gathered `[Q, K, n, D]` copy)
-or the reference, as `backend` and `geosteer.ops.backend.use_triton` decide.
+Dispatch: CUDA tensors run the fused Triton kernel of `kernels/part_cost.py`
+(no gathered `[Q, K, n, D]` copy) or the reference, as `backend` and
+`geosteer.ops.backend.use_triton` decide. CPU float32 tensors run the
+compiled numba loop of `_cost_numba` (also copy-free; ~1.7x faster) when
+numba is installed and `backend` is not "torch"; everything else runs
+`part_cost_reference`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,13 @@ import torch
 from torch import Tensor
 
 from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
+
+try:
+    from geosteer.ops import _cost_numba
+except ModuleNotFoundError as error:  # numba is optional; anything else is a broken install
+    if error.name not in ("numba", "llvmlite"):
+        raise
+    _cost_numba = None
 
 REAL_COST_MAX = 2.0
 
@@ -105,9 +115,41 @@ def part_cost(
             `gallery_parts`).
     """
     check_backend(backend)
-    cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    if use_numba(query_parts, gallery_parts, backend):
+        cost = part_cost_numba(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    else:
+        cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
     check_cost_finite(cost)
     return cost
+
+
+def use_numba(query_parts: Tensor, gallery_parts: Tensor, backend: str) -> bool:
+    """Whether the CPU op runs the numba kernel: float32, contiguous gallery, not backend="torch"."""
+    return (
+        _cost_numba is not None
+        and backend != "torch"
+        and query_parts.device.type == "cpu"
+        and query_parts.dtype == gallery_parts.dtype == torch.float32
+        # A strided gallery would need a full contiguous copy (GBs): the
+        # reference gathers only the candidates' rows instead.
+        and gallery_parts.is_contiguous()
+    )
+
+
+def part_cost_numba(
+    query_parts: Tensor, query_mask: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_mask: Tensor, pad: float
+) -> Tensor:
+    """The numba kernel on CPU float32 tensors (same contract as `part_cost_reference`).
+
+    Raises:
+        ValueError: an id outside `[0, N)` (the compiled loop does not check).
+    """
+    check_ids_in_range(ids, gallery_parts.shape[0], "ids")
+    arrays = [
+        t.detach().contiguous().numpy()
+        for t in (query_parts, query_mask, ids.long(), gallery_parts, gallery_mask)
+    ]
+    return torch.from_numpy(_cost_numba.part_cost(*arrays, pad, torch.get_num_threads()))
 
 
 @part_cost.register_kernel("cuda")

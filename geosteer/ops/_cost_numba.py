@@ -1,0 +1,104 @@
+"""Compiled CPU kernel for `geosteer::part_cost`: gather + cost without a copy.
+
+The torch reference gathers each candidate's parts into a buffer and runs a
+thin `bmm` (m = 4 columns) on it; both passes are bound by memory traffic.
+This loop reads every candidate part row once, straight from the gallery, and
+scores it against the query's parts held in cache, four query parts per pass
+so each loaded value is used four times: 0.10 s against the reference's
+0.17 s on the `cpu` bench workload (Q=1,024, K=50, 4x16, D=512, one thread;
+0.06 vs 0.11 s on two).
+
+float32 only (the reference serves the other dtypes). Importing this module
+needs numba; the functions compile on first call and are cached on disk.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+_JIT = {"nogil": True, "cache": True, "boundscheck": False, "fastmath": True}
+
+# Below this many multiply-adds (Q*K*m*n*D) one thread does the whole batch.
+PARALLEL_MIN_WORK = 1 << 22
+
+
+@numba.njit(**_JIT)
+def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, out, start, stop):  # noqa: ANN001
+    """Fill `out[start:stop]` (`[Q, K, m, n]`) with `1 - a_i·b_j`, or `pad` where masked."""
+    num_cands = ids.shape[1]
+    num_parts = query_parts.shape[1]
+    num_regions = gallery_parts.shape[1]
+    dim = query_parts.shape[2]
+    one = np.float32(1.0)
+    for q in range(start, stop):
+        for k in range(num_cands):
+            c = ids[q, k]
+            for j in range(num_regions):
+                i = 0
+                while i + 4 <= num_parts:
+                    s0 = np.float32(0.0)
+                    s1 = np.float32(0.0)
+                    s2 = np.float32(0.0)
+                    s3 = np.float32(0.0)
+                    for d in range(dim):
+                        g = gallery_parts[c, j, d]
+                        s0 += query_parts[q, i, d] * g
+                        s1 += query_parts[q, i + 1, d] * g
+                        s2 += query_parts[q, i + 2, d] * g
+                        s3 += query_parts[q, i + 3, d] * g
+                    out[q, k, i, j] = one - s0
+                    out[q, k, i + 1, j] = one - s1
+                    out[q, k, i + 2, j] = one - s2
+                    out[q, k, i + 3, j] = one - s3
+                    i += 4
+                while i < num_parts:
+                    s = np.float32(0.0)
+                    for d in range(dim):
+                        s += query_parts[q, i, d] * gallery_parts[c, j, d]
+                    out[q, k, i, j] = one - s
+                    i += 1
+                if not gallery_mask[c, j]:
+                    for i in range(num_parts):
+                        out[q, k, i, j] = pad
+            for i in range(num_parts):
+                if not query_mask[q, i]:
+                    for j in range(num_regions):
+                        out[q, k, i, j] = pad
+
+
+def part_cost(
+    query_parts: np.ndarray,
+    query_mask: np.ndarray,
+    ids: np.ndarray,
+    gallery_parts: np.ndarray,
+    gallery_mask: np.ndarray,
+    pad: float,
+    threads: int = 1,
+) -> np.ndarray:
+    """Costs `[Q, K, m, n]` float32 (see `geosteer.ops.cost.part_cost_reference`).
+
+    Args:
+        query_parts: `[Q, m, D]` C-contiguous float32.
+        query_mask: `[Q, m]` bool.
+        ids: `[Q, K]` int64, every id in `[0, N)` (not checked here).
+        gallery_parts: `[N, n, D]` C-contiguous float32.
+        gallery_mask: `[N, n]` bool.
+        pad: cost of a masked pair.
+        threads: worker threads (the compiled loop releases the GIL).
+    """
+    num_queries, num_cands = ids.shape
+    num_parts, num_regions = query_parts.shape[1], gallery_parts.shape[1]
+    out = np.empty((num_queries, num_cands, num_parts, num_regions), dtype=np.float32)
+    work = num_queries * num_cands * num_parts * num_regions * query_parts.shape[2]
+    chunks = min(threads, num_queries) if work >= PARALLEL_MIN_WORK else 1
+    args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, np.float32(pad), out)
+    if chunks <= 1:
+        _cost_rows(*args, 0, num_queries)
+        return out
+    bounds = [num_queries * t // chunks for t in range(chunks + 1)]
+    with ThreadPoolExecutor(chunks) as pool:
+        list(pool.map(lambda t: _cost_rows(*args, bounds[t], bounds[t + 1]), range(chunks)))
+    return out
