@@ -12,7 +12,12 @@ Every provider runs on the same seeded inputs of one workload:
                           queries and candidates, one SciPy
                           ``linear_sum_assignment`` per pair
 - ``naive-perquery``      the same loop with the top-k also done per query
-- ``first-stage``         ``geosteer::first_stage`` alone: the floor
+- ``geosteer-fp32``       the head with the bf16 screen off (plain float32
+                          first stage; differs from ``geosteer`` only on CPUs
+                          with native bf16, where ``screen="auto"`` screens)
+- ``first-stage``         ``geosteer::first_stage`` alone, as the head runs it
+                          (screened where ``auto`` screens): the floor
+- ``first-stage-fp32``    the plain float32 ``q @ G.T`` + top-k, chunked
 - ``faiss-ivf``           (``faiss`` workload) the FAISS IVF search alone
 - ``geosteer-faiss``      (``faiss`` workload) the head fed FAISS candidates
 
@@ -58,8 +63,8 @@ import geosteer  # noqa: E402
 from geosteer import GeoSteerHead, HeadConfig  # noqa: E402
 
 DEFAULT_PROVIDERS = {
-    "tiny": "geosteer,first-stage,geosteer-compiled,geosteer-steer,geosteer-tla,naive,naive-perquery",
-    "cpu": "geosteer,first-stage,geosteer-compiled,geosteer-steer,geosteer-tla,naive,naive-perquery",
+    "tiny": "geosteer,first-stage,geosteer-fp32,first-stage-fp32,geosteer-compiled,geosteer-steer,geosteer-tla,naive,naive-perquery",
+    "cpu": "geosteer,first-stage,geosteer-fp32,first-stage-fp32,geosteer-compiled,geosteer-steer,geosteer-tla,naive,naive-perquery",
     "gpu": "geosteer,first-stage,geosteer-compiled,geosteer-steer,geosteer-tla,naive",
     "faiss": "geosteer,first-stage,faiss-ivf,geosteer-faiss",
     "sweep": "geosteer,first-stage,geosteer-tla,naive",
@@ -170,6 +175,16 @@ def naive_rerank(data: BenchData, k: int, lam: float, per_query: bool, deadline:
     return out
 
 
+def first_stage_note(data: BenchData, work: Workload, screen: str) -> str:
+    """Say how `geosteer::first_stage` runs here with this `screen` setting."""
+    from geosteer.ops.screen import native_bf16, screen_applies
+
+    screened = screen == "bf16" or (screen == "auto" and native_bf16())
+    if screen != "off" and screened and screen_applies(data.query, data.gallery, work.K):
+        return f"geosteer::first_stage, screen={screen}: bf16 screen + float32 re-score of a shortlist, exact"
+    return f"geosteer::first_stage, screen={screen}: chunked float32 q @ G.T + topk"
+
+
 def make_runner(name: str, work: Workload, data: BenchData, device: torch.device, args, state: dict) -> Runner:
     """Build provider `name` (see the module doc) on `data`."""
     cfg = head_config(work)
@@ -212,10 +227,15 @@ def make_runner(name: str, work: Workload, data: BenchData, device: torch.device
         if rows < work.Q:
             note += f"; ran {rows} of {work.Q} queries, throughput scaled"
         return Runner(lambda: naive_rerank(sub, work.K, cfg.lam, per_query), rows, note=note, ids_of=lambda r: r)
-    if name == "first-stage":
+    if name == "geosteer-fp32":
+        head = GeoSteerHead(cfg.replace(screen="off"))
+        return Runner(lambda: head(data.query, data.gallery, **head_kwargs(data)), work.Q,
+                      note="screen=off: plain float32 first stage")
+    if name in ("first-stage", "first-stage-fp32"):
         op = torch.ops.geosteer.first_stage
-        return Runner(lambda: op(data.query, data.gallery, work.K, cfg.chunk_elements, cfg.backend), work.Q,
-                      note="geosteer::first_stage (chunked q @ G.T + topk): the floor", ids_of=lambda r: r[1])
+        screen = cfg.screen if name == "first-stage" else "off"
+        return Runner(lambda: op(data.query, data.gallery, work.K, cfg.chunk_elements, cfg.backend, screen), work.Q,
+                      note=first_stage_note(data, work, screen), ids_of=lambda r: r[1])
     if name in ("faiss-ivf", "geosteer-faiss"):
         index = faiss_index(work, data, args, state)
         if name == "faiss-ivf":
@@ -421,7 +441,7 @@ def run_providers(
             )
             if name == "geosteer":
                 reference = ids
-            elif reference is not None and name not in ("first-stage", "faiss-ivf", "geosteer-steer"):
+            elif reference is not None and name not in ("first-stage", "first-stage-fp32", "faiss-ivf", "geosteer-steer"):
                 # (steering changes the ranking on purpose: no agreement for it)
                 row.update(ranked_agreement(ids, reference))
             if name == "first-stage":
@@ -551,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         by = {r["provider"]: r for r in rows if r.get("kind") == "provider" and "est_full_s" in r}
         if "geosteer" in by:
             head = by["geosteer"]
-            for peer in ("first-stage", "naive", "naive-perquery", "geosteer-tla"):
+            for peer in ("first-stage", "first-stage-fp32", "naive", "naive-perquery", "geosteer-tla"):
                 if peer in by:
                     line = f"  geosteer time / {peer} time = {head['est_full_s'] / by[peer]['est_full_s']:.3f} (wall)"
                     if "est_full_cpu_s" in head and "est_full_cpu_s" in by[peer]:
