@@ -2,7 +2,7 @@
 
     python bench/make_tables.py bench/results/head_*.jsonl                 # print
     python bench/make_tables.py bench/results/head_*.jsonl --readme README.md \\
-        --plot bench/results/head_cpu_2026-11-29.png                      # in place
+        --plot bench/results/head_cpu_screen_2026-11-29.png               # in place
 
 With `--readme`, the text between `<!-- bench:head:start -->` and
 `<!-- bench:head:end -->` in that file is replaced (the markers stay); the

@@ -1,6 +1,6 @@
 """Plot the head's throughput sweep: queries/s vs Q and vs K, one line per provider.
 
-    python bench/plot_head.py bench/results/head_sweep_cpu_2026-11-29.jsonl --out bench/results/head_cpu_2026-11-29.png
+    python bench/plot_head.py bench/results/head_cpu_screen_2026-11-29.jsonl --out bench/results/head_cpu_screen_2026-11-29.png
 
 Reads the `sweep` rows that `bench_head.py --workload sweep` writes (rows of
 other workloads in the same files are ignored).
