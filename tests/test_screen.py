@@ -105,6 +105,24 @@ def test_bound_covers_every_item(dim, items, rows, q_scale, g_scale, seed):
     assert bool(((rescored.double() - true).abs() <= rescore_error(query, screen).double()[:, None]).all())
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch"])
+def test_rescore_is_within_its_error_bound(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(screen_mod, "_cost_numba", None)
+    elif screen_mod._cost_numba is None:
+        pytest.skip("numba is not installed")
+    gen = torch.Generator().manual_seed(21)
+    query = torch.randn(7, 300, generator=gen) * 3
+    gallery = torch.randn(50, 300, generator=gen) * torch.rand(50, 1, generator=gen)
+    ids = torch.randint(0, 50, (7, 20), generator=gen)
+    got = screen_mod.rescore(query, gallery, ids)
+    true = (query.double()[:, None, :] * gallery.double()[ids]).sum(-1)
+    screen_mod._GALLERIES.clear()
+    bound = rescore_error(query, gallery_screen(gallery)).double()[:, None]
+    assert got.shape == (7, 20) and got.dtype == torch.float32
+    assert bool(((got.double() - true).abs() <= bound).all())
+
+
 def test_cached_gallery_changed_in_place_is_screened_again():
     query, gallery = unit(10, 32, seed=11), unit(2000, 32, seed=12)
     first = first_stage(query, gallery, 5, 1 << 20, "auto", "bf16")

@@ -38,14 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import BackendUnavailable, check_backend, use_triton
+from geosteer.ops.backend import BackendUnavailable, check_backend, optional_numba_module, use_triton
 
-try:
-    from geosteer.ops import _assign_numba
-except ModuleNotFoundError as error:  # numba is the optional part; anything else is a broken install
-    if error.name not in ("numba", "llvmlite"):
-        raise
-    _assign_numba = None
+_assign_numba = optional_numba_module("geosteer.ops._assign_numba")
 _NUMBA_MISSING = _assign_numba is None
 
 _OP = "geosteer::assign"

@@ -15,7 +15,9 @@ On CUDA:
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
+from types import ModuleType
 
 import torch
 
@@ -148,3 +150,18 @@ def check_ids_in_range(ids: torch.Tensor, size: int, name: str) -> None:
         raise TypeError(f"{name} must be int32/int64, got {ids.dtype}")
     if ids.numel() and bool(((ids < 0) | (ids >= size)).any()):
         raise ValueError(f"{name} holds ids outside [0, {size})")
+
+
+def optional_numba_module(name: str) -> ModuleType | None:
+    """Import one of geosteer's numba modules, or None when numba is not installed.
+
+    Raises:
+        ModuleNotFoundError: a module other than numba / llvmlite is missing
+            (a broken install, not the optional dependency).
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name not in ("numba", "llvmlite"):
+            raise
+        return None

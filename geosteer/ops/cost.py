@@ -21,14 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
+from geosteer.ops.backend import check_backend, check_ids_in_range, optional_numba_module, same_device, use_triton
 
-try:
-    from geosteer.ops import _cost_numba
-except ModuleNotFoundError as error:  # numba is optional; anything else is a broken install
-    if error.name not in ("numba", "llvmlite"):
-        raise
-    _cost_numba = None
+_cost_numba = optional_numba_module("geosteer.ops._cost_numba")
 
 REAL_COST_MAX = 2.0
 

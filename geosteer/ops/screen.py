@@ -36,7 +36,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from geosteer.ops.backend import optional_numba_module
 from geosteer.ops.tensor_cache import TensorCache
+
+_cost_numba = optional_numba_module("geosteer.ops._cost_numba")
 
 SCREENS = ("auto", "bf16", "off")
 
@@ -193,6 +196,24 @@ def rescore_error(query: Tensor, screen: GalleryScreen) -> Tensor:
     return _WIDEN * _gamma(2 * query.shape[1]) * query.norm(dim=1) * screen.norm + _TINY
 
 
+def rescore(query: Tensor, gallery: Tensor, ids: Tensor) -> Tensor:
+    """`[R, S]` float32 `query[r] · gallery[ids[r, s]]`: the shortlist's exact scores.
+
+    float32 galleries go through the copy-free numba loop when numba is
+    installed, others through a gather + bmm. Either way the error is within
+    `rescore_error` (Higham's bound holds for any summation order).
+
+    Args:
+        query: `[R, D]` float32.
+        gallery: `[N, D]`.
+        ids: `[R, S]` int64 in `[0, N)`.
+    """
+    if _cost_numba is not None and gallery.dtype == torch.float32 and gallery.is_contiguous():
+        arrays = [t.detach().contiguous().numpy() for t in (query, gallery, ids)]
+        return torch.from_numpy(_cost_numba.gather_dot(*arrays, torch.get_num_threads()))
+    return torch.bmm(gallery[ids].float(), query[:, :, None]).squeeze(2)
+
+
 def screened_top_k(
     query: Tensor, gallery: Tensor, k: int, chunk_elements: int, exact
 ) -> tuple[Tensor, Tensor, ScreenStats]:
@@ -224,8 +245,7 @@ def screened_top_k(
             bad = torch.arange(q.shape[0], device=q.device)
         else:
             screened = (q.to(torch.bfloat16) @ gallery_hi_t).topk(short, dim=1, sorted=True)  # [r, K'] bf16
-            candidates = gallery[screened.indices].float()  # [r, K', D]
-            rescored = torch.bmm(candidates, q[:, :, None]).squeeze(2)  # [r, K']
+            rescored = rescore(q, gallery, screened.indices)  # [r, K']
             top = rescored.topk(k, dim=1, sorted=True)
             scores[start : start + rows] = top.values
             ids[start : start + rows] = screened.indices.gather(1, top.indices)
