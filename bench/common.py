@@ -390,7 +390,9 @@ def device_name(device: torch.device | str) -> str:
 def env_info(device: torch.device | str) -> dict:
     """Fields every JSON row carries: device, versions, commit, date, load."""
     commit = _git("rev-parse", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    # Result files under bench/results/ are what a run writes, not code: a
+    # run appending to a tracked results file is still a clean-commit run.
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     try:
         load = os.getloadavg()[0]
     except OSError:
