@@ -159,6 +159,17 @@ def test_screen_choice(monkeypatch):
     assert wants_screen(few, big, 10, "auto")  # seen before: worth the copy now
     assert not wants_screen(many, big, 100, "auto")  # N < 16 K'
     assert not wants_screen(many, big[:, :256], 10, "auto")  # gallery under 1M elements
+    monkeypatch.setattr(screen_mod, "AUTO_MAX_COPY_BYTES", big.numel() * 2)  # the bf16 copy just fits
+    assert wants_screen(many, big, 10, "auto")
+    monkeypatch.setattr(screen_mod, "AUTO_MAX_COPY_BYTES", big.numel() * 2 - 2)  # one element over
+    assert not wants_screen(many, big, 10, "auto")
+    assert wants_screen(many, big, 10, "bf16")  # an explicit choice has no cap
+    monkeypatch.setattr(screen_mod, "AUTO_MAX_COPY_BYTES", 4 << 30)
+    with torch.inference_mode():
+        frozen = big.clone()
+    screen_mod._GALLERIES.clear()
+    assert not wants_screen(few, frozen, 10, "auto") and not wants_screen(few, frozen, 10, "auto")  # never "seen"
+    assert wants_screen(many, frozen, 10, "auto")
 
 
 def test_rejects_unknown_screen():

@@ -52,6 +52,9 @@ _TINY = 1e-30  # absolute slack: bf16 denormals a CPU may flush to zero
 AUTO_MIN_ITEMS_PER_SHORTLIST = 16
 AUTO_MIN_ELEMENTS = 1 << 20
 AUTO_MIN_QUERIES_UNCACHED = 128
+# `auto` never makes a bf16 copy larger than this (a 4M x 512 gallery);
+# "bf16" asked explicitly has no cap.
+AUTO_MAX_COPY_BYTES = 4 << 30
 # A chunk where more than this share of queries fail their proof switches
 # the rest of the call to the plain path (the screen would only add work).
 GIVE_UP_SHARE = 0.5
@@ -126,16 +129,18 @@ def wants_screen(query: Tensor, gallery: Tensor, k: int, screen: str) -> bool:
     """Resolve `screen` ("auto" | "bf16" | "off") for one call.
 
     "bf16" screens wherever `screen_applies`; "auto" also needs a CPU with
-    native bf16 dot products, a gallery of >= 1M elements at least 16
-    shortlists long, and either a cached bf16 copy of this gallery, a gallery
-    seen before, or >= 128 queries to amortise making the copy.
+    native bf16 dot products, a gallery of 1M to 2G elements (a bf16 copy of
+    at most 4 GiB) at least 16 shortlists long, and either a cached bf16 copy
+    of this gallery, a gallery seen before, or >= 128 queries to amortise
+    making the copy. Inference tensors (made under `torch.inference_mode`)
+    carry no version counter, so nothing is cached for them.
     """
     if screen == "off" or not screen_applies(query, gallery, k):
         return False
     if screen == "bf16":
         return True
     num_items = gallery.shape[0]
-    if not native_bf16() or gallery.numel() < AUTO_MIN_ELEMENTS:
+    if not native_bf16() or not AUTO_MIN_ELEMENTS <= gallery.numel() <= AUTO_MAX_COPY_BYTES // 2:
         return False
     if num_items < AUTO_MIN_ITEMS_PER_SHORTLIST * shortlist_size(k, num_items):
         return False
