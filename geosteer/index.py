@@ -10,7 +10,7 @@ same embeddings.
 
 Region families (see `geosteer.encoders.regions`): "components"
 (connected components), "colours" (components split by colour), "grid"
-(13 overlapping cells), and "masked" (defined here): the colour regions,
+(13 overlapping cells), and "masked" (`masked_regions`): the colour regions,
 each cropped *alone* — the other foreground pixels painted with the
 background colour, the crop framed on the region's own pixels grown by one
 pixel inside the foreground (the anti-aliased rim), so a crop of one of two
@@ -39,7 +39,7 @@ from torch import Tensor
 from geosteer.data.geoshapes import COLOURS, SHAPES, object_phrase
 from geosteer.data.splits import Split, make_split
 from geosteer.encoders.contrast import part_negatives
-from geosteer.encoders.regions import COMPONENT_PAD, component_boxes, crop_regions, grid_boxes
+from geosteer.encoders.regions import COMPONENT_PAD, component_boxes, crop_regions, grid_boxes, masked_regions
 from geosteer.rerank import RELATIONS
 
 Box = tuple[int, int, int, int]
@@ -289,53 +289,6 @@ def family_regions(image: Image.Image, family: str, out_size: int, max_regions: 
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     boxes = component_boxes(arr, max_regions=max_regions, by_colour=family == "colours")
     return boxes, crop_regions(arr, boxes, out_size, pad=COMPONENT_PAD, square=True)
-
-
-def masked_regions(
-    arr: np.ndarray, out_size: int, max_regions: int = 16, threshold: float = 40.0, min_area: float = 0.002
-) -> tuple[list[Box], list[Image.Image]]:
-    """Colour regions, each cropped alone (the "masked" family).
-
-    The regions are those of `component_boxes(by_colour=True)`, in its
-    order. Each region's pixel set S is its colour-class component grown by
-    one pixel inside the foreground (the anti-aliased rim the colour split
-    leaves out); every other foreground pixel is painted with the background
-    colour, and the crop is framed on S as a component crop is. Without the
-    rim the framing is a pixel tighter than the encoder's training crops,
-    which cost the demo model ~20 points of crop accuracy; without the
-    masking, a crop of one of two touching objects shows both.
-
-    Returns:
-        (boxes, crops): the boxes of S, x1/y1 exclusive, and the crops.
-    """
-    from scipy import ndimage
-
-    from geosteer.encoders.regions import _colour_masks, _foreground, background_colour
-
-    h, w, _ = arr.shape
-    fg = _foreground(arr, threshold)
-    min_pixels = min_area * h * w
-    found = []
-    for mask in _colour_masks(arr, fg, min_pixels):
-        labels, count = ndimage.label(mask)  # as component_boxes: 4-connectivity
-        if count == 0:
-            continue
-        areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-        for k, sl in enumerate(ndimage.find_objects(labels)):
-            if sl is not None and areas[k] >= min_pixels:
-                found.append((int(areas[k]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), labels == k + 1))
-    found.sort(key=lambda f: (-f[0], f[1][1], f[1][0]))
-    bg = np.round(background_colour(arr)).astype(np.uint8)
-    boxes, crops = [], []
-    for _, _, region in found[:max_regions]:
-        own = ndimage.binary_dilation(region, iterations=1) & fg
-        ys, xs = np.nonzero(own)
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        alone = arr.copy()
-        alone[fg & ~own] = bg
-        boxes.append(box)
-        crops.append(crop_regions(alone, [box], out_size, pad=COMPONENT_PAD, square=True)[0])
-    return boxes, crops
 
 
 def encoder_fingerprint(encoder) -> str:

@@ -79,7 +79,7 @@ def test_masked_regions_are_colour_regions_cropped_alone():
     import random
 
     from geosteer.data import COLOUR_RGB, place, render
-    from geosteer.index import masked_regions
+    from geosteer.encoders.regions import masked_regions
 
     rng = random.Random(0)
     for _ in range(20):
