@@ -20,10 +20,11 @@ cached on disk (`cache=True`).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from geosteer.ops._threads import run_in_row_chunks
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False}
 
@@ -163,13 +164,8 @@ def solve(cost: np.ndarray, threads: int = 1) -> tuple[np.ndarray, int, int]:
     """
     batch, rows, cols = cost.shape
     out = np.empty((batch, rows), dtype=np.int64)
-    chunks = min(threads, batch) if batch * rows * rows * cols >= PARALLEL_MIN_WORK else 1
-    if chunks <= 1:
-        status, bad = _solve_range(cost, out, 0, batch)
-        return out, int(status), int(bad)
-    bounds = [batch * k // chunks for k in range(chunks + 1)]
-    with ThreadPoolExecutor(chunks) as pool:
-        results = list(pool.map(lambda k: _solve_range(cost, out, bounds[k], bounds[k + 1]), range(chunks)))
+    threads = threads if batch * rows * rows * cols >= PARALLEL_MIN_WORK else 1
+    results = run_in_row_chunks(lambda start, stop: _solve_range(cost, out, start, stop), batch, threads)
     for status, bad in results:  # chunks in order: the first failing problem wins
         if status != OK:
             return out, int(status), int(bad)

@@ -21,10 +21,10 @@ needs numba; the functions compile on first call and are cached on disk.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
+
+from geosteer.ops._threads import run_in_row_chunks
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False, "fastmath": True}
 
@@ -76,18 +76,6 @@ def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, o
                         out[q, k, i, j] = pad
 
 
-def _run_rows(kernel, args: tuple, num_rows: int, work: int, threads: int) -> None:
-    """Run `kernel(*args, start, stop)` over `[0, num_rows)`, split across threads
-    when the batch holds at least PARALLEL_MIN_WORK multiply-adds."""
-    chunks = min(threads, num_rows) if work >= PARALLEL_MIN_WORK else 1
-    if chunks <= 1:
-        kernel(*args, 0, num_rows)
-        return
-    bounds = [num_rows * t // chunks for t in range(chunks + 1)]
-    with ThreadPoolExecutor(chunks) as pool:
-        list(pool.map(lambda t: kernel(*args, bounds[t], bounds[t + 1]), range(chunks)))
-
-
 def part_cost(
     query_parts: np.ndarray,
     query_mask: np.ndarray,
@@ -113,7 +101,8 @@ def part_cost(
     out = np.empty((num_queries, num_cands, num_parts, num_regions), dtype=np.float32)
     work = out.size * query_parts.shape[2]
     args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, np.float32(pad), out)
-    _run_rows(_cost_rows, args, num_queries, work, threads)
+    threads = threads if work >= PARALLEL_MIN_WORK else 1
+    run_in_row_chunks(lambda start, stop: _cost_rows(*args, start, stop), num_queries, threads)
     return out
 
 
@@ -140,5 +129,6 @@ def gather_dot(query: np.ndarray, gallery: np.ndarray, ids: np.ndarray, threads:
         threads: worker threads.
     """
     out = np.empty(ids.shape, dtype=np.float32)
-    _run_rows(_dot_rows, (query, gallery, ids, out), ids.shape[0], out.size * query.shape[1], threads)
+    threads = threads if out.size * query.shape[1] >= PARALLEL_MIN_WORK else 1
+    run_in_row_chunks(lambda start, stop: _dot_rows(query, gallery, ids, out, start, stop), ids.shape[0], threads)
     return out
