@@ -177,11 +177,14 @@ def naive_rerank(data: BenchData, k: int, lam: float, per_query: bool, deadline:
 
 def first_stage_note(data: BenchData, work: Workload, screen: str) -> str:
     """Say how `geosteer::first_stage` runs here with this `screen` setting."""
-    from geosteer.ops.screen import native_bf16, screen_applies
+    from geosteer.ops.screen import AUTO_MIN_QUERIES_UNCACHED, auto_eligible, screen_applies
 
-    screened = screen == "bf16" or (screen == "auto" and native_bf16())
+    screened = screen == "bf16" or (screen == "auto" and auto_eligible(data.gallery, work.K))
     if screen != "off" and screened and screen_applies(data.query, data.gallery, work.K):
-        return f"geosteer::first_stage, screen={screen}: bf16 screen + float32 re-score of a shortlist, exact"
+        note = f"geosteer::first_stage, screen={screen}: bf16 screen + float32 re-score of a shortlist, exact"
+        if screen == "auto" and data.query.shape[0] < AUTO_MIN_QUERIES_UNCACHED:
+            note += " (from the second call on this gallery)"
+        return note
     return f"geosteer::first_stage, screen={screen}: chunked float32 q @ G.T + topk"
 
 

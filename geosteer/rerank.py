@@ -66,9 +66,7 @@ def knn_graph(
     return neighbours_of(gallery, ids, k, chunk_elements, backend, screen)
 
 
-def neighbours_of(
-    gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str, screen: str = "off"
-) -> Tensor:
+def neighbours_of(gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str, screen: str) -> Tensor:
     """The `k` nearest gallery items of each item in `ids` (any shape), self excluded.
 
     Returns:

@@ -125,24 +125,35 @@ def screen_applies(query: Tensor, gallery: Tensor, k: int) -> bool:
     )
 
 
+def auto_eligible(gallery: Tensor, k: int) -> bool:
+    """Whether "auto" screens `gallery` `[N, D]` once its bf16 copy is paid for.
+
+    Needs a CPU with native bf16 dot products and a gallery of 1M to 2G
+    elements (a bf16 copy of at most 4 GiB) at least 16 shortlists long.
+    No side effects (unlike `wants_screen`).
+    """
+    num_items = gallery.shape[0]
+    return (
+        native_bf16()
+        and AUTO_MIN_ELEMENTS <= gallery.numel() <= AUTO_MAX_COPY_BYTES // 2
+        and num_items >= AUTO_MIN_ITEMS_PER_SHORTLIST * shortlist_size(k, num_items)
+    )
+
+
 def wants_screen(query: Tensor, gallery: Tensor, k: int, screen: str) -> bool:
     """Resolve `screen` ("auto" | "bf16" | "off") for one call.
 
-    "bf16" screens wherever `screen_applies`; "auto" also needs a CPU with
-    native bf16 dot products, a gallery of 1M to 2G elements (a bf16 copy of
-    at most 4 GiB) at least 16 shortlists long, and either a cached bf16 copy
-    of this gallery, a gallery seen before, or >= 128 queries to amortise
-    making the copy. Inference tensors (made under `torch.inference_mode`)
+    "bf16" screens wherever `screen_applies`; "auto" also needs
+    `auto_eligible` and either a cached bf16 copy of this gallery, a gallery
+    seen before (remembered here), or >= 128 queries to amortise making the
+    copy. Inference tensors (made under `torch.inference_mode`)
     carry no version counter, so nothing is cached for them.
     """
     if screen == "off" or not screen_applies(query, gallery, k):
         return False
     if screen == "bf16":
         return True
-    num_items = gallery.shape[0]
-    if not native_bf16() or not AUTO_MIN_ELEMENTS <= gallery.numel() <= AUTO_MAX_COPY_BYTES // 2:
-        return False
-    if num_items < AUTO_MIN_ITEMS_PER_SHORTLIST * shortlist_size(k, num_items):
+    if not auto_eligible(gallery, k):
         return False
     if query.shape[0] >= AUTO_MIN_QUERIES_UNCACHED or _GALLERIES.get(gallery) is not None:
         return True
