@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 
 def _subcommand(name: str, module: str, help: str, doc_part: int, add_arguments: str, run: str):
-    """An adder for `COMMANDS`: imports `geosteer.<module>` only when the parser is built."""
+    """An adder for `COMMANDS`: imports `module` only when the parser is built."""
 
     def add(sub: argparse._SubParsersAction) -> None:
-        mod = importlib.import_module(f"geosteer.{module}")
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help, description=mod.__doc__.split("\n\n")[doc_part])
         getattr(mod, add_arguments)(p)
         p.set_defaults(func=getattr(mod, run))
@@ -33,15 +33,15 @@ def _subcommand(name: str, module: str, help: str, doc_part: int, add_arguments:
 #: name -> adds its subparser (with `func` set). Later commands append here.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "demo": _subcommand(
-        "demo", "demo", "offline demo: index GeoShapes, compare methods, write an HTML page (top-5 before/after)",
+        "demo", "geosteer.geoshapes.commands", "offline demo: index GeoShapes, compare methods, write an HTML page (top-5 before/after)",
         1, "add_demo_arguments", "run_demo",
     ),
     "eval": _subcommand(
-        "eval", "demo", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
+        "eval", "geosteer.geoshapes.commands", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
         2, "add_eval_arguments", "run_eval",
     ),
     "train-demo": _subcommand(
-        "train-demo", "train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",
+        "train-demo", "geosteer.geoshapes.train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",
         0, "add_arguments", "run",
     ),
 }

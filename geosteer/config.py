@@ -6,10 +6,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from geosteer.ops.assign import SOLVERS
+from geosteer.ops.dispatch import BACKENDS
+from geosteer.ops.screen import SCREENS
+from geosteer.stages.steer import DESIGNS
+
 Mode = Literal["auto", "parts", "neighbourhood"]
 Matching = Literal["hungarian", "max"]
 Backend = Literal["auto", "triton", "torch"]
 Screen = Literal["auto", "bf16", "off"]
+Solver = Literal["auto", "tla"]
+SteerDesign = Literal["near", "margin", "text", "margin+text"]
+MODES = ("auto", "parts", "neighbourhood")
+MATCHINGS = ("hungarian", "max")
 
 
 @dataclass(frozen=True)
@@ -34,14 +43,27 @@ class HeadConfig:
     beta: float = 0.0
     # γ: weight of the structure term R(q, c) (relations between parts).
     gamma: float = 0.0
-    # "parts" (annotation / region sets), "neighbourhood" (kNN sets inside the
-    # candidate pool), or "auto": parts when they are given, else neighbourhood.
+    # How each steering direction d_j is built (geosteer.stages.steer):
+    # "near" (mean of the pool items nearest each anchor), "margin" (pool
+    # items weighted by their contrast margin c·p_j - c·u_j), "text"
+    # (p_j - u_j itself) or "margin+text". Read only when alpha > 0.
+    steer_design: SteerDesign = "margin"
+    # "parts" (annotation / region sets), "neighbourhood" (each candidate's k
+    # nearest gallery items), or "auto": parts when they are given, else
+    # neighbourhood.
     mode: Mode = "auto"
     # "hungarian": one-to-one assignment; "max": each part takes its best
     # region on its own (the ablation DESIGN §1 asks to report).
     matching: Matching = "hungarian"
-    # Kernel choice for CUDA tensors; CPU tensors always use torch code.
+    # Which implementation each op runs (geosteer.ops.dispatch): "auto" = the
+    # compiled kernel of the device (Triton on CUDA, numba on the CPU) where
+    # it can run, "triton" = the Triton kernel or an error, "torch" = the
+    # plain-torch references.
     backend: Backend = "auto"
+    # The assignment solver: "auto" = geosteer's (exact, batched); "tla" =
+    # torch-linear-assignment's batch_linear_assignment (the peer the
+    # benchmarks compare with; same optimum, slower on the CPU).
+    solver: Solver = "auto"
     # First stage: most query×gallery scores held at once (query chunking).
     chunk_elements: int = 1 << 24
     # First stage: "bf16" screens the gallery with a bf16 matmul, re-scores a
@@ -61,10 +83,12 @@ class HeadConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        _check_choice("mode", self.mode, ("auto", "parts", "neighbourhood"))
-        _check_choice("matching", self.matching, ("hungarian", "max"))
-        _check_choice("backend", self.backend, ("auto", "triton", "torch"))
-        _check_choice("screen", self.screen, ("auto", "bf16", "off"))
+        _check_choice("steer_design", self.steer_design, DESIGNS)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("matching", self.matching, MATCHINGS)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("solver", self.solver, SOLVERS)
+        _check_choice("screen", self.screen, SCREENS)
 
     @property
     def pool_neighbors(self) -> int:
@@ -86,8 +110,9 @@ def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-# Tuned on the GeoShapes validation seeds with the demo model
-# (bench/tune_defaults.py; the table is bench/results/tune_2026-11-29.json).
+# Tuned on the GeoShapes validation seeds with the demo model, "masked"
+# region sets and per-part steering anchors (bench/tune_defaults.py; the
+# table is bench/results/tune_2026-11-29.json, docs/tuning.md reads it).
 PRESETS: dict[str, HeadConfig] = {
     # Plain cosine top-K: the floor every other preset is compared with.
     "cosine": HeadConfig(lam=0.0, alpha=0.0),
@@ -105,14 +130,6 @@ PRESETS: dict[str, HeadConfig] = {
     # region matching on, the penalty adds nothing the alignment lacks.
     "rerank+steer": HeadConfig(k=100, lam=0.8, gamma=0.1, alpha=0.0, beta=0.0),
 }
-#: Region method the presets were tuned with: `geosteer.index` "masked"
-#: (colour regions, each cropped alone).
-DEFAULT_REGIONS = "masked"
-#: Steering anchors the presets were tuned with (`geosteer.index.ANCHORS`):
-#: one negative phrase per object part.
-DEFAULT_ANCHORS = "parts"
-
-
 def get_config(name: str, **overrides) -> HeadConfig:
     """The named preset, with `overrides` applied.
 

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from collections.abc import Callable
+from typing import ContextManager, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geosteer import validate
 from geosteer.config import HeadConfig
-from geosteer.ops.cost import pad_cost, part_cost
+from geosteer.inputs import GallerySide, QuerySide, gallery_side, query_side, validate
 from geosteer.ops.first_stage import first_stage as exact_first_stage
+from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
-from geosteer.rerank import alignment_from_cost, neighbourhood_cost, neighbours_of, relation_score
-from geosteer.steer import confuser_penalty, region_confuser_penalty, steer_scores
+from geosteer.stages.rerank import alignment, match, neighbourhood_cost, neighbours_of
+from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steer_scores
+from geosteer.stages.structure import relation_score
+
+#: The stages of one forward call, in order; a `stage_hook` sees each one it
+#: runs (validate, first_stage and fuse always; the others when configured).
+STAGES: tuple[str, ...] = ("validate", "first_stage", "steer", "cost", "assign", "alignment", "structure", "fuse")
+
+#: `stage_hook(name)` returns a context manager wrapped around stage `name`.
+StageHook = Callable[[str], ContextManager]
 
 
 class HeadResult(NamedTuple):
@@ -40,13 +50,19 @@ class GeoSteerHead(nn.Module):
     Args:
         config: a `HeadConfig`; keyword arguments override its fields
             (`GeoSteerHead(k=20, lam=0.6)` works without one).
+        stage_hook: optional `name -> context manager` wrapped around each
+            stage of `STAGES` that a call runs (eager use: timing, tracing;
+            leave it None under `torch.compile`).
     """
 
-    def __init__(self, config: HeadConfig | None = None, **overrides) -> None:
+    def __init__(self, config: HeadConfig | None = None, *, stage_hook: StageHook | None = None, **overrides) -> None:
         super().__init__()
         if config is not None and not isinstance(config, HeadConfig):
             raise TypeError(f"config must be a HeadConfig, got {type(config).__name__}")
+        if stage_hook is not None and not callable(stage_hook):
+            raise TypeError(f"stage_hook must be callable (name -> context manager), got {type(stage_hook).__name__}")
         self.config = (config or HeadConfig()).replace(**overrides)
+        self.stage_hook = stage_hook
 
     def extra_repr(self) -> str:
         c = self.config
@@ -54,8 +70,8 @@ class GeoSteerHead(nn.Module):
 
     def forward(
         self,
-        query: Tensor,
-        gallery: Tensor,
+        query: Tensor | QuerySide,
+        gallery: Tensor | GallerySide,
         *,
         query_parts: Tensor | None = None,
         query_parts_mask: Tensor | None = None,
@@ -72,8 +88,10 @@ class GeoSteerHead(nn.Module):
         """Re-rank the gallery for each query.
 
         Args:
-            query: `[Q, D]` float, L2-normalised (re-normalised here).
-            gallery: `[N, D]` same dtype/device, L2-normalised.
+            query: `[Q, D]` float, L2-normalised (re-normalised here), or a
+                whole `QuerySide` (then its part/anchor keywords stay None).
+            gallery: `[N, D]` same dtype/device, L2-normalised, or a whole
+                `GallerySide`.
             query_parts: `[Q, m, D]` part embeddings (one per object phrase).
             query_parts_mask: `[Q, m]` bool, True = valid (default all valid).
             gallery_parts: `[N, n, D]` region / annotation embeddings, L2-normalised.
@@ -99,40 +117,42 @@ class GeoSteerHead(nn.Module):
             TypeError / ValueError: naming the bad argument (DESIGN §5).
         """
         cfg = self.config
-        parts_mode = self._parts_mode(query_parts, gallery_parts)
+        q = query_side(query, query_parts=query_parts, query_parts_mask=query_parts_mask, negatives=negatives,
+                       negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
+        g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
+                         gallery_part_boxes=gallery_part_boxes, gallery_neighbors=gallery_neighbors)
+        parts_mode = self._parts_mode(q.parts, g.parts)
         rerank = cfg.lam > 0 or cfg.gamma > 0
-        checks_ = validate.head_inputs(
-            cfg, query, gallery, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
-            negatives, negatives_mask, positives, query_relations, gallery_part_boxes, gallery_neighbors,
-            first_stage, parts_mode, rerank,
-        )
-        query = F.normalize(query, dim=-1)
-        s0, ids = self._candidates(query, gallery, first_stage)
-        s = self._steer(query, gallery, ids, s0, query_parts, negatives, negatives_mask, positives,
-                        gallery_parts if parts_mode else None, gallery_parts_mask)
+        with self._stage("validate"):
+            checks_ = validate(cfg, q, g, first_stage, parts_mode, rerank)
+            query_emb = F.normalize(q.embeddings, dim=-1)
+        with self._stage("first_stage"):
+            s0, ids = self._candidates(query_emb, g.embeddings, first_stage)
+        s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0)
         align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
         if rerank:
-            align, cols = self._align(
-                query, gallery, ids, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
-                gallery_neighbors, parts_mode,
+            align, cols = self._align(query_emb, q, g, ids, parts_mode)
+            if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
+                with self._stage("structure"):
+                    structure = relation_score(cols, ids, g.part_boxes, q.relations)
+        with self._stage("fuse"):
+            if cols is None:
+                cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
+            fused = (1.0 - cfg.lam) * s + cfg.lam * align + cfg.gamma * structure + checks_
+            scores, order = fused.sort(dim=1, descending=True, stable=True)
+            pick = lambda t: t.gather(1, order)  # noqa: E731
+            return HeadResult(
+                indices=pick(ids),
+                scores=scores,
+                first_stage_scores=pick(s0),
+                steered_scores=pick(s),
+                alignment=pick(align),
+                structure=pick(structure),
+                assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])),
             )
-            if cfg.gamma > 0 and query_relations is not None and gallery_part_boxes is not None:
-                structure = relation_score(cols, ids, gallery_part_boxes, query_relations)
-        if cols is None:
-            cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
 
-        fused = (1.0 - cfg.lam) * s + cfg.lam * align + cfg.gamma * structure + checks_
-        scores, order = fused.sort(dim=1, descending=True, stable=True)
-        pick = lambda t: t.gather(1, order)  # noqa: E731
-        return HeadResult(
-            indices=pick(ids),
-            scores=scores,
-            first_stage_scores=pick(s0),
-            steered_scores=pick(s),
-            alignment=pick(align),
-            structure=pick(structure),
-            assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])),
-        )
+    def _stage(self, name: str) -> ContextManager:
+        return contextlib.nullcontext() if self.stage_hook is None else self.stage_hook(name)
 
     def _candidates(
         self, query: Tensor, gallery: Tensor, first_stage: tuple[Tensor, Tensor] | None
@@ -146,58 +166,58 @@ class GeoSteerHead(nn.Module):
         return top.values, ids.long().gather(1, top.indices)
 
     def _steer(
-        self, query: Tensor, gallery: Tensor, ids: Tensor, s0: Tensor, query_parts: Tensor | None,
-        negatives: Tensor | None, negatives_mask: Tensor | None, positives: Tensor | None,
-        gallery_parts: Tensor | None = None, gallery_parts_mask: Tensor | None = None,
+        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor
     ) -> Tensor:
         """Stage 1: steered scores q'·c `[Q, K]`, less the β confuser penalty.
 
-        With region sets (`gallery_parts`, parts mode) the penalty is measured
-        per object on the regions (`region_confuser_penalty`), else on the
+        With region sets (`regions`, parts mode) the penalty is measured per
+        object on the regions (`region_confuser_penalty`), else on the
         pooled embeddings (`confuser_penalty`).
         """
         cfg = self.config
-        if negatives is None or (cfg.alpha == 0 and cfg.beta == 0):
+        if q.negatives is None or (cfg.alpha == 0 and cfg.beta == 0):
             return s0
-        neg = F.normalize(negatives, dim=-1)
-        neg_mask = negatives_mask if negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
-        pos = self._positives(query, query_parts, positives, neg.shape[1])
-        if cfg.alpha > 0:
-            s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.pool_neighbors, cfg.alpha, cfg.backend)
-        elif gallery_parts is None:
-            s, neg_sims = s0, project(gallery, ids, neg, cfg.backend)
-        else:
-            s = s0
-        if cfg.beta > 0 and gallery_parts is not None:
-            gmask = gallery_parts_mask if gallery_parts_mask is not None else _all_true(gallery_parts.shape[:2], s0.device)
-            s = s - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, gallery_parts, gmask, cfg.backend)
-        elif cfg.beta > 0:
-            s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
-        return s
+        with self._stage("steer"):
+            neg = F.normalize(q.negatives, dim=-1)
+            neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
+            pos = self._positives(query, q.parts, q.positives, neg.shape[1])
+            if cfg.alpha > 0:
+                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.pool_neighbors, cfg.alpha,
+                                           cfg.backend, cfg.steer_design)
+            elif regions is None:
+                s, neg_sims = s0, project(gallery, ids, neg, cfg.backend)
+            else:
+                s = s0
+            if cfg.beta > 0 and regions is not None:
+                gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(regions.parts.shape[:2], s0.device)
+                s = s - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, regions.parts, gmask, cfg.backend)
+            elif cfg.beta > 0:
+                s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
+            return s
 
-    def _align(
-        self, query: Tensor, gallery: Tensor, ids: Tensor, query_parts: Tensor | None, query_parts_mask: Tensor | None,
-        gallery_parts: Tensor | None, gallery_parts_mask: Tensor | None, gallery_neighbors: Tensor | None,
-        parts_mode: bool,
-    ) -> tuple[Tensor, Tensor]:
+    def _align(self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool) -> tuple[Tensor, Tensor]:
         """Stage 2: alignment A(q, c) `[Q, K]` and the matched region per part `[Q, K, m]`."""
         cfg = self.config
-        if parts_mode:
-            qp = F.normalize(query_parts, dim=-1)
-            qmask = query_parts_mask if query_parts_mask is not None else _all_true(qp.shape[:2], qp.device)
-            gmask = gallery_parts_mask if gallery_parts_mask is not None else _all_true(gallery_parts.shape[:2], qp.device)
-            pad = pad_cost(qp.shape[1], gallery_parts.shape[1])
-            cost = part_cost(qp, qmask, ids, gallery_parts, gmask, pad, cfg.backend)
-            num_valid = qmask.sum(dim=1)
-        else:
-            k = cfg.pool_neighbors
-            if gallery_neighbors is None:
-                nbrs = neighbours_of(gallery, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
+        with self._stage("cost"):
+            if parts_mode:
+                qp = F.normalize(q.parts, dim=-1)
+                qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
+                gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
+                pad = pad_cost(qp.shape[1], g.parts.shape[1])
+                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend)
+                num_valid = qmask.sum(dim=1)
             else:
-                nbrs = gallery_neighbors[:, :k][ids]
-            cost = neighbourhood_cost(gallery, ids, nbrs, k, cfg.backend)
-            num_valid = torch.full((query.shape[0],), k, device=query.device)
-        return alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend)
+                k = cfg.pool_neighbors
+                if g.neighbors is None:
+                    nbrs = neighbours_of(g.embeddings, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
+                else:
+                    nbrs = g.neighbors[:, :k][ids]
+                cost = neighbourhood_cost(g.embeddings, ids, nbrs, k, cfg.backend)
+                num_valid = torch.full((query.shape[0],), k, device=query.device)
+        with self._stage("assign"):
+            cols = match(cost, cfg.matching, cfg.backend, cfg.solver)
+        with self._stage("alignment"):
+            return alignment(cost, cols, num_valid)
 
     def _parts_mode(self, query_parts: Tensor | None, gallery_parts: Tensor | None) -> bool:
         mode = self.config.mode
@@ -216,6 +236,7 @@ class GeoSteerHead(nn.Module):
         if query_parts is not None and query_parts.shape[1] == num_neg:
             return F.normalize(query_parts, dim=-1)
         return query[:, None, :]
+
 
 def _all_true(shape, device) -> Tensor:
     return torch.ones(tuple(shape), dtype=torch.bool, device=device)

@@ -20,3 +20,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def rng() -> torch.Generator:
     """A seeded generator; each test gets the same stream."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def without_numba(monkeypatch):
+    """Run as if numba were not installed: every op takes its torch reference on the CPU."""
+    from geosteer import cpu_kernels
+    from geosteer.ops import dispatch
+
+    monkeypatch.setattr(cpu_kernels, "numba_problem", lambda: "numba is not installed")
+    monkeypatch.setattr(dispatch, "_warned", set())

@@ -109,10 +109,16 @@ def test_default_cpu_path_matches_scipy(cost, maximize):
 
 @given(cost=costs())
 @settings(max_examples=60, deadline=None)
-def test_scipy_fallback_without_numba_matches_scipy(cost):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(assign_mod, "_assign_numba", None)
-        check_matching(cost, batch_linear_assignment(cost))
+def test_scipy_reference_matches_scipy(cost):
+    """backend="torch" on the CPU is the reference path: SciPy per problem."""
+    check_matching(cost, batch_linear_assignment(cost, backend="torch"))
+
+
+def test_without_numba_the_cpu_takes_scipy_with_one_warning(without_numba):
+    cost = torch.rand(5, 3, 4, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(RuntimeWarning, match="numba is not installed"):
+        got = batch_linear_assignment(cost)
+    check_matching(cost, got)
 
 
 @given(cost=costs(max_side=6, orient="wide"))
@@ -185,7 +191,7 @@ def test_triton_dp_compiles_for_sm90_without_a_gpu():
 
 @needs_numba
 def test_numba_threads_agree_and_report_first_failure(monkeypatch):
-    from geosteer.ops import _assign_numba
+    from geosteer.cpu_kernels import assign as _assign_numba
 
     g = torch.Generator().manual_seed(2)
     cost = torch.rand(301, 5, 9, generator=g, dtype=torch.float64)
@@ -224,10 +230,8 @@ def test_non_contiguous_and_grad_inputs():
 
 @pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 0, 0)])
 @pytest.mark.parametrize("no_numba", [False, True])
-def test_empty_shapes(shape, no_numba, monkeypatch):
-    if no_numba:
-        monkeypatch.setattr(assign_mod, "_assign_numba", None)
-    out = batch_linear_assignment(torch.zeros(shape))
+def test_empty_shapes(shape, no_numba):
+    out = batch_linear_assignment(torch.zeros(shape), backend="torch" if no_numba else "auto")
     assert out.shape == shape[:2] and out.dtype == torch.long and (out == -1).all()
 
 
@@ -240,10 +244,9 @@ def _paths():
 
 
 @pytest.fixture(params=_paths())
-def cpu_path(request, monkeypatch):
-    if request.param == "scipy":
-        monkeypatch.setattr(assign_mod, "_assign_numba", None)
-    return request.param
+def cpu_path(request):
+    """The backend that takes each CPU solver path: numba ("auto") and SciPy ("torch")."""
+    return "auto" if request.param == "numba" else "torch"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -INF])
@@ -251,7 +254,7 @@ def test_nan_and_minus_inf_are_invalid(bad, cpu_path):
     cost = torch.rand(3, 2, 3)
     cost[2, 1, 0] = bad
     with pytest.raises(ValueError, match="invalid numeric entries"):
-        batch_linear_assignment(cost)
+        batch_linear_assignment(cost, backend=cpu_path)
 
 
 def test_invalid_entries_win_over_an_earlier_infeasible_problem(cpu_path):
@@ -259,7 +262,7 @@ def test_invalid_entries_win_over_an_earlier_infeasible_problem(cpu_path):
     cost[0, 0] = INF  # problem 0 infeasible
     cost[3, 1, 1] = float("nan")  # problem 3 invalid
     with pytest.raises(ValueError, match="invalid numeric entries"):
-        batch_linear_assignment(cost)
+        batch_linear_assignment(cost, backend=cpu_path)
 
 
 def test_plus_inf_is_invalid_when_maximising_and_minus_inf_is_forbidden():
@@ -277,7 +280,7 @@ def test_infeasible_raises(shape, cpu_path):
     cost[1, :, 0] = INF
     cost[1, 0, :] = INF  # problem 1: row 0 (and column 0) forbidden everywhere
     with pytest.raises(ValueError, match="infeasible"):
-        batch_linear_assignment(cost)
+        batch_linear_assignment(cost, backend=cpu_path)
 
 
 def test_infeasible_raises_on_the_torch_dp():

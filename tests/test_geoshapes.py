@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from geosteer.data import (
+from geosteer.geoshapes import (
     BACKGROUND_RGB,
     COLOUR_RGB,
     COLOURS,

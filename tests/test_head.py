@@ -7,7 +7,7 @@ import torch
 
 import geosteer
 from geosteer import GeoSteerHead, HeadConfig
-from geosteer.steer import orthogonal_directions
+from geosteer.stages.steer import orthogonal_directions
 from planted import binding_problem, cluster_problem, unit
 
 

@@ -37,7 +37,7 @@ def samples(device: str = "cpu"):
         ("first_stage_half", torch.ops.geosteer.first_stage.default, (query.half(), gallery.half(), 3, 1 << 20, "torch")),
         ("first_stage_screen", torch.ops.geosteer.first_stage.default, (query, _unit(80, 16, g=g), 4, 160, "auto", "bf16")),
         ("part_cost", torch.ops.geosteer.part_cost.default, (query_parts, query_mask, ids, gallery_parts, gallery_mask, 7.0, "auto")),
-        ("part_cost_half", torch.ops.geosteer.part_cost.default, (query_parts.half(), query_mask, ids[:, :1], gallery_parts.half(), gallery_mask, 7.0, "triton")),
+        ("part_cost_half", torch.ops.geosteer.part_cost.default, (query_parts.half(), query_mask, ids[:, :1], gallery_parts.half(), gallery_mask, 7.0, "auto")),
         ("project", torch.ops.geosteer.project.default, (gallery, ids, vectors, "auto")),
         ("project_pool", torch.ops.geosteer.project.default, (gallery, ids, gallery[ids], "torch")),
         ("check_finite", torch.ops.geosteer.check_finite.default, (query, "query")),

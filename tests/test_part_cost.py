@@ -2,23 +2,21 @@
 
 The kernel tests launch `part_cost_triton` directly on CPU tensors, which
 runs Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1); the
-op itself never sends CPU tensors there. The backend-resolution tests for
-`geosteer.ops.backend` (shared by every op) live here too.
+op itself never sends CPU tensors there. The dispatch rule every op
+shares is tested in test_dispatch.py.
 """
 
 from __future__ import annotations
 
-import builtins
-import sys
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from geosteer.ops import backend as backend_mod
-from geosteer.ops import cost as cost_mod
-from geosteer.ops.cost import pad_cost, part_cost, part_cost_reference
+from geosteer import cpu_kernels
+from geosteer.ops import dispatch
+from geosteer.ops import part_cost as cost_mod
+from geosteer.ops.part_cost import pad_cost, part_cost, part_cost_reference
 
 from markers import HAS_TRITON, needs_cuda, needs_interpreter, needs_numba, needs_triton
 
@@ -119,12 +117,12 @@ def test_kernel_zero_dim_costs_one():
 # --- the op --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_op_on_cpu_never_reaches_triton(backend, monkeypatch):
-    """CPU tensors never reach the Triton launcher, whatever `backend` says.
+    """CPU tensors never reach the Triton launcher.
 
-    float32 runs the numba kernel (summation order differs from the
-    reference's bmm), except backend="torch", which is the reference itself.
+    float32 runs the numba kernel under "auto" (summation order differs from
+    the reference's bmm); backend="torch" is the reference itself.
     """
     if HAS_TRITON:
         import geosteer.kernels.part_cost as kernel_mod
@@ -136,8 +134,13 @@ def test_op_on_cpu_never_reaches_triton(backend, monkeypatch):
     inputs = make_inputs((3, 5, 4, 3, 16, 9), torch.float32)
     got = torch.ops.geosteer.part_cost(*inputs, backend)
     assert got.device.type == "cpu" and got.dtype == torch.float32
-    exact = backend == "torch" or not cost_mod.use_numba(inputs[0], inputs[3], backend)
+    exact = backend == "torch" or cpu_kernels.numba_problem() is not None
     torch.testing.assert_close(got, part_cost_reference(*inputs), atol=0 if exact else 1e-6, rtol=0)
+
+
+def test_op_on_cpu_with_backend_triton_says_it_cannot_run():
+    with pytest.raises(dispatch.BackendUnavailable, match="CUDA tensors"):
+        torch.ops.geosteer.part_cost(*make_inputs((2, 3, 2, 2, 8, 5), torch.float32), "triton")
 
 
 # --- the numba CPU kernel ----------------------------------------------------
@@ -147,10 +150,10 @@ def test_op_on_cpu_never_reaches_triton(backend, monkeypatch):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "Q{}K{}m{}n{}D{}N{}".format(*s))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_numba_kernel_matches_reference(shape, threads, monkeypatch):
-    monkeypatch.setattr(cost_mod._cost_numba, "PARALLEL_MIN_WORK", 0)  # split even tiny batches
+    monkeypatch.setattr(cpu_kernels.load("part_cost"), "PARALLEL_MIN_WORK", 0)  # split even tiny batches
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     inputs = make_inputs(shape, torch.float32, seed=3)
-    assert cost_mod.use_numba(inputs[0], inputs[3], "auto")
+    assert dispatch.resolve(cost_mod.SPEC, "auto", inputs[0].device, (torch.float32,)) == "numba"
     got = cost_mod.part_cost_numba(*inputs)
     want = part_cost_reference(*inputs)
     assert got.shape == want.shape and got.dtype == torch.float32
@@ -168,11 +171,20 @@ def test_numba_kernel_rejects_ids_out_of_range():
 
 
 @needs_numba
-def test_numba_kernel_is_skipped_where_it_does_not_apply():
-    query_parts, _, _, gallery_parts, _, _ = make_inputs((2, 3, 2, 2, 8, 5), torch.float32)
-    assert not cost_mod.use_numba(query_parts, gallery_parts, "torch")
-    assert not cost_mod.use_numba(query_parts.double(), gallery_parts.double(), "auto")
-    assert not cost_mod.use_numba(query_parts, gallery_parts.transpose(0, 1).contiguous().transpose(0, 1), "auto")
+def test_numba_kernel_is_skipped_where_it_does_not_apply(monkeypatch):
+    """backend="torch", float64 and a strided gallery all take the reference, bit for bit."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the numba kernel ran")
+
+    monkeypatch.setattr(cost_mod, "part_cost_numba", boom)
+    inputs = make_inputs((2, 3, 2, 2, 8, 5), torch.float32)
+    torch.testing.assert_close(part_cost(*inputs, "torch"), part_cost_reference(*inputs), atol=0, rtol=0)
+    as64 = [t.double() if t.is_floating_point() else t for t in inputs[:5]] + [inputs[5]]
+    torch.testing.assert_close(part_cost(*as64, "auto"), part_cost_reference(*as64), atol=0, rtol=0)
+    strided = list(inputs)
+    strided[3] = inputs[3].transpose(0, 1).contiguous().transpose(0, 1)
+    torch.testing.assert_close(part_cost(*strided, "auto"), part_cost_reference(*inputs), atol=0, rtol=0)
 
 
 def test_op_rejects_unknown_backend():
@@ -190,69 +202,6 @@ def test_op_raises_on_nan_in_a_candidate_row_only():
     gallery_parts[ids[1, 2], 1, 0] = float("nan")
     with pytest.raises(ValueError, match="gallery_parts"):
         part_cost(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, "auto")
-
-
-# --- backend resolution (geosteer.ops.backend, shared by every op) ------------
-
-
-@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
-def test_backend_cpu_device_never_uses_triton(backend):
-    assert backend_mod.use_triton("op", backend, torch.device("cpu"), (torch.float32,)) is False
-
-
-def test_backend_auto_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(backend_mod, "_warned", set())
-    monkeypatch.setattr(backend_mod, "triton_problem", lambda device, dtypes: "triton is not installed")
-    cuda = torch.device("cuda")
-    with pytest.warns(RuntimeWarning, match="triton is not installed"):
-        assert backend_mod.use_triton("geosteer::x", "auto", cuda, (torch.float16,)) is False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a second warning would raise here
-        assert backend_mod.use_triton("geosteer::x", "auto", cuda, (torch.float16,)) is False
-        assert backend_mod.use_triton("geosteer::x", "torch", cuda, (torch.float16,)) is False
-    with pytest.raises(backend_mod.BackendUnavailable, match="triton is not installed"):
-        backend_mod.use_triton("geosteer::x", "triton", cuda, (torch.float16,))
-
-
-def test_backend_cuda_uses_triton_when_it_can(monkeypatch):
-    monkeypatch.setattr(backend_mod, "triton_problem", lambda device, dtypes: None)
-    cuda = torch.device("cuda")
-    assert backend_mod.use_triton("geosteer::x", "auto", cuda, (torch.float16,)) is True
-    assert backend_mod.use_triton("geosteer::x", "triton", cuda, (torch.float16,)) is True
-    assert backend_mod.use_triton("geosteer::x", "torch", cuda, (torch.float16,)) is False
-
-
-def test_backend_float64_is_a_reason_to_fall_back(monkeypatch):
-    monkeypatch.setattr(backend_mod, "triton_import_problem", lambda: None)
-    problem = backend_mod.triton_problem(torch.device("cuda"), (torch.float32, torch.float64))
-    assert problem is not None and "float64" in problem
-
-
-def test_backend_missing_triton_is_reported_and_a_broken_one_raises(monkeypatch):
-    real_import = builtins.__import__
-    backend_mod.triton_import_problem.cache_clear()
-    try:
-        monkeypatch.setitem(sys.modules, "triton", None)  # import triton -> ImportError(name="triton")
-        assert "not installed" in backend_mod.triton_import_problem()
-        backend_mod.triton_import_problem.cache_clear()
-        monkeypatch.undo()
-
-        def broken(name, *args, **kwargs):
-            if name == "triton":
-                raise ImportError("libfoo.so: cannot open shared object file", name="triton._C.libtriton")
-            return real_import(name, *args, **kwargs)
-
-        monkeypatch.setattr(builtins, "__import__", broken)
-        with pytest.raises(ImportError, match="libfoo"):
-            backend_mod.triton_import_problem()
-    finally:
-        monkeypatch.undo()
-        backend_mod.triton_import_problem.cache_clear()
-
-
-def test_backend_rejects_unknown_names():
-    with pytest.raises(ValueError, match="backend"):
-        backend_mod.use_triton("op", "Triton", torch.device("cpu"), (torch.float32,))
 
 
 # --- CUDA (skipped without a GPU) -----------------------------------------------

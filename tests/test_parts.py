@@ -47,7 +47,7 @@ def test_split_parts(caption, parts, relations):
 def test_split_parts_round_trips_benchmark_captions():
     import random
 
-    from geosteer.data import caption, random_scene
+    from geosteer.geoshapes import caption, random_scene
 
     rng = random.Random(0)
     for _ in range(50):

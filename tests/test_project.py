@@ -82,9 +82,9 @@ def test_kernel_strided_inputs_int32_ids_and_mixed_dtypes():
     torch.testing.assert_close(mixed, project_reference(gallery.half().float(), ids, vectors), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
-    """CPU tensors never reach the Triton launcher, whatever `backend` says."""
+    """CPU tensors never reach the Triton launcher (the op has no numba kernel: the reference runs)."""
     if HAS_TRITON:
         import geosteer.kernels.project as kernel_mod
 
@@ -96,6 +96,13 @@ def test_op_on_cpu_runs_the_reference_for_every_backend(backend, monkeypatch):
     got = torch.ops.geosteer.project(*inputs, backend)
     assert got.device.type == "cpu" and got.dtype == torch.float32
     torch.testing.assert_close(got, project_reference(*inputs), atol=0, rtol=0)
+
+
+def test_op_on_cpu_with_backend_triton_says_it_cannot_run():
+    from geosteer.ops.dispatch import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable, match="CUDA tensors"):
+        torch.ops.geosteer.project(*make_inputs((3, 5, 2, 16, 9), torch.float32), "triton")
 
 
 def test_op_matches_a_plain_gather_and_dot():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from geosteer.data import BACKGROUND_RGB, SHAPES, Scene, ShapeObject, object_boxes, object_crop, random_scene, render
+from geosteer.geoshapes import BACKGROUND_RGB, SHAPES, Scene, ShapeObject, object_boxes, object_crop, random_scene, render
 from geosteer.encoders.regions import (
     crop_regions,
     grid_boxes,

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import geosteer
+from geosteer import cpu_kernels
 from geosteer.ops import screen as screen_mod
 from geosteer.ops.first_stage import first_stage, first_stage_reference
 from geosteer.ops.screen import gallery_screen, outside_bound, rescore_error, screened_top_k, wants_screen
@@ -106,16 +107,14 @@ def test_bound_covers_every_item(dim, items, rows, q_scale, g_scale, seed):
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch"])
-def test_rescore_is_within_its_error_bound(compiled, monkeypatch):
-    if not compiled:
-        monkeypatch.setattr(screen_mod, "_cost_numba", None)
-    elif screen_mod._cost_numba is None:
+def test_rescore_is_within_its_error_bound(compiled):
+    if compiled and cpu_kernels.numba_problem() is not None:
         pytest.skip("numba is not installed")
     gen = torch.Generator().manual_seed(21)
     query = torch.randn(7, 300, generator=gen) * 3
     gallery = torch.randn(50, 300, generator=gen) * torch.rand(50, 1, generator=gen)
     ids = torch.randint(0, 50, (7, 20), generator=gen)
-    got = screen_mod.rescore(query, gallery, ids)
+    got = screen_mod.rescore(query, gallery, ids, use_numba=compiled)
     true = (query.double()[:, None, :] * gallery.double()[ids]).sum(-1)
     screen_mod._GALLERIES.clear()
     bound = rescore_error(query, gallery_screen(gallery)).double()[:, None]

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geosteer.data import RELATION_WORDS, SPLITS, TEST_SEEDS, VALIDATION_SEEDS, Scene, caption_matches, make_split
-from geosteer.data.splits import NEAR_COLOUR, NEAR_SHAPE, check_unique, parse_object
+from geosteer.geoshapes import RELATION_WORDS, SPLITS, TEST_SEEDS, VALIDATION_SEEDS, Scene, caption_matches, make_split
+from geosteer.geoshapes.splits import NEAR_COLOUR, NEAR_SHAPE, check_unique, parse_object
 from geosteer.encoders.contrast import contrast_texts
 from geosteer.encoders.parts import split_parts
+from geosteer.geoshapes.vocabulary import CONFUSERS
 
 NQ = 24
 
@@ -36,7 +37,7 @@ def test_exactly_one_target_per_query(splits, name):
     # the parts and relations are what split_parts says, and name the target's objects
     for q, query in enumerate(s.queries):
         assert (s.query_parts[q], s.query_relations[q]) == split_parts(query)
-        assert s.negatives[q] == contrast_texts(query)
+        assert s.negatives[q] == contrast_texts(query, CONFUSERS)
         labels = [parse_object(p) for p in s.query_parts[q]]
         assert sorted(labels) == _labels(s.gallery[s.targets[q]])
 
@@ -162,7 +163,7 @@ def test_count_split_rewards_one_to_one_matching():
     split's design, independent of any trained model.
     """
     from geosteer import GeoSteerHead
-    from geosteer.data import COLOURS, SHAPES
+    from geosteer.geoshapes import COLOURS, SHAPES
 
     dim = 64
     g = torch.Generator().manual_seed(0)

@@ -2,8 +2,9 @@
 
 `load_clip` / `ClipEncoder` live in `geosteer.encoders.clip`; the text and
 region helpers (`split_parts`, `contrast_texts`, `part_negatives`,
-`propose_regions`, `crop_regions`, `region_sets`) are re-exported lazily
-from their modules, so importing this package stays cheap.
+`propose_regions`, `crop_regions`, `region_crops`, `region_sets`,
+`family_regions`) are re-exported lazily from their modules, so importing
+this package stays cheap.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _LAZY = {
     "part_negatives": "contrast",
     "propose_regions": "regions",
     "crop_regions": "regions",
+    "family_regions": "regions",
     "region_crops": "regions",
     "region_sets": "regions",
 }

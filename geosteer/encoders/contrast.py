@@ -3,40 +3,18 @@
 From the query alone, no gallery: swap the attributes between its objects
 ("a red pentagon and a blue hexagon" -> "a blue pentagon and a red
 hexagon"), reverse its relations ("left of" -> "right of"), and replace one
-concept by its nearest confuser from a vocabulary (pentagon -> hexagon,
-red -> orange). `part_negatives` gives one negative per part, aligned with
+concept by its nearest confuser from a vocabulary the caller gives
+(`{"pentagon": "hexagon", "red": "orange", ...}`; without one, only swaps
+and reversals). `part_negatives` gives one negative per part, aligned with
 the parts, for per-object steering directions.
 """
 
 from __future__ import annotations
 
-from geosteer.encoders.parts import split_parts, with_article
+from collections.abc import Mapping
 
-#: Concept -> its nearest confuser. Shapes by silhouette (the pentagon /
-#: hexagon pair is the benchmark's fine-grained confusion), colours by hue
-#: (nearest neighbour on the colour wheel of `COLOUR_RGB`), sizes by antonym.
-CONFUSERS: dict[str, str] = {
-    "pentagon": "hexagon",
-    "hexagon": "pentagon",
-    "circle": "hexagon",
-    "square": "pentagon",
-    "triangle": "star",
-    "star": "triangle",
-    "red": "orange",
-    "orange": "yellow",
-    "yellow": "orange",
-    "green": "cyan",
-    "cyan": "blue",
-    "blue": "purple",
-    "purple": "blue",
-    "pink": "red",
-    "small": "large",
-    "large": "small",
-    "big": "small",
-}
-OPPOSITE_RELATION: dict[str, str] = {
-    "left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above",
-}
+from geosteer.encoders.parts import split_parts, with_article
+from geosteer.relations import OPPOSITE, WORDS
 
 _Obj = tuple[tuple[str, ...], str]  # (attribute words, noun)
 
@@ -68,10 +46,6 @@ def compose(parts: list[str], relations: list[tuple[int, int, str]]) -> str:
     Returns:
         The caption.
     """
-    # Imported here: geosteer.data.splits imports this module, so a top-level
-    # import of geosteer.data would be circular.
-    from geosteer.data.geoshapes import RELATION_WORDS
-
     rel_into = {j: r for _, j, r in relations}
     groups: list[tuple[str, int, str | None]] = []  # (phrase, count, relation into it)
     for k, part in enumerate(parts):
@@ -92,7 +66,7 @@ def compose(parts: list[str], relations: list[tuple[int, int, str]]) -> str:
     for g in range(1, len(groups)):
         rel = groups[g][2]
         if rel is not None:
-            out += f" {RELATION_WORDS[rel]} {texts[g]}"
+            out += f" {WORDS[rel]} {texts[g]}"
         elif g == len(groups) - 1:
             out += f" and {texts[g]}"
         else:
@@ -106,16 +80,16 @@ def _meaning(parts: list[str], relations: list[tuple[int, int, str]]) -> tuple:
     for i, j, r in relations:
         a, b = parts[i], parts[j]
         # a right_of b == b left_of a; a below b == b above a
-        rels.append((b, a, OPPOSITE_RELATION[r]) if r in ("right_of", "below") else (a, b, r))
+        rels.append((b, a, OPPOSITE[r]) if r in ("right_of", "below") else (a, b, r))
     return tuple(sorted(parts)), tuple(sorted(rels))
 
 
-def contrast_texts(caption: str, vocabulary: dict[str, str] | None = None) -> list[str]:
+def contrast_texts(caption: str, vocabulary: Mapping[str, str] | None = None) -> list[str]:
     """Confusers of a query: attribute swaps, relation reversals, replacements.
 
     Args:
         caption: the query text.
-        vocabulary: concept -> nearest confuser; default `CONFUSERS`.
+        vocabulary: concept -> nearest confuser; None = no replacements.
 
     Returns:
         Distinct captions, each different in meaning from `caption` (a text
@@ -123,7 +97,7 @@ def contrast_texts(caption: str, vocabulary: dict[str, str] | None = None) -> li
         attribute swaps between object pairs, relation reversals, then one
         confuser replacement per concept word per object.
     """
-    vocab = CONFUSERS if vocabulary is None else vocabulary
+    vocab = {} if vocabulary is None else vocabulary
     parts, relations = split_parts(caption)
     objs = [_parse(p) for p in parts]
     candidates: list[tuple[list[str], list[tuple[int, int, str]]]] = []
@@ -136,7 +110,7 @@ def contrast_texts(caption: str, vocabulary: dict[str, str] | None = None) -> li
                 candidates.append(([_phrase(o) for o in swapped], relations))
     for k, (i, j, r) in enumerate(relations):
         flipped = list(relations)
-        flipped[k] = (i, j, OPPOSITE_RELATION[r])
+        flipped[k] = (i, j, OPPOSITE[r])
         candidates.append((parts, flipped))
     for i, (attrs, noun) in enumerate(objs):
         words = (*attrs, noun)
@@ -160,7 +134,7 @@ def contrast_texts(caption: str, vocabulary: dict[str, str] | None = None) -> li
     return out
 
 
-def part_negatives(parts: list[str], mode: str = "auto", vocabulary: dict[str, str] | None = None) -> list[str]:
+def part_negatives(parts: list[str], mode: str = "auto", vocabulary: Mapping[str, str] | None = None) -> list[str]:
     """One negative phrase per part, aligned with `parts`.
 
     Args:
@@ -170,7 +144,8 @@ def part_negatives(parts: list[str], mode: str = "auto", vocabulary: dict[str, s
             "confuser" (the noun, else an attribute, replaced by its nearest
             confuser: "a red hexagon"), or "auto" (swap where another part
             differs, else confuser).
-        vocabulary: concept -> nearest confuser; default `CONFUSERS`.
+        vocabulary: concept -> nearest confuser; None = none (then "confuser"
+            makes no negatives).
 
     Returns:
         `len(parts)` phrases; "" where no negative can be made (callers mask
@@ -180,7 +155,7 @@ def part_negatives(parts: list[str], mode: str = "auto", vocabulary: dict[str, s
         raise ValueError(f"mode must be 'auto', 'swap' or 'confuser', got {mode!r}")
     if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in parts):
         raise ValueError(f"parts must be a list of non-empty str, got {parts!r}")
-    vocab = CONFUSERS if vocabulary is None else vocabulary
+    vocab = {} if vocabulary is None else vocabulary
     objs = [_parse(p.lower()) for p in parts]
     out = []
     for i, (attrs, noun) in enumerate(objs):

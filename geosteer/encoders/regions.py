@@ -1,21 +1,25 @@
 """Region proposals from the image itself, for region mode (DESIGN §1, stage 2).
 
-Two proposers, no annotations and no new dependency:
+Four *families* of regions, no annotations and no new dependency:
 
 - "components": connected components of non-background pixels (the
   background colour is the median of the image border). Exact on flat-colour
   scenes with separated objects; touching objects merge into one region and
   speckle noise is removed by an opening + reconstruction first.
-- "grid": a multi-scale grid of overlapping crops, 2x2 (cells 0.6 of the
-  side, stride 0.4) + 3x3 (cells 0.4, stride 0.3) = 13 boxes. The general
-  fallback for natural images.
 - "colours": components split by colour as well (pixels take the nearest of
   the image's dominant foreground colours), so touching objects of
   different colours stay apart on flat-colour scenes.
-- "both" (alias "components+grid"), "colours+grid": those first, then the grid.
+- "masked": the colour regions, each cropped *alone* (`masked_regions`: the
+  other foreground pixels painted with the background colour).
+- "grid": a multi-scale grid of overlapping crops, 2x2 (cells 0.6 of the
+  side, stride 0.4) + 3x3 (cells 0.4, stride 0.3) = 13 boxes. The general
+  fallback for natural images.
 
-`masked_regions` crops each colour region *alone* (other objects painted
-over with the background): the "masked" family of `geosteer.index`.
+A region *method* (`METHODS`, the one registry of names) is families in
+order, each capped at `max_regions`, concatenated and capped again:
+"components+grid" (alias "both"), "colours+grid", "masked+grid", or one
+family alone. `family_regions` gives one family's boxes and crops,
+`propose_regions` / `region_crops` a method's.
 
 Boxes are (x0, y0, x1, y1) pixel extents, x1/y1 exclusive. `region_sets`
 pads per-image lists into the head's `[N, n, 4]` boxes and `[N, n]` mask.
@@ -31,7 +35,19 @@ from torch import Tensor
 
 Box = tuple[int, int, int, int]
 
-METHODS: tuple[str, ...] = ("components", "colours", "grid", "both", "components+grid", "colours+grid")
+#: Region families, in the order a method concatenates them.
+FAMILIES: tuple[str, ...] = ("components", "colours", "masked", "grid")
+#: Region method -> the families it concatenates, in order.
+METHODS: dict[str, tuple[str, ...]] = {
+    "components": ("components",),
+    "colours": ("colours",),
+    "masked": ("masked",),
+    "grid": ("grid",),
+    "both": ("components", "grid"),
+    "components+grid": ("components", "grid"),
+    "colours+grid": ("colours", "grid"),
+    "masked+grid": ("masked", "grid"),
+}
 #: (cell side, stride) of each grid scale, as fractions of the image side.
 GRID_SCALES: tuple[tuple[int, float, float], ...] = ((2, 0.6, 0.4), (3, 0.4, 0.3))
 #: Margin added to each side of a component box before cropping (fraction of
@@ -62,7 +78,8 @@ def _foreground(arr: np.ndarray, threshold: float) -> np.ndarray:
     return ndimage.binary_propagation(seeds, mask=raw)
 
 
-def _label_boxes(masks: list[np.ndarray], min_pixels: float, max_regions: int) -> list[Box]:
+def _labelled(masks: list[np.ndarray], min_pixels: float, keep_pixels: bool = False) -> list[tuple[int, Box, np.ndarray | None]]:
+    """Connected components of each mask, at least `min_pixels` large: (area, box, pixels or None), largest first."""
     found = []
     for mask in masks:
         labels, count = ndimage.label(mask)  # 4-connectivity: diagonal contact does not merge
@@ -71,9 +88,10 @@ def _label_boxes(masks: list[np.ndarray], min_pixels: float, max_regions: int) -
         areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
         for k, sl in enumerate(ndimage.find_objects(labels)):
             if sl is not None and areas[k] >= min_pixels:
-                found.append((int(areas[k]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)))
-    found.sort(key=lambda ab: (-ab[0], ab[1][1], ab[1][0]))
-    return [b for _, b in found[:max_regions]]
+                pixels = labels == k + 1 if keep_pixels else None
+                found.append((int(areas[k]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), pixels))
+    found.sort(key=lambda f: (-f[0], f[1][1], f[1][0]))
+    return found
 
 
 def _colour_masks(arr: np.ndarray, fg: np.ndarray, min_pixels: float, merge: float = 48.0) -> list[np.ndarray]:
@@ -128,7 +146,7 @@ def component_boxes(
     fg = _foreground(arr, threshold)
     min_pixels = min_area * h * w
     masks = _colour_masks(arr, fg, min_pixels) if by_colour else [fg]
-    return _label_boxes(masks, min_pixels, max_regions)
+    return [box for _, box, _ in _labelled(masks, min_pixels)[:max_regions]]
 
 
 def grid_boxes(width: int, height: int) -> list[Box]:
@@ -142,35 +160,6 @@ def grid_boxes(width: int, height: int) -> list[Box]:
                 y1 = min(height, round((r * stride + cell) * height))
                 out.append((x0, y0, x1, y1))
     return out
-
-
-def propose_regions(image, method: str = "grid", max_regions: int = 16) -> list[Box]:
-    """Region boxes of one image.
-
-    Args:
-        image: PIL image or `[H, W, 3]` uint8 array.
-        method: "components", "colours", "grid", "both" / "components+grid"
-            or "colours+grid".
-        max_regions: at most this many boxes (components come first).
-
-    Returns:
-        At least one box: "components" on an image with no foreground
-        returns the whole image, so no region set is ever empty.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
-        raise ValueError(f"max_regions must be a positive int, got {max_regions!r}")
-    arr = _as_array(image)
-    h, w, _ = arr.shape
-    boxes: list[Box] = []
-    if method != "grid":
-        boxes += component_boxes(arr, max_regions=max_regions, by_colour=method.startswith("colours"))
-    if method not in ("components", "colours"):
-        boxes += grid_boxes(w, h)
-    if not boxes:
-        boxes = [(0, 0, w, h)]
-    return boxes[:max_regions]
 
 
 def crop_regions(
@@ -210,28 +199,32 @@ def crop_regions(
     return out
 
 
-def region_crops(
-    image, method: str = "grid", max_regions: int = 16, out_size: int = 96
-) -> tuple[list[Box], list[Image.Image]]:
-    """Proposals and their crops in one call.
+def check_method(method: str) -> tuple[str, ...]:
+    """The families of region method `method`.
 
-    Component boxes are cropped square with `COMPONENT_PAD` margin (like
-    `object_crop`), grid cells as they are; the boxes returned are the
-    proposals themselves (tight), which is what the structure term needs.
+    Raises:
+        ValueError: `method` is not a key of `METHODS`.
     """
-    arr = _as_array(image)
-    boxes = propose_regions(arr, method, max_regions)
-    n_comp = 0 if method == "grid" else len(
-        component_boxes(arr, max_regions=max_regions, by_colour=method.startswith("colours")))
-    n_comp = min(n_comp, len(boxes))
-    crops = crop_regions(arr, boxes[:n_comp], out_size, pad=COMPONENT_PAD, square=True)
-    crops += crop_regions(arr, boxes[n_comp:], out_size)
-    return boxes, crops
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    return METHODS[method]
 
 
-def masked_regions(
-    arr: np.ndarray, out_size: int, max_regions: int = 16, threshold: float = 40.0, min_area: float = 0.002
-) -> tuple[list[Box], list[Image.Image]]:
+def _masked_found(arr: np.ndarray, max_regions: int, threshold: float = 40.0, min_area: float = 0.002) -> tuple[np.ndarray, list[tuple[Box, np.ndarray]]]:
+    """The foreground and, per colour region (largest first), its box and own pixels (see `masked_regions`)."""
+    h, w, _ = arr.shape
+    fg = _foreground(arr, threshold)
+    min_pixels = min_area * h * w
+    found = _labelled(_colour_masks(arr, fg, min_pixels), min_pixels, keep_pixels=True)
+    out = []
+    for _, _, region in found[:max_regions]:
+        own = ndimage.binary_dilation(region, iterations=1) & fg
+        ys, xs = np.nonzero(own)
+        out.append(((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), own))
+    return fg, out
+
+
+def masked_regions(arr: np.ndarray, out_size: int, max_regions: int = 16) -> tuple[list[Box], list[Image.Image]]:
     """Colour regions, each cropped alone (the "masked" family).
 
     The regions are those of `component_boxes(by_colour=True)`, in its
@@ -246,30 +239,90 @@ def masked_regions(
     Returns:
         (boxes, crops): the boxes of S, x1/y1 exclusive, and the crops.
     """
-    h, w, _ = arr.shape
-    fg = _foreground(arr, threshold)
-    min_pixels = min_area * h * w
-    found = []
-    for mask in _colour_masks(arr, fg, min_pixels):
-        labels, count = ndimage.label(mask)  # as component_boxes: 4-connectivity
-        if count == 0:
-            continue
-        areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-        for k, sl in enumerate(ndimage.find_objects(labels)):
-            if sl is not None and areas[k] >= min_pixels:
-                found.append((int(areas[k]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), labels == k + 1))
-    found.sort(key=lambda f: (-f[0], f[1][1], f[1][0]))
+    fg, found = _masked_found(arr, max_regions)
     bg = np.round(background_colour(arr)).astype(np.uint8)
     boxes, crops = [], []
-    for _, _, region in found[:max_regions]:
-        own = ndimage.binary_dilation(region, iterations=1) & fg
-        ys, xs = np.nonzero(own)
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    for box, own in found:
         alone = arr.copy()
         alone[fg & ~own] = bg
         boxes.append(box)
         crops.append(crop_regions(alone, [box], out_size, pad=COMPONENT_PAD, square=True)[0])
     return boxes, crops
+
+
+def family_boxes(image, family: str, max_regions: int = 16) -> list[Box]:
+    """One family's boxes of one image (may be empty: no foreground)."""
+    arr = _as_array(image)
+    if family == "grid":
+        return grid_boxes(arr.shape[1], arr.shape[0])
+    if family == "masked":
+        return [box for box, _ in _masked_found(arr, max_regions)[1]]
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return component_boxes(arr, max_regions=max_regions, by_colour=family == "colours")
+
+
+def family_regions(image, family: str, out_size: int, max_regions: int = 16) -> tuple[list[Box], list[Image.Image]]:
+    """One family's boxes and crops of one image.
+
+    Components and colour regions are cropped square with `COMPONENT_PAD`
+    margin (so they look like `object_crop`s), grid cells as they are,
+    "masked" regions by `masked_regions`. A family may be empty (no foreground).
+    """
+    arr = _as_array(image)
+    if family == "masked":
+        return masked_regions(arr, out_size, max_regions)
+    boxes = family_boxes(arr, family, max_regions)
+    if family == "grid":
+        return boxes, crop_regions(arr, boxes, out_size)
+    return boxes, crop_regions(arr, boxes, out_size, pad=COMPONENT_PAD, square=True)
+
+
+def _check_max_regions(max_regions: int) -> None:
+    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+        raise ValueError(f"max_regions must be a positive int, got {max_regions!r}")
+
+
+def propose_regions(image, method: str = "grid", max_regions: int = 16) -> list[Box]:
+    """Region boxes of one image.
+
+    Args:
+        image: PIL image or `[H, W, 3]` uint8 array.
+        method: a key of `METHODS`.
+        max_regions: at most this many boxes (earlier families come first).
+
+    Returns:
+        At least one box: a method whose families find nothing (no
+        foreground) returns the whole image, so no region set is ever empty.
+    """
+    families = check_method(method)
+    _check_max_regions(max_regions)
+    arr = _as_array(image)
+    boxes = [b for fam in families for b in family_boxes(arr, fam, max_regions)]
+    return boxes[:max_regions] or [(0, 0, arr.shape[1], arr.shape[0])]
+
+
+def region_crops(
+    image, method: str = "grid", max_regions: int = 16, out_size: int = 96
+) -> tuple[list[Box], list[Image.Image]]:
+    """A method's proposals and their crops in one call (crops as `family_regions` makes them).
+
+    The boxes returned are the proposals themselves (tight), which is what
+    the structure term needs. An image with no region gets its whole-image
+    box and crop.
+    """
+    families = check_method(method)
+    _check_max_regions(max_regions)
+    arr = _as_array(image)
+    boxes, crops = [], []
+    for fam in families:
+        b, c = family_regions(arr, fam, out_size, max_regions)
+        boxes += b
+        crops += c
+    if not boxes:
+        whole = (0, 0, arr.shape[1], arr.shape[0])
+        return [whole], crop_regions(arr, [whole], out_size)
+    return boxes[:max_regions], crops[:max_regions]
 
 
 def pad_boxes(per_image: list[list[Box]]) -> tuple[Tensor, Tensor]:

@@ -9,14 +9,18 @@ error. Ties may pick a different (equally cheap) matching than SciPy.
 Algorithms (the rule is measured; numbers at `_GPU_DP_MAX_ROWS` and in the
 README's solver table):
 
-| device | shape (r = min(W, T)) | algorithm |
+| device, implementation (`geosteer.ops.dispatch`) | shape (r = min(W, T)) | algorithm |
 |---|---|---|
-| CPU, numba installed | any | compiled shortest augmenting paths over the batch (`_assign_numba`) |
-| CPU, no numba | any | SciPy per problem |
-| CUDA, Triton | r <= 6 | subset-DP Triton kernel (`geosteer.kernels.assign`) |
+| CPU, numba ("auto") | any | compiled shortest augmenting paths over the batch (`geosteer.cpu_kernels.assign`) |
+| CPU, reference ("torch", or no numba) | any | SciPy per problem |
+| CUDA, Triton ("auto", "triton") | r <= 6 | subset-DP Triton kernel (`geosteer.kernels.assign`) |
 | CUDA, Triton, capability >= 8.0 | r > 6 | torch-linear-assignment's Triton kernel |
-| CUDA, backend="torch" (or "auto" where Triton cannot run) | r <= 6 | subset DP in torch ops on the GPU (`assign_dp_reference`) |
-| CUDA, backend="torch" (or "auto" where Triton cannot run) | r > 6 | the CPU path, and back |
+| CUDA, reference ("torch", or "auto" where Triton cannot run) | r <= 6 | subset DP in torch ops on the GPU (`assign_dp_reference`) |
+| CUDA, reference | r > 6 | the CPU path, and back |
+
+`solver="tla"` (`HeadConfig.solver`) runs torch-linear-assignment's
+`batch_linear_assignment` instead, on every device: the peer the benchmarks
+compare with, inside the same op so the head still compiles.
 
 Why this CPU rule (measured on the 2-core CI machine, under load, one
 thread): augmenting paths in numba beat a numba subset DP (a prototype, not
@@ -32,18 +36,17 @@ W > T is solved as the transposed `[B, T, W]` problem.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import BackendUnavailable, check_backend, optional_numba_module, use_triton
-
-_assign_numba = optional_numba_module("geosteer.ops._assign_numba")
-_NUMBA_MISSING = _assign_numba is None
+from geosteer import cpu_kernels
+from geosteer.ops.dispatch import BackendUnavailable, KernelSpec, check_backend, resolve, warn_once
 
 _OP = "geosteer::assign"
+SPEC = KernelSpec(_OP, triton=True, numba=(torch.float32, torch.float64))
+#: The solvers `HeadConfig.solver` names: geosteer's own, or torch-linear-assignment's.
+SOLVERS = ("auto", "tla")
 
 # On CUDA the Triton subset DP runs for r <= 6 (2^6 = 64 states; its int8
 # choice workspace is B * T * 64 bytes); larger problems go to
@@ -52,15 +55,6 @@ _OP = "geosteer::assign"
 _GPU_DP_MAX_ROWS = 6
 # The torch DP keeps a [T, chunk, 2^r] int8 choice table; bound it.
 _DP_CHUNK_BYTES = 1 << 26
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-
 
 def check_cost_type(cost: Tensor) -> Tensor:
     """Static checks (trace fine under torch.compile); returns float32 / float64.
@@ -178,33 +172,33 @@ def _scipy_loop(cost: Tensor) -> Tensor:
 
 
 def _solve_cpu(cost: Tensor) -> Tensor:
-    """The CPU rule (module doc) for an oriented CPU `cost` (1 <= W <= T), values already checked."""
+    """An oriented CPU `cost` (1 <= W <= T), values already checked: numba where installed, else SciPy."""
     _, rows, _ = cost.shape
-    if _assign_numba is not None:
-        cols, status, bad = _assign_numba.solve(cost.detach().contiguous().numpy(), torch.get_num_threads())
-        if status != _assign_numba.OK:
-            raise _infeasible(bad, rows)
-        return torch.from_numpy(cols)
-    if _NUMBA_MISSING:
-        _warn_once(f"{_OP}: numba is not installed, so CPU problems are solved by SciPy one at a time (3-50x slower; pip install numba)")
-    return _scipy_loop(cost)
+    numba_solver = cpu_kernels.load("assign")
+    if numba_solver is None:
+        return _scipy_loop(cost)
+    cols, status, bad = numba_solver.solve(cost.detach().contiguous().numpy(), torch.get_num_threads())
+    if status != numba_solver.OK:
+        raise _infeasible(bad, rows)
+    return torch.from_numpy(cols)
 
 
 def _solve_cpu_numba(cost: Tensor) -> Tensor:
     """CPU tensors with numba: checks, orientation and solve in NumPy / numba, no torch op.
 
-    (See `_assign_numba.solve` for why torch ops are avoided here.)
+    (See `geosteer.cpu_kernels.assign.solve` for why torch ops are avoided here.)
     """
+    numba_solver = cpu_kernels.load("assign")
     batch, rows, cols = cost.shape
     if batch == 0 or rows == 0 or cols == 0:
         return torch.full((batch, rows), -1, dtype=torch.long)
     array = cost.detach().numpy()
     tall = rows > cols
     work = np.ascontiguousarray(array.transpose(0, 2, 1) if tall else array)
-    found, status, bad = _assign_numba.solve(work, torch.get_num_threads())
-    if status != _assign_numba.OK:
+    found, status, bad = numba_solver.solve(work, torch.get_num_threads())
+    if status != numba_solver.OK:
         # Invalid entries win over infeasibility wherever they are.
-        if status == _assign_numba.INVALID or np.isnan(array).any() or np.isneginf(array).any():
+        if status == numba_solver.INVALID or np.isnan(array).any() or np.isneginf(array).any():
             check_cost_values(cost)
         raise _infeasible(bad, min(rows, cols))
     if not tall:
@@ -219,11 +213,11 @@ def _raise_if_any(infeasible: Tensor, rows: int) -> None:
         raise _infeasible(int(infeasible.nonzero()[0, 0]), rows)
 
 
-def _solve_cuda(cost: Tensor, backend: str) -> Tensor:
-    """The CUDA rule (module doc); `cost` on a CUDA device."""
+def _solve_cuda(cost: Tensor, backend: str, impl: str) -> Tensor:
+    """The CUDA rule (module doc); `cost` on a CUDA device, `impl` from `dispatch.resolve`."""
     _, rows, _ = cost.shape
     small = rows <= _GPU_DP_MAX_ROWS
-    if use_triton(_OP, backend, cost.device, ()):
+    if impl == "triton":
         if small:
             from geosteer.kernels.assign import assign_dp_triton
 
@@ -232,16 +226,11 @@ def _solve_cuda(cost: Tensor, backend: str) -> Tensor:
             return cols
         major, minor = torch.cuda.get_device_capability(cost.device)
         if (major, minor) >= (8, 0):
-            from torch_linear_assignment.assignment import batch_linear_assignment_cuda
-
-            try:
-                return batch_linear_assignment_cuda(cost.contiguous())
-            except ValueError as error:  # its only ValueError left here is infeasibility
-                raise ValueError(f"cost matrix is infeasible: {error}") from error
+            return _solve_tla(cost)
         problem = f"torch-linear-assignment's Triton kernel (r = {rows} > {_GPU_DP_MAX_ROWS}) needs capability >= 8.0, {cost.device} has {major}.{minor}"
         if backend == "triton":
             raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
-        _warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}")
+        warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}", stacklevel=4)
     if small:
         cols, infeasible = _dp_chunked(cost)
         _raise_if_any(infeasible, rows)
@@ -249,19 +238,46 @@ def _solve_cuda(cost: Tensor, backend: str) -> Tensor:
     return _solve_cpu(cost.cpu()).to(cost.device)
 
 
-def solve(cost: Tensor, backend: str = "auto") -> Tensor:
+def _solve_tla(cost: Tensor) -> Tensor:
+    """torch-linear-assignment's batch solver (Triton on CUDA, SciPy per problem on the CPU)."""
+    if cost.is_cuda:
+        from torch_linear_assignment.assignment import batch_linear_assignment_cuda as tla
+    else:
+        from torch_linear_assignment import batch_linear_assignment as tla
+    try:
+        return tla(cost.contiguous())
+    except ValueError as error:  # its only ValueError left here is infeasibility
+        raise ValueError(f"cost matrix is infeasible: {error}") from error
+
+
+def check_solver(solver: str) -> str:
+    """Validate the `solver` string; return it.
+
+    Raises:
+        ValueError: not one of `SOLVERS`.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return solver
+
+
+def solve(cost: Tensor, backend: str = "auto", solver: str = "auto") -> Tensor:
     """Validate, orient (W <= T) and dispatch; the body of `geosteer::assign`.
 
     Args:
         cost: `[B, W, T]` float; fp16 / bf16 are promoted to float32.
-        backend: "auto" | "triton" | "torch" (a choice for CUDA tensors).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        solver: "auto" (geosteer's, the module doc's rule) or "tla"
+            (torch-linear-assignment's, the benchmarks' peer).
 
     Returns:
         `[B, W]` int64 column per row, -1 = unmatched, on `cost`'s device.
     """
     check_backend(backend)
+    check_solver(solver)
     cost = check_cost_type(cost)
-    if cost.device.type == "cpu" and _assign_numba is not None:
+    impl = resolve(SPEC, backend, cost.device, (cost.dtype,))
+    if impl == "numba" and solver == "auto":
         return _solve_cpu_numba(cost)
     check_cost_values(cost)
     batch, rows, cols = cost.shape
@@ -269,7 +285,14 @@ def solve(cost: Tensor, backend: str = "auto") -> Tensor:
         return torch.full((batch, rows), -1, dtype=torch.long, device=cost.device)
     tall = rows > cols
     work = cost.transpose(1, 2).contiguous() if tall else cost.contiguous()
-    found = _solve_cuda(work, backend) if work.is_cuda else _solve_cpu(work)
+    if solver == "tla":
+        found = _solve_tla(work)
+    elif work.is_cuda:
+        found = _solve_cuda(work, backend, impl)
+    elif impl == "numba":
+        found = _solve_cpu(work)
+    else:
+        found = _scipy_loop(work)
     found = found.to(cost.device)
     if not tall:
         return found
@@ -279,7 +302,7 @@ def solve(cost: Tensor, backend: str = "auto") -> Tensor:
 
 
 @torch.library.custom_op(_OP, mutates_args=())
-def assign(cost: Tensor, backend: str) -> Tensor:
+def assign(cost: Tensor, backend: str, solver: str = "auto") -> Tensor:
     """Minimum-cost assignment `[B, W, T] -> [B, W]` int64 (see module doc).
 
     Runs as one opaque op under `torch.compile`: the value checks, host syncs
@@ -287,13 +310,13 @@ def assign(cost: Tensor, backend: str) -> Tensor:
 
     Raises:
         TypeError / ValueError: see `batch_linear_assignment`.
-        BackendUnavailable: backend="triton" on CUDA where it cannot run.
+        BackendUnavailable: backend="triton" where the Triton kernel cannot run.
     """
-    return solve(cost, backend)
+    return solve(cost, backend, solver)
 
 
 @assign.register_fake
-def _(cost: Tensor, backend: str) -> Tensor:
+def _(cost: Tensor, backend: str, solver: str = "auto") -> Tensor:
     return cost.new_empty(cost.shape[0], cost.shape[1], dtype=torch.long)
 
 
@@ -312,8 +335,8 @@ def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: st
     Args:
         cost: `[B, W, T]` float (fp16/bf16 promoted to fp32); any device.
         maximize: maximise the total instead of minimising it.
-        backend: "auto" | "triton" | "torch", the solver for CUDA tensors
-            (CPU tensors always take the CPU rule in the module doc).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`; the
+            module doc says which algorithm each picks).
 
     Returns:
         `[B, W]` int64 column id per row on `cost`'s device, -1 where a row
@@ -324,7 +347,8 @@ def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: st
         ValueError: wrong rank, unknown `backend`, invalid numeric entries
             (NaN, or -inf / +inf when minimising / maximising), or an
             infeasible problem.
-        BackendUnavailable: backend="triton" on CUDA where it cannot run.
+        BackendUnavailable: backend="triton" where the Triton kernel cannot
+            run (CPU tensors, no Triton, an old GPU).
     """
     check_backend(backend)
     cost = check_cost_type(cost)

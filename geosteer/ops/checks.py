@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from geosteer.ops.tensor_cache import TensorCache
+from geosteer.relations import RELATIONS
 
 # Tensors already found finite. Serving code passes the same gallery on every
 # call; re-scanning 100k x 512 floats each time cost ~15% of the first stage
@@ -69,13 +70,13 @@ def _(ids: Tensor, size: int, name: str) -> Tensor:
 
 @torch.library.custom_op("geosteer::check_relations", mutates_args=())
 def check_relations(relations: Tensor, num_parts: int, name: str) -> Tensor:
-    """Raise `ValueError` unless rows (i, j, type) have parts in [0, m) (or i < 0 = padding) and type in [0, 4)."""
+    """Raise `ValueError` unless rows (i, j, type) have parts in [0, m) (or i < 0 = padding) and type indexes `RELATIONS`."""
     if relations.numel():
         real = relations[..., 0] >= 0
         i, j, kind = relations[..., 0], relations[..., 1], relations[..., 2]
-        bad = real & ((i >= num_parts) | (j < 0) | (j >= num_parts) | (kind < 0) | (kind > 3))
+        bad = real & ((i >= num_parts) | (j < 0) | (j >= num_parts) | (kind < 0) | (kind >= len(RELATIONS)))
         if bool(bad.any()):
-            raise ValueError(f"{name} rows must be (i, j, type) with 0 <= i, j < m={num_parts} and type in 0..3")
+            raise ValueError(f"{name} rows must be (i, j, type) with 0 <= i, j < m={num_parts} and type in 0..{len(RELATIONS) - 1} ({RELATIONS})")
     return torch.zeros((), dtype=torch.float32, device=relations.device)
 
 

@@ -11,9 +11,10 @@ up to float32 rounding.
 
 There is no Triton kernel for this op: on CUDA the chunked matmul runs on
 cuBLAS in the embeddings' dtype and `torch.topk` selects, which a fused
-Triton top-k has yet to be shown to beat. Every `backend` therefore runs the
-same code on every device; `backend` is still validated, so a misspelt one
-fails here as it does in the other ops.
+Triton top-k has yet to be shown to beat. The one numba kernel
+(`geosteer.cpu_kernels.first_stage`) re-scores the screen's shortlist;
+`backend` picks it as for every op (`geosteer.ops.dispatch`: "auto" and
+"triton" use it for float32 CPU galleries, "torch" the gather + bmm).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import check_backend
+from geosteer.ops.dispatch import KernelSpec, resolve
 from geosteer.ops.screen import check_screen, screened_top_k, wants_screen
+
+SPEC = KernelSpec("geosteer::first_stage", numba=(torch.float32,))
 
 
 def first_stage_reference(query: Tensor, gallery: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
@@ -68,8 +71,7 @@ def first_stage(
         gallery: `[N, D]` float, same dtype and device.
         k: candidates per query, `1 <= k <= N`.
         chunk_elements: most scores held at once.
-        backend: "auto" | "triton" | "torch"; all run the torch code (see
-            the module docstring).
+        backend: "auto" | "triton" | "torch" (module docstring).
         screen: "off" (plain matmul), "bf16" (screen wherever it is sound:
             CPU, float32/16 inputs) or "auto" (screen where it also pays);
             see `geosteer.ops.screen.wants_screen`.
@@ -77,10 +79,10 @@ def first_stage(
     Raises:
         ValueError: unknown `backend` or `screen`.
     """
-    check_backend(backend)
+    impl = resolve(SPEC, backend, query.device, (gallery.dtype,))
     check_screen(screen)
     if wants_screen(query, gallery, k, screen):
-        scores, ids, _ = screened_top_k(query, gallery, k, chunk_elements, first_stage_reference)
+        scores, ids, _ = screened_top_k(query, gallery, k, chunk_elements, first_stage_reference, impl == "numba")
         return scores, ids
     return first_stage_reference(query, gallery, k, chunk_elements)
 

@@ -4,9 +4,10 @@
 the steering neighbourhoods, and candidate-by-direction projections for the
 steered re-score — one batched op for both.
 
-Dispatch: CPU tensors run `project_reference`; CUDA tensors run the fused
-Triton kernel of `kernels/project.py` (no gathered `[Q, K, D]` copy) or the
-reference, as `backend` and `geosteer.ops.backend.use_triton` decide.
+Dispatch (`geosteer.ops.dispatch`): CUDA tensors run the fused Triton kernel
+of `geosteer.kernels.project` (no gathered `[Q, K, D]` copy); everything
+else runs `project_reference` (no numba kernel: on the CPU the gather + bmm
+is a small share of the head, bench/bench_head.py --profile).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import check_backend, check_ids_in_range, same_device, use_triton
+from geosteer.ops.dispatch import KernelSpec, check_ids_in_range, resolve, same_device
+
+SPEC = KernelSpec("geosteer::project", triton=True)
 
 
 def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_elements: int = 1 << 20) -> Tensor:
@@ -46,32 +49,23 @@ def project_reference(gallery: Tensor, ids: Tensor, vectors: Tensor, chunk_eleme
 def project(gallery: Tensor, ids: Tensor, vectors: Tensor, backend: str) -> Tensor:
     """`[N, D], [Q, K], [Q, J, D] -> [Q, K, J]` float32 candidate projections.
 
-    This default kernel (CPU and any non-CUDA device) is the torch reference,
-    whatever `backend` says; CUDA tensors go to `_project_cuda`.
-
     Args:
         gallery: `[N, D]` float.
         ids: `[Q, K]` int64 gallery ids in `[0, N)`.
         vectors: `[Q, J, D]` float.
-        backend: "auto" | "triton" | "torch" (the CUDA implementation).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
 
     Raises:
         ValueError: unknown `backend`.
+        BackendUnavailable: backend="triton" where the Triton kernel cannot run.
     """
-    check_backend(backend)
+    if resolve(SPEC, backend, gallery.device, (gallery.dtype, vectors.dtype)) == "triton":
+        from geosteer.kernels.project import project_triton
+
+        same_device("geosteer::project", gallery, ids=ids, vectors=vectors)
+        check_ids_in_range(ids, gallery.shape[0], "ids")
+        return project_triton(gallery, ids, vectors)
     return project_reference(gallery, ids, vectors)
-
-
-@project.register_kernel("cuda")
-def _project_cuda(gallery, ids, vectors, backend):
-    """CUDA: the fused Triton gather + projection kernel, or the reference (see `backend.use_triton`)."""
-    if not use_triton("geosteer::project", backend, gallery.device, (gallery.dtype, vectors.dtype)):
-        return project_reference(gallery, ids, vectors)
-    from geosteer.kernels.project import project_triton
-
-    same_device("geosteer::project", gallery, ids=ids, vectors=vectors)
-    check_ids_in_range(ids, gallery.shape[0], "ids")
-    return project_triton(gallery, ids, vectors)
 
 
 @project.register_fake

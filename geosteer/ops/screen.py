@@ -36,10 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import optional_numba_module
+from geosteer import cpu_kernels
 from geosteer.ops.tensor_cache import TensorCache
-
-_cost_numba = optional_numba_module("geosteer.ops._cost_numba")
 
 SCREENS = ("auto", "bf16", "off")
 
@@ -212,26 +210,28 @@ def rescore_error(query: Tensor, screen: GalleryScreen) -> Tensor:
     return _WIDEN * _gamma(2 * query.shape[1]) * query.norm(dim=1) * screen.norm + _TINY
 
 
-def rescore(query: Tensor, gallery: Tensor, ids: Tensor) -> Tensor:
+def rescore(query: Tensor, gallery: Tensor, ids: Tensor, use_numba: bool = True) -> Tensor:
     """`[R, S]` float32 `query[r] · gallery[ids[r, s]]`: the shortlist's exact scores.
 
-    float32 galleries go through the copy-free numba loop when numba is
-    installed, others through a gather + bmm. Either way the error is within
-    `rescore_error` (Higham's bound holds for any summation order).
+    With `use_numba`, a contiguous float32 gallery goes through the
+    copy-free numba loop (`geosteer.cpu_kernels.first_stage`); anything else
+    through a gather + bmm. Either way the error is within `rescore_error`
+    (Higham's bound holds for any summation order).
 
     Args:
         query: `[R, D]` float32.
         gallery: `[N, D]`.
         ids: `[R, S]` int64 in `[0, N)`.
+        use_numba: the dispatch rule chose the numba kernel (float32 on the CPU).
     """
-    if _cost_numba is not None and gallery.dtype == torch.float32 and gallery.is_contiguous():
+    if use_numba and gallery.dtype == torch.float32 and gallery.is_contiguous():
         arrays = [t.detach().contiguous().numpy() for t in (query, gallery, ids)]
-        return torch.from_numpy(_cost_numba.gather_dot(*arrays, torch.get_num_threads()))
+        return torch.from_numpy(cpu_kernels.load("first_stage").gather_dot(*arrays, torch.get_num_threads()))
     return torch.bmm(gallery[ids].float(), query[:, :, None]).squeeze(2)
 
 
 def screened_top_k(
-    query: Tensor, gallery: Tensor, k: int, chunk_elements: int, exact
+    query: Tensor, gallery: Tensor, k: int, chunk_elements: int, exact, use_numba: bool = True
 ) -> tuple[Tensor, Tensor, ScreenStats]:
     """Exact top-`k` through the bf16 screen (see the module docstring).
 
@@ -242,6 +242,7 @@ def screened_top_k(
         chunk_elements: most screened scores held at once.
         exact: `(query_rows, gallery, k, chunk_elements) -> (scores, ids)`,
             the plain first stage, for queries whose proof fails.
+        use_numba: re-score with the numba kernel (see `rescore`).
 
     Returns:
         scores `[Q, k]` float32 descending, ids `[Q, k]` int64, and the stats.
@@ -261,7 +262,7 @@ def screened_top_k(
             bad = torch.arange(q.shape[0], device=q.device)
         else:
             screened = (q.to(torch.bfloat16) @ gallery_hi_t).topk(short, dim=1, sorted=True)  # [r, K'] bf16
-            rescored = rescore(q, gallery, screened.indices)  # [r, K']
+            rescored = rescore(q, gallery, screened.indices, use_numba)  # [r, K']
             top = rescored.topk(k, dim=1, sorted=True)
             scores[start : start + rows] = top.values
             ids[start : start + rows] = screened.indices.gather(1, top.indices)

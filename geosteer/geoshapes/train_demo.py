@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from geosteer.data.geoshapes import (
+from geosteer.geoshapes.scenes import (
     COLOURS,
     RELATION_WORDS,
     SHAPES,
@@ -65,17 +65,18 @@ from geosteer.encoders.clip import (
     DEMO_WEIGHTS,
     MINILM_HUB_ID,
     ClipEncoder,
-    _quiet_transformers,
-    _trim_padding,
     demo_model_cfg,
     minilm_path,
+    quiet_transformers,
+    trim_padding,
 )
-from geosteer.encoders.contrast import CONFUSERS, OPPOSITE_RELATION
 from geosteer.encoders.regions import COMPONENT_PAD, component_boxes, crop_regions, grid_boxes
+from geosteer.environment import environment
+from geosteer.geoshapes.vocabulary import CONFUSERS
+from geosteer.relations import OPPOSITE, RELATIONS
 
 Label = tuple[str, str]  # (shape, colour)
 LABELS: tuple[Label, ...] = tuple((s, c) for s in SHAPES for c in COLOURS)
-RELATIONS: tuple[str, ...] = tuple(RELATION_WORDS)
 #: Prefixes single-object captions are also trained with (queries often carry one).
 SINGLE_TEMPLATES: tuple[str, ...] = ("a photo of {}", "a picture of {}", "an image of {}", "there is {}")
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's default (OpenAI) normalisation
@@ -189,7 +190,7 @@ def build_bank(cfg: TrainConfig, rng: random.Random) -> TextBank:
     for a, b in rng.sample(distinct_pairs, cfg.relation_pairs):
         r = rng.choice(RELATIONS)
         # The reversed relation comes too: it is the position-swapped twin's caption.
-        for rel in (r, OPPOSITE_RELATION[r]):
+        for rel in (r, OPPOSITE[r]):
             bank.add(f"{object_phrase(a)} {RELATION_WORDS[rel]} {object_phrase(b)}", [a, b], (a, b, rel))
     triples = set()
     while len(triples) < cfg.triples:
@@ -410,11 +411,11 @@ def build_model(cfg: TrainConfig):
     """An open_clip CustomTextCLIP: MiniLM text tower (pretrained, local) + fresh ViT."""
     import open_clip
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model = open_clip.CustomTextCLIP(**demo_model_cfg(open_clip_config(cfg)["model_cfg"]))
     from open_clip.tokenizer import HFTokenizer
 
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = HFTokenizer(str(minilm_path()), context_length=cfg.context_length)
     return model, tokenizer
 
@@ -430,7 +431,7 @@ def embed_bank(model, tokenizer, texts: list[str], batch_size: int = 256, progre
 
             it = tqdm(it, desc=f"embedding {len(texts)} captions (frozen MiniLM)", unit="batch")
         for i in it:
-            ids = _trim_padding(tokenizer(texts[i : i + batch_size]), pad)
+            ids = trim_padding(tokenizer(texts[i : i + batch_size]), pad)
             out.append(F.normalize(model.encode_text(ids).float(), dim=-1))
     return torch.cat(out)
 
@@ -707,13 +708,7 @@ def train(
             "image_tower_params": sum(v.numel() for k, v in trained.items()),
             "weights_bytes": (out / DEMO_WEIGHTS).stat().st_size,
         },
-        "env": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
+        "env": environment(),
     }
     (out / DEMO_METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -722,7 +717,7 @@ def train(
 # ---------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `train-demo` options (shared by `geosteer train-demo` and `python -m geosteer.train_demo`)."""
+    """The `train-demo` options (shared by `geosteer train-demo` and `python -m geosteer.geoshapes.train_demo`)."""
     d = TrainConfig()
     parser.add_argument("--out", default="demo_model_out", help="output folder (default: %(default)s); "
                         "geosteer/demo_model refreshes the shipped model")

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from geosteer.config import DEFAULT_REGIONS
-from geosteer.data.splits import SPLITS, TEST_SEEDS
-from geosteer.index import FAMILIES, METHOD_FAMILIES
+from geosteer.encoders.regions import FAMILIES, METHODS
+from geosteer.geoshapes.splits import SPLITS, TEST_SEEDS
 
 DEMO_OUT = "geosteer-demo"
 #: Queries per split in the demo (the eval default is 100) and in --quick.
@@ -38,7 +37,7 @@ SHOWN_PER_SPLIT = 6
 @functools.lru_cache(maxsize=2)
 def _load(model: str, pretrained: str | None, device: str):
     # Cached: repeated commands in one process (tests, notebooks) load once.
-    from geosteer.encoders.clip import load_clip
+    from geosteer.encoders import load_clip
 
     if model == "demo":  # everything is local: never let transformers try the Hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,12 +45,12 @@ def _load(model: str, pretrained: str | None, device: str):
 
 
 def _indexer(encoder, methods, progress: bool, cache_dir: str | None):
-    from geosteer.index import Indexer
+    from geosteer.geoshapes.index import SplitIndexer
 
     # Encode only the region families the methods read.
-    fams = {f for m in methods if m.uses_parts for f in METHOD_FAMILIES[m.regions]}
+    fams = {f for m in methods if m.uses_parts for f in METHODS[m.regions]}
     ordered = [f for f in FAMILIES if f in fams] or ["grid"]
-    return Indexer(encoder, families=ordered, progress=progress, cache_dir=cache_dir)
+    return SplitIndexer(encoder, families=ordered, progress=progress, cache_dir=cache_dir)
 
 
 def _threads(n: int | None) -> None:
@@ -84,7 +83,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run a parsed `geosteer eval`."""
-    from geosteer.eval import METHOD_NAMES, default_methods, evaluate, format_table
+    from geosteer.geoshapes.eval import METHOD_NAMES, default_methods, evaluate, format_table
 
     _threads(args.threads)
     if args.queries < 1:
@@ -126,8 +125,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run a parsed `geosteer demo`; print the table, write the page and the sheet."""
-    from geosteer.eval import DEMO_METHODS, default_methods, evaluate, format_table, run_method
-    from geosteer.report import QueryRow, contact_sheet, results_table_html, write_html
+    from geosteer.geoshapes.eval import DEFAULT_REGIONS, DEMO_METHODS, default_methods, evaluate, format_table, run_method
+    from geosteer.geoshapes.report import QueryRow, contact_sheet, results_table_html, write_html
 
     _threads(args.threads)
     t0 = time.perf_counter()

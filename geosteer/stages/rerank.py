@@ -1,4 +1,9 @@
-"""Neighbourhood-level re-ranking (DESIGN §1, stage 2): alignment and structure."""
+"""Part matching (DESIGN §1, stage 2): costs between sets, the matching, the alignment.
+
+The head runs these as separate stages (`geosteer.head.STAGES`): the cost
+op, `match` (the batched solver), then `alignment`. Neighbourhood mode's
+sets come from the gallery's kNN graph (`knn_graph`, `neighbours_of`).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +11,51 @@ import torch
 from torch import Tensor
 
 from geosteer.ops.assign import assign
-from geosteer.ops.cost import REAL_COST_MAX, pad_cost, part_cost
 from geosteer.ops.first_stage import first_stage
-
-#: Relation types of `query_relations[..., 2]`, in image coordinates (y down).
-RELATIONS = ("left_of", "right_of", "above", "below")
+from geosteer.ops.part_cost import REAL_COST_MAX, pad_cost, part_cost
 
 
-def alignment_from_cost(
-    cost: Tensor, num_valid_parts: Tensor, matching: str, backend: str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """Alignment A(q, c) = (1/m) Σ_matched a_i·b_j and the matching itself.
+def match(cost: Tensor, matching: str, backend: str = "auto", solver: str = "auto") -> Tensor:
+    """The matched column of each query part, `[Q, K, m]` int64 (-1 = unmatched).
 
     Args:
         cost: `[Q, K, m, n]` float32, masked pairs above `REAL_COST_MAX`.
-        num_valid_parts: `[Q]` valid query parts m_q (>= 1).
-        matching: "hungarian" (one-to-one) or "max" (each part's best region).
-        backend: solver choice for CUDA tensors.
-
-    Returns:
-        alignment `[Q, K]` float32; matched column per part `[Q, K, m]` int64
-        (-1 = unmatched).
+        matching: "hungarian" (one-to-one, the `geosteer::assign` solver) or
+            "max" (each part's cheapest column on its own: the ablation).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        solver: "auto" | "tla" (`HeadConfig.solver`).
     """
     num_queries, num_cands, num_parts, num_regions = cost.shape
     if matching == "hungarian":
-        cols = assign(cost.reshape(num_queries * num_cands, num_parts, num_regions), backend)
-        cols = cols.reshape(num_queries, num_cands, num_parts)
-    else:
-        cols = cost.argmin(dim=-1)
+        cols = assign(cost.reshape(num_queries * num_cands, num_parts, num_regions), backend, solver)
+        return cols.reshape(num_queries, num_cands, num_parts)
+    return cost.argmin(dim=-1)
+
+
+def alignment(cost: Tensor, cols: Tensor, num_valid_parts: Tensor) -> tuple[Tensor, Tensor]:
+    """Alignment A(q, c) = (1/m) Σ_matched a_i·b_j of a matching; padded pairs do not count.
+
+    Args:
+        cost: `[Q, K, m, n]` float32, masked pairs above `REAL_COST_MAX`.
+        cols: `[Q, K, m]` matched column per part (`match`).
+        num_valid_parts: `[Q]` valid query parts m_q (>= 1).
+
+    Returns:
+        alignment `[Q, K]` float32; the matching `[Q, K, m]` int64 with
+        padded pairs set to -1 (unmatched).
+    """
     matched = cost.gather(-1, cols.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # [Q, K, m]
     real = (cols >= 0) & (matched <= REAL_COST_MAX)
     cols = torch.where(real, cols, torch.full_like(cols, -1))
     total = torch.where(real, 1.0 - matched, torch.zeros_like(matched)).sum(dim=-1)
     return total / num_valid_parts.to(total.dtype)[:, None], cols
+
+
+def alignment_from_cost(
+    cost: Tensor, num_valid_parts: Tensor, matching: str, backend: str = "auto", solver: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """`match`, then `alignment`: A(q, c) `[Q, K]` and the matching `[Q, K, m]`."""
+    return alignment(cost, match(cost, matching, backend, solver), num_valid_parts)
 
 
 def knn_graph(
@@ -104,37 +121,3 @@ def neighbourhood_cost(gallery: Tensor, ids: Tensor, neighbours: Tensor, k: int,
     # gather+cost op serves here too: [Q, K*k, k, 1] -> [Q, K, k(i), k(j)].
     cost = part_cost(anchors, valid_a, neighbours.reshape(num_queries, num_cands * k), gallery[:, None, :], valid_b, pad_cost(1, 1), backend)
     return cost.reshape(num_queries, num_cands, k, k).transpose(-1, -2)
-
-
-def relation_score(cols: Tensor, ids: Tensor, boxes: Tensor, relations: Tensor) -> Tensor:
-    """R(q, c): fraction of the query's relations that hold between matched regions.
-
-    Args:
-        cols: `[Q, K, m]` matched region per query part, -1 = unmatched.
-        ids: `[Q, K]` candidate ids.
-        boxes: `[N, n, 4]` region boxes (x0, y0, x1, y1), image coordinates.
-        relations: `[Q, r, 3]` int64 rows (i, j, type), type indexing
-            `RELATIONS`; rows with i < 0 are padding.
-
-    Returns:
-        `[Q, K]` float32 in [0, 1]; 0 for queries without relations.
-    """
-    num_queries, num_cands, _ = cols.shape
-    num_rel = relations.shape[1]
-    centres = ((boxes[..., :2] + boxes[..., 2:]) * 0.5).float()[ids]  # [Q, K, n, 2]
-    matched = centres.gather(2, cols.clamp_min(0)[..., None].expand(-1, -1, -1, 2))  # [Q, K, m, 2]
-    ok = cols >= 0
-    valid = relations[..., 0] >= 0  # [Q, r]
-    part_i = relations[..., 0].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
-    part_j = relations[..., 1].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
-    ci = matched.gather(2, part_i[..., None].expand(-1, -1, -1, 2))  # [Q, K, r, 2]
-    cj = matched.gather(2, part_j[..., None].expand(-1, -1, -1, 2))
-    kind = relations[..., 2][:, None, :]
-    holds = torch.where(
-        kind == 0, ci[..., 0] < cj[..., 0],
-        torch.where(kind == 1, ci[..., 0] > cj[..., 0],
-                    torch.where(kind == 2, ci[..., 1] < cj[..., 1], ci[..., 1] > cj[..., 1])),
-    )
-    holds = holds & ok.gather(2, part_i) & ok.gather(2, part_j) & valid[:, None, :]
-    count = valid.sum(dim=1).clamp_min(1).float()[:, None]
-    return holds.float().sum(dim=-1) / count

@@ -1,6 +1,13 @@
-"""Built-in benchmark data: GeoShapes scenes, captions and retrieval splits."""
+"""The GeoShapes application: the built-in benchmark and everything around it.
 
-from geosteer.data.geoshapes import (
+Seeded scenes and captions (`scenes`), retrieval splits (`splits`), their
+words (`vocabulary`), indexing a split with the library's `Indexer`
+(`index`), evaluation (`eval`), the demo report (`report`), the CLI commands
+over GeoShapes (`commands`) and demo-model training (`train_demo`). Nothing
+in the library imports this package; it uses only the library's public API.
+"""
+
+from geosteer.geoshapes.scenes import (
     BACKGROUND_RGB,
     CAPTION_TEMPLATES,
     COLOUR_RGB,
@@ -18,7 +25,7 @@ from geosteer.data.geoshapes import (
     relation_holds,
     render,
 )
-from geosteer.data.splits import (
+from geosteer.geoshapes.splits import (
     DESCRIPTIONS,
     SPLITS,
     TEST_SEEDS,

@@ -10,8 +10,7 @@ Each split makes the gallery hard in one intended way and keeps it fair:
   scene object per phrase, and every stated relation holds). This is
   checked for every query against the whole gallery when the split is made.
 
-Splits (DESIGN §3, issue 4): fine, binding, relation, count, touching,
-control; a seed fixes everything (`random.Random` seeded from name and seed).
+Splits (DESIGN §3): fine, binding, relation, count, touching, control; a seed fixes everything (`random.Random` seeded from name and seed).
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from geosteer.data.geoshapes import (
+from geosteer.encoders import contrast_texts, split_parts
+from geosteer.geoshapes.scenes import (
     COLOURS,
     SHAPES,
     Scene,
@@ -34,8 +34,7 @@ from geosteer.data.geoshapes import (
     relation_holds,
     render,
 )
-from geosteer.encoders.contrast import CONFUSERS, contrast_texts
-from geosteer.encoders.parts import split_parts
+from geosteer.geoshapes.vocabulary import CONFUSERS
 
 SPLITS: tuple[str, ...] = ("fine", "binding", "relation", "count", "touching", "control")
 VALIDATION_SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -67,7 +66,7 @@ class Split:
     targets: list[int]  # gallery index of each query's correct scene
     query_parts: list[list[str]]  # one phrase per object of the query
     query_relations: list[list[tuple[int, int, str]]]  # (i, j, relation) over parts
-    negatives: list[list[str]]  # contrast texts per query (encoders/contrast.py)
+    negatives: list[list[str]]  # contrast texts per query (`contrast_texts` with `CONFUSERS`)
     kinds: list[str] = field(default_factory=list)  # per query: the sub-kind it was made as
     hard_negatives: list[list[int]] = field(default_factory=list)  # gallery ids of its twin / confusers
 
@@ -353,7 +352,7 @@ def make_split(
         targets=targets,
         query_parts=[p for p, _ in parsed],
         query_relations=[r for _, r in parsed],
-        negatives=[contrast_texts(q) for q in b.queries],
+        negatives=[contrast_texts(q, CONFUSERS) for q in b.queries],
         kinds=list(b.kinds),
         hard_negatives=hard,
     )

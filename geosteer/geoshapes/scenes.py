@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
+from geosteer.relations import RELATIONS, WORDS
+
 SHAPES: tuple[str, ...] = ("circle", "triangle", "square", "pentagon", "hexagon", "star")
 PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
 
@@ -39,13 +41,8 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
 BACKGROUND_RGB: tuple[int, int, int] = (24, 24, 28)
 
-#: Relation names (as in `geosteer.RELATIONS`) -> caption words, subject first.
-RELATION_WORDS: dict[str, str] = {
-    "left_of": "to the left of",
-    "right_of": "to the right of",
-    "above": "above",
-    "below": "below",
-}
+#: Relation names (`geosteer.RELATIONS`) -> caption words, subject first.
+RELATION_WORDS: dict[str, str] = WORDS
 #: Prefix templates a caption can be wrapped in; `{}` is the object list.
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -214,7 +211,7 @@ def object_crop(
         fill: longer side of the object's tight box / image side; None
             keeps `obj.size` (circumscribed diameter) and centres the
             circumcentre. 0.77 = 1 / (1 + 2 * 0.15) is what
-            `geosteer.encoders.regions.region_crops` makes of a connected
+            `geosteer.encoders.regions` makes of a connected
             component (square crop, 15% margin a side), so training crops
             and region crops of the same object look alike.
         noise, seed: as in `render`.
@@ -264,7 +261,7 @@ def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
         return a.cy < b.cy
     if relation == "below":
         return a.cy > b.cy
-    raise ValueError(f"relation must be one of {tuple(RELATION_WORDS)}, got {relation!r}")
+    raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
 
 
 def caption(scene: Scene, relation: str | None = None, template: str = "{}") -> str:

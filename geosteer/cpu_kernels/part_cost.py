@@ -1,7 +1,4 @@
-"""Compiled CPU kernels that gather rows by id and dot them, without a copy.
-
-`part_cost` serves `geosteer::part_cost`; `gather_dot` re-scores the bf16
-screen's shortlist (geosteer/ops/screen.py).
+"""numba kernel of `geosteer::part_cost`: gather + cost without a gathered copy.
 
 The torch reference gathers each candidate's parts into a buffer and runs a
 thin `bmm` (m = 4 columns) on it; both passes are bound by memory traffic.
@@ -11,11 +8,7 @@ so each loaded value is used four times: 0.10 s against the reference's
 0.17 s on the `cpu` bench workload (Q=1,024, K=50, 4x16, D=512, one thread;
 0.06 vs 0.11 s on two).
 
-`gather_dot` replaces `bmm(gallery[ids], q)` the same way: 0.011 s against
-0.18 s for a random 1,024 x 100 shortlist of a 100,000 x 512 gallery (one
-thread).
-
-float32 only (the references serve the other dtypes). Importing this module
+float32 only (the reference serves the other dtypes). Importing this module
 needs numba; the functions compile on first call and are cached on disk.
 """
 
@@ -24,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from geosteer.ops._threads import run_in_row_chunks
+from geosteer.cpu_kernels._threads import run_in_row_chunks
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False, "fastmath": True}
 
@@ -85,7 +78,7 @@ def part_cost(
     pad: float,
     threads: int = 1,
 ) -> np.ndarray:
-    """Costs `[Q, K, m, n]` float32 (see `geosteer.ops.cost.part_cost_reference`).
+    """Costs `[Q, K, m, n]` float32 (see `geosteer.ops.part_cost.part_cost_reference`).
 
     Args:
         query_parts: `[Q, m, D]` C-contiguous float32.
@@ -103,32 +96,4 @@ def part_cost(
     args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, np.float32(pad), out)
     threads = threads if work >= PARALLEL_MIN_WORK else 1
     run_in_row_chunks(lambda start, stop: _cost_rows(*args, start, stop), num_queries, threads)
-    return out
-
-
-@numba.njit(**_JIT)
-def _dot_rows(query, gallery, ids, out, start, stop):  # noqa: ANN001
-    """`out[r, s] = query[r] · gallery[ids[r, s]]` for rows `start:stop`."""
-    dim = query.shape[1]
-    for r in range(start, stop):
-        for s in range(ids.shape[1]):
-            c = ids[r, s]
-            acc = np.float32(0.0)
-            for d in range(dim):
-                acc += query[r, d] * gallery[c, d]
-            out[r, s] = acc
-
-
-def gather_dot(query: np.ndarray, gallery: np.ndarray, ids: np.ndarray, threads: int = 1) -> np.ndarray:
-    """`[R, S]` float32 dot products of each query row with its listed gallery rows.
-
-    Args:
-        query: `[R, D]` C-contiguous float32.
-        gallery: `[N, D]` C-contiguous float32.
-        ids: `[R, S]` int64 in `[0, N)` (not checked here).
-        threads: worker threads.
-    """
-    out = np.empty(ids.shape, dtype=np.float32)
-    threads = threads if out.size * query.shape[1] >= PARALLEL_MIN_WORK else 1
-    run_in_row_chunks(lambda start, stop: _dot_rows(query, gallery, ids, out, start, stop), ids.shape[0], threads)
     return out

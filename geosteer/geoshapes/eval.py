@@ -1,7 +1,7 @@
 """Evaluate retrieval methods on GeoShapes splits: R@1, R@5, nDCG@10, mean ± std over seeds.
 
 A *method* is a head configuration plus the inputs it reads (region method,
-steering anchors). The methods compared (issue 4):
+steering anchors). The methods compared:
 
 - "cosine": first stage only (λ = α = β = γ = 0);
 - "rerank": Hungarian part matching over region sets (+ the structure term);
@@ -11,7 +11,7 @@ steering anchors). The methods compared (issue 4):
 - "rerank+steer": both (with the shipped presets β = 0 here: on validation
   the penalty added nothing once regions are matched, bench/tune_defaults.py).
 
-Every split of a run is indexed once (`geosteer.index.Indexer`), and every
+Every split of a run is indexed once (`geosteer.geoshapes.index.SplitIndexer`), and every
 method reads the same embeddings. Each query has exactly one relevant
 gallery item, so nDCG@10 = 1 / log2(1 + rank) when rank <= 10, else 0.
 """
@@ -19,10 +19,7 @@ gallery item, so nDCG@10 = 1 / log2(1 + rank) when rank <= 10, else 0.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,17 +27,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geosteer.config import DEFAULT_ANCHORS, DEFAULT_REGIONS, HeadConfig, get_config
-from geosteer.data.geoshapes import COLOURS, SHAPES
-from geosteer.data.splits import SPLITS, TEST_SEEDS
-from geosteer.head import GeoSteerHead, HeadResult
-from geosteer.index import Indexer, SplitIndex
+from geosteer import GeoSteerHead, HeadConfig, HeadResult, get_config
+from geosteer.environment import environment
+from geosteer.geoshapes.index import SplitIndex, SplitIndexer
+from geosteer.geoshapes.scenes import COLOURS, SHAPES, object_boxes
+from geosteer.geoshapes.splits import SPLITS, TEST_SEEDS
+from geosteer.geoshapes.vocabulary import LABEL_PHRASES
+from geosteer.ops.part_cost import pad_cost, part_cost
+from geosteer.stages.rerank import alignment_from_cost
 
 #: The methods `geosteer eval` reports, in table order.
 METHOD_NAMES: tuple[str, ...] = ("cosine", "rerank", "rerank-max", "steer", "rerank+steer")
 #: The four the demo shows.
 DEMO_METHODS: tuple[str, ...] = ("cosine", "rerank", "steer", "rerank+steer")
 METRICS: tuple[str, ...] = ("r1", "r5", "ndcg10")
+#: Region method the presets were tuned with (colour regions, each cropped alone).
+DEFAULT_REGIONS = "masked"
+#: Steering anchors the presets were tuned with: one negative phrase per object part.
+DEFAULT_ANCHORS = "parts"
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Method:
 
 
 def default_methods(k: int | None = None, names: Sequence[str] = METHOD_NAMES) -> list[Method]:
-    """The named methods built from the presets of `geosteer.config` (optionally with K)."""
+    """The named methods built from the presets (`geosteer.get_config`), optionally with K."""
     over = {} if k is None else {"k": k}
     table = {
         "cosine": lambda: get_config("cosine", **over),
@@ -84,12 +88,12 @@ def run_method(index: SplitIndex, method: Method) -> HeadResult:
     cfg = method.config
     if cfg.k > index.images.shape[0]:
         cfg = cfg.replace(k=index.images.shape[0])
-    inputs = index.head_inputs(
+    queries, gallery = index.head_inputs(
         method.regions, method.max_regions, method.anchors,
         parts=method.uses_parts, steering=method.uses_steering, relations=cfg.gamma > 0,
     )
     with torch.inference_mode():
-        return GeoSteerHead(cfg)(**inputs)
+        return GeoSteerHead(cfg)(queries, gallery)
 
 
 def ranks(result: HeadResult, targets: Tensor) -> Tensor:
@@ -130,12 +134,9 @@ def diagnostics(index: SplitIndex, methods: Sequence[Method]) -> dict[str, float
       region method) beats every hard negative's: the ceiling of pure
       part matching on the pairs the split is about.
     """
-    from geosteer.rerank import alignment_from_cost
-    from geosteer.ops.cost import pad_cost, part_cost
-
     sp = index.split
     q = index.query_tensors()
-    sims = q["query"] @ index.images.T  # [Q, N]
+    sims = q.embeddings @ index.images.T  # [Q, N]
     targets = index.targets
     out: dict[str, float] = {}
     for k in sorted({m.config.k for m in methods}):
@@ -150,7 +151,7 @@ def diagnostics(index: SplitIndex, methods: Sequence[Method]) -> dict[str, float
         if regions is not None:
             gp, gm, _ = index.regions(regions)
             ids = torch.tensor([[t, *hs] + [t] * (max(map(len, hard)) - len(hs)) for t, hs in zip(sp.targets, hard)])
-            qp, qm = q["query_parts"], q["query_parts_mask"]
+            qp, qm = q.parts, q.parts_mask
             with torch.inference_mode():
                 cost = part_cost(qp, qm, ids, gp, gm, pad_cost(qp.shape[1], gp.shape[1]), "torch")
                 align, _ = alignment_from_cost(cost, qm.sum(1), "hungarian", "torch")
@@ -174,9 +175,6 @@ def region_recognition(index: SplitIndex, method: str) -> dict[str, float]:
         `region_shape_acc`, `region_colour_acc`, and
         `region_pentagon_hexagon_acc` (shape right, over pentagons and hexagons).
     """
-    from geosteer.data.geoshapes import object_boxes
-    from geosteer.index import LABEL_PHRASES
-
     labels = index.text(LABEL_PHRASES)  # [48, D], shape-major
     parts, mask, boxes = index.regions(method)
     ious, ok, shape_ok, colour_ok, ph = [], [], [], [], []
@@ -213,7 +211,7 @@ def summarise(values: Sequence[float]) -> dict[str, float]:
 
 
 def evaluate(
-    indexer: Indexer,
+    indexer: SplitIndexer,
     splits: Sequence[str] = SPLITS,
     seeds: Sequence[int] = TEST_SEEDS,
     methods: Sequence[Method] | None = None,
@@ -282,26 +280,6 @@ def evaluate(
         "diagnostics": diag,
         "seconds": {"total": round(time.perf_counter() - t0, 1), "indexing": round(t_index, 1)},
         "env": environment(),
-    }
-
-
-def environment() -> dict[str, object]:
-    """Versions and machine, for result files."""
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=os.path.dirname(__file__)).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "commit": commit,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

@@ -4,7 +4,7 @@ The head's exact first stage scores every query against every gallery item.
 For millions of items, build an approximate inner-product index once and pass
 its candidates to the head instead::
 
-    from geosteer.first_stage_faiss import FaissFirstStage
+    from geosteer.stages.first_stage_faiss import FaissFirstStage
 
     index = FaissFirstStage.build(gallery, kind="ivf")       # once, [N, D]
     scores, ids = index.search(query, k=100)                 # [Q, 100] each

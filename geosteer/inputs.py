@@ -1,12 +1,23 @@
-"""Static input checks for the head: types, ranks, shapes, dtypes, devices.
+"""What the head reads: the query side and the gallery side, and their checks.
 
-They read only metadata, so they run eagerly and under torch.compile alike;
-value checks (NaN/inf, empty masks, id ranges) are the ops in
-`geosteer.ops.checks`. Every failure names the argument and what was expected.
+`QuerySide` and `GallerySide` are the two small types everything that feeds
+the head produces (`geosteer.index.Indexer`, and later the on-disk index and
+the sharded gallery). Both also behave as mappings from the head's keyword
+names to tensors, so `head(**queries, **gallery)` and `head(queries, gallery)`
+are the same call, and so is the keyword-tensor call
+`head(q, g, query_parts=..., gallery_parts=...)`.
+
+`validate` checks one call in one place (DESIGN §5). The static checks read
+only metadata, so they run eagerly and under torch.compile alike; value
+checks (NaN/inf, empty masks, id ranges) are the ops in `geosteer.ops.checks`.
+Every failure names the argument and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,6 +27,98 @@ from geosteer.ops import checks
 
 if TYPE_CHECKING:
     from geosteer.config import HeadConfig
+
+
+class _KeywordView:
+    """Mapping access under the head's keyword names (None fields are left out)."""
+
+    _KEYWORDS: dict[str, str] = {}  # field -> forward keyword
+
+    def keys(self) -> Iterator[str]:
+        return (kw for f, kw in self._KEYWORDS.items() if getattr(self, f) is not None)
+
+    def __getitem__(self, keyword: str) -> Tensor:
+        for f, kw in self._KEYWORDS.items():
+            if kw == keyword:
+                return getattr(self, f)
+        raise KeyError(keyword)
+
+    def as_kwargs(self) -> dict[str, Tensor]:
+        """The non-None fields under the head's keyword names."""
+        return {kw: self[kw] for kw in self.keys()}
+
+
+@dataclass
+class QuerySide(_KeywordView):
+    """The query side of a head call.
+
+    Attributes:
+        embeddings: `[Q, D]` float, L2-normalised (`query`).
+        parts: `[Q, m, D]` one embedding per object phrase (`query_parts`).
+        parts_mask: `[Q, m]` bool, True = valid (`query_parts_mask`).
+        negatives: `[Q, u, D]` confuser anchors for steering (`negatives`).
+        negatives_mask: `[Q, u]` bool (`negatives_mask`).
+        positives: `[Q, u or 1, D]` positive anchors paired with the negatives (`positives`).
+        relations: `[Q, r, 3]` int64 (i, j, type) over parts, i < 0 = padding (`query_relations`).
+    """
+
+    embeddings: Tensor
+    parts: Tensor | None = None
+    parts_mask: Tensor | None = None
+    negatives: Tensor | None = None
+    negatives_mask: Tensor | None = None
+    positives: Tensor | None = None
+    relations: Tensor | None = None
+
+    _KEYWORDS = {
+        "embeddings": "query", "parts": "query_parts", "parts_mask": "query_parts_mask", "negatives": "negatives",
+        "negatives_mask": "negatives_mask", "positives": "positives", "relations": "query_relations",
+    }
+
+
+@dataclass
+class GallerySide(_KeywordView):
+    """The gallery side of a head call.
+
+    Attributes:
+        embeddings: `[N, D]` float, L2-normalised (`gallery`).
+        parts: `[N, n, D]` region / annotation embeddings (`gallery_parts`).
+        parts_mask: `[N, n]` bool (`gallery_parts_mask`).
+        part_boxes: `[N, n, 4]` float (x0, y0, x1, y1) boxes of the parts (`gallery_part_boxes`).
+        neighbors: `[N, k']` int64 kNN graph (`geosteer.knn_graph`, `gallery_neighbors`).
+    """
+
+    embeddings: Tensor
+    parts: Tensor | None = None
+    parts_mask: Tensor | None = None
+    part_boxes: Tensor | None = None
+    neighbors: Tensor | None = None
+
+    _KEYWORDS = {
+        "embeddings": "gallery", "parts": "gallery_parts", "parts_mask": "gallery_parts_mask",
+        "part_boxes": "gallery_part_boxes", "neighbors": "gallery_neighbors",
+    }
+
+
+def _side(cls, name: str, value, keywords: dict[str, Tensor | None]):
+    """`value` as a `cls`: built from the keyword tensors, or given whole (then no keyword may be set too)."""
+    if isinstance(value, cls):
+        given = [kw for kw, v in keywords.items() if v is not None]
+        if given:
+            raise ValueError(f"{name} is a {cls.__name__}; pass {', '.join(given)} inside it, not as keywords too")
+        return value
+    fields = {f: keywords[kw] for f, kw in cls._KEYWORDS.items() if kw in keywords}
+    return cls(value, **fields)
+
+
+def query_side(query, **keywords: Tensor | None) -> QuerySide:
+    """The `QuerySide` of a head call: `query` itself, or built from `query` and the keyword tensors."""
+    return _side(QuerySide, "query", query, keywords)
+
+
+def gallery_side(gallery, **keywords: Tensor | None) -> GallerySide:
+    """The `GallerySide` of a head call: `gallery` itself, or built from `gallery` and the keyword tensors."""
+    return _side(GallerySide, "gallery", gallery, keywords)
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -88,20 +191,30 @@ def part_set(
     return flags
 
 
-def head_inputs(
-    cfg: HeadConfig, query, gallery, query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
-    negatives, negatives_mask, positives, query_relations, gallery_part_boxes, gallery_neighbors,
-    first_stage, parts_mode, rerank,
+def validate(
+    cfg: HeadConfig, queries: QuerySide, items: GallerySide, first_stage, parts_mode: bool, rerank: bool
 ) -> Tensor:
-    """Check every input of `GeoSteerHead.forward` (DESIGN §5).
+    """Check every input of one `GeoSteerHead.forward` call (DESIGN §5).
 
     Static checks raise here; value checks run as `geosteer::check_*` ops
     whose zero outputs are summed and returned, for the head to add to its
     scores (so a compiler cannot drop them).
 
+    Args:
+        cfg: the head's config.
+        queries, items: the two sides of the call.
+        first_stage: the external `(scores, ids)` pair, or None.
+        parts_mode: the head matches part sets (else neighbourhoods).
+        rerank: λ > 0 or γ > 0.
+
     Returns:
         a float32 zero scalar.
     """
+    query, query_parts, query_parts_mask = queries.embeddings, queries.parts, queries.parts_mask
+    negatives, negatives_mask, positives = queries.negatives, queries.negatives_mask, queries.positives
+    query_relations = queries.relations
+    gallery, gallery_parts, gallery_parts_mask = items.embeddings, items.parts, items.parts_mask
+    gallery_part_boxes, gallery_neighbors = items.part_boxes, items.neighbors
     embeddings("query", query, 2, "[Q, D]")
     embeddings("gallery", gallery, 2, "[N, D]", like=query)
     num_queries, num_items = query.shape[0], gallery.shape[0]

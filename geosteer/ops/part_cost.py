@@ -8,12 +8,12 @@ feasible; because `pad > 2 * min(m, n)` exceeds the largest total real cost,
 the minimum-cost assignment first maximises the number of real-real pairs,
 then minimises their cost. Real pairs are exactly those with cost <= 2.
 
-Dispatch: CUDA tensors run the fused Triton kernel of `kernels/part_cost.py`
-(no gathered `[Q, K, n, D]` copy) or the reference, as `backend` and
-`geosteer.ops.backend.use_triton` decide. CPU float32 tensors run the
-compiled numba loop of `_cost_numba` (also copy-free; ~1.7x faster) when
-numba is installed and `backend` is not "torch"; everything else runs
-`part_cost_reference`.
+Dispatch (`geosteer.ops.dispatch`, the rule every op follows): CUDA tensors
+run the fused Triton kernel of `geosteer.kernels.part_cost` (no gathered
+`[Q, K, n, D]` copy), CPU float32 tensors the numba loop of
+`geosteer.cpu_kernels.part_cost` (also copy-free; ~1.7x faster), everything
+else `part_cost_reference`. A strided CPU gallery takes the reference too:
+the numba loop would need a contiguous copy of all of it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geosteer.ops.backend import check_backend, check_ids_in_range, optional_numba_module, same_device, use_triton
+from geosteer import cpu_kernels
+from geosteer.ops.dispatch import KernelSpec, check_ids_in_range, resolve, same_device
 
-_cost_numba = optional_numba_module("geosteer.ops._cost_numba")
+SPEC = KernelSpec("geosteer::part_cost", triton=True, numba=(torch.float32,))
 
 REAL_COST_MAX = 2.0
 
@@ -92,9 +93,6 @@ def part_cost(
 ) -> Tensor:
     """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts.
 
-    This default kernel (CPU and any non-CUDA device) is the torch reference,
-    whatever `backend` says; CUDA tensors go to `_part_cost_cuda`.
-
     Args:
         query_parts: `[Q, m, D]` float.
         query_mask: `[Q, m]` bool, True = valid.
@@ -102,33 +100,24 @@ def part_cost(
         gallery_parts: `[N, n, D]` float, same dtype as `query_parts`.
         gallery_mask: `[N, n]` bool.
         pad: cost of a masked pair (see `pad_cost`).
-        backend: "auto" | "triton" | "torch" (the CUDA implementation).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
 
     Raises:
         ValueError: unknown `backend`, or a gathered candidate part holds
             NaN/inf (checked on the costs, far cheaper than scanning all of
             `gallery_parts`).
+        BackendUnavailable: backend="triton" where the Triton kernel cannot run.
     """
-    check_backend(backend)
-    if use_numba(query_parts, gallery_parts, backend):
-        cost = part_cost_numba(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    impl = resolve(SPEC, backend, query_parts.device, (query_parts.dtype, gallery_parts.dtype))
+    args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    if impl == "triton":
+        cost = part_cost_triton(*args)
+    elif impl == "numba" and gallery_parts.is_contiguous():
+        cost = part_cost_numba(*args)
     else:
-        cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+        cost = part_cost_reference(*args)
     check_cost_finite(cost)
     return cost
-
-
-def use_numba(query_parts: Tensor, gallery_parts: Tensor, backend: str) -> bool:
-    """Whether the CPU op runs the numba kernel: float32, contiguous gallery, not backend="torch"."""
-    return (
-        _cost_numba is not None
-        and backend != "torch"
-        and query_parts.device.type == "cpu"
-        and query_parts.dtype == gallery_parts.dtype == torch.float32
-        # A strided gallery would need a full contiguous copy (GBs): the
-        # reference gathers only the candidates' rows instead.
-        and gallery_parts.is_contiguous()
-    )
 
 
 def part_cost_numba(
@@ -144,22 +133,18 @@ def part_cost_numba(
         t.detach().contiguous().numpy()
         for t in (query_parts, query_mask, ids.long(), gallery_parts, gallery_mask)
     ]
-    return torch.from_numpy(_cost_numba.part_cost(*arrays, pad, torch.get_num_threads()))
+    return torch.from_numpy(cpu_kernels.load("part_cost").part_cost(*arrays, pad, torch.get_num_threads()))
 
 
-@part_cost.register_kernel("cuda")
-def _part_cost_cuda(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend):
-    """CUDA: the fused Triton gather + cost kernel, or the reference (see `backend.use_triton`)."""
-    if not use_triton("geosteer::part_cost", backend, query_parts.device, (query_parts.dtype, gallery_parts.dtype)):
-        cost = part_cost_reference(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
-    else:
-        from geosteer.kernels.part_cost import part_cost_triton
+def part_cost_triton(
+    query_parts: Tensor, query_mask: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_mask: Tensor, pad: float
+) -> Tensor:
+    """The Triton kernel on CUDA tensors, after the checks a launch needs."""
+    from geosteer.kernels.part_cost import part_cost_triton as launch
 
-        same_device("geosteer::part_cost", query_parts, query_mask=query_mask, ids=ids, gallery_parts=gallery_parts, gallery_mask=gallery_mask)
-        check_ids_in_range(ids, gallery_parts.shape[0], "ids")
-        cost = part_cost_triton(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
-    check_cost_finite(cost)
-    return cost
+    same_device("geosteer::part_cost", query_parts, query_mask=query_mask, ids=ids, gallery_parts=gallery_parts, gallery_mask=gallery_mask)
+    check_ids_in_range(ids, gallery_parts.shape[0], "ids")
+    return launch(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
 
 
 def check_cost_finite(cost: Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Compiled CPU solver for `geosteer::assign`: shortest augmenting paths (numba).
+"""numba kernel of `geosteer::assign`: shortest augmenting paths over the batch.
 
 The algorithm is SciPy's `linear_sum_assignment` (Crouse 2016: Jonker-Volgenant
 style Dijkstra over reduced costs with row/column potentials), compiled with
@@ -24,7 +24,7 @@ import math
 import numba
 import numpy as np
 
-from geosteer.ops._threads import run_in_row_chunks
+from geosteer.cpu_kernels._threads import run_in_row_chunks
 
 _JIT = {"nogil": True, "cache": True, "boundscheck": False}
 

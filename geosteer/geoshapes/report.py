@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from geosteer.data.splits import DESCRIPTIONS
+from geosteer.geoshapes.splits import DESCRIPTIONS
 
 GREEN = (40, 200, 90)
 RED = (230, 60, 60)
@@ -116,7 +116,7 @@ def write_html(
 
 
 def results_table_html(results: dict, methods: Sequence[str], metric: str = "r1") -> str:
-    """The metrics table of an `geosteer.eval.evaluate` result as HTML (percent)."""
+    """The metrics table of a `geosteer.geoshapes.eval.evaluate` result as HTML (percent)."""
     head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     body = []
     for s in results["splits"]:

@@ -41,11 +41,10 @@ from torch import Tensor
 from geosteer.ops.project import project
 
 _EPS = 1e-6
-DESIGNS: tuple[str, ...] = ("near", "margin", "text", "margin+text")
-#: The design `steer_scores` uses when none is given. No design raised R@1
-#: at any α tried on the validation seeds (bench/results/tune_2026-11-29.json:
+#: The direction designs (`HeadConfig.steer_design`). No design raised R@1 at
+#: any α tried on the validation seeds (bench/results/tune_2026-11-29.json:
 #: 4 designs x 2 anchor kinds x α 0.1-1 x k 3-10), so the presets keep α = 0.
-DEFAULT_DESIGN = "margin"
+DESIGNS: tuple[str, ...] = ("near", "margin", "text", "margin+text")
 
 
 def neighbourhood_means(gallery: Tensor, ids: Tensor, anchor_sims: Tensor, neighbors: int) -> Tensor:
@@ -169,8 +168,8 @@ def steer_scores(
     negatives_mask: Tensor,
     neighbors: int,
     alpha: float,
-    backend: str = "auto",
-    design: str | None = None,
+    backend: str,
+    design: str,
 ) -> tuple[Tensor, Tensor]:
     """Steered scores of the pool and the pool-by-negative similarities.
 
@@ -184,14 +183,12 @@ def steer_scores(
         negatives_mask: `[Q, J]` bool.
         neighbors: neighbourhood size k.
         alpha: step size α.
-        backend: kernel choice for CUDA tensors.
-        design: how each direction is built (`DESIGNS`); None = `DEFAULT_DESIGN`
-            (read at call time, so the head follows it).
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        design: how each direction is built (`DESIGNS`, `HeadConfig.steer_design`).
 
     Returns:
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
-    design = DEFAULT_DESIGN if design is None else design
     # One projection for both anchor sets: the candidate rows are read once.
     sims = project(gallery, ids, torch.cat([positives, negatives.to(positives.dtype)], dim=1), backend)
     pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
@@ -231,7 +228,7 @@ def region_anchor_sims(
         anchors: `[Q, J, D]` unit anchors (part phrases, their negatives).
         ids: `[Q, K]` candidate pool.
         gallery_parts: `[N, n, D]` region embeddings; gallery_parts_mask `[N, n]`.
-        backend: kernel choice for CUDA tensors.
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
 
     Returns:
         `[Q, K, J]` float32.

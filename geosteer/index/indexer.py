@@ -1,0 +1,340 @@
+"""Encode images, region crops and captions for the head: the library's indexer.
+
+`Indexer(encoder)` turns your own images into a `GallerySide`
+(`index_images`: whole-image embeddings plus the region sets of a region
+method, boxes included) and captions into a `QuerySide` (`encode_queries`:
+parts, relations, per-object negatives). Region families
+(`geosteer.encoders.regions.FAMILIES`) are encoded once each and a method's
+sets assembled from them (`assemble_regions`), so one index can serve every
+method; identical crops (empty background cells, cells a twin shares with
+its scene) and repeated texts are encoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from geosteer.encoders.contrast import contrast_texts, part_negatives
+from geosteer.encoders.parts import split_parts
+from geosteer.encoders.regions import Box, check_method, family_regions
+from geosteer.inputs import GallerySide, QuerySide
+from geosteer.relations import relation_id
+
+#: Steering anchors: "caption" pairs q with each contrast caption of the query
+#: (`contrast_texts`); "parts" pairs each object phrase with its own negative
+#: phrase (`part_negatives`: per-object directions).
+ANCHORS: tuple[str, ...] = ("caption", "parts")
+
+
+@dataclass
+class RegionFamily:
+    """One family's regions for every gallery image.
+
+    Attributes:
+        boxes: per image, its (x0, y0, x1, y1) pixel boxes.
+        embeddings: `[R, D]` float32, the regions of all images, image by image.
+        offsets: `[N + 1]` int64; image i owns rows offsets[i]:offsets[i+1].
+    """
+
+    boxes: list[list[Box]]
+    embeddings: Tensor
+    offsets: Tensor
+
+
+def _padded(rows: list[Tensor], dim: int) -> tuple[Tensor, Tensor]:
+    """Variable-length `[m_q, D]` rows -> `[Q, m, D]` zeros-padded and `[Q, m]` mask."""
+    m = max((r.shape[0] for r in rows), default=0)
+    out = torch.zeros(len(rows), m, dim)
+    mask = torch.zeros(len(rows), m, dtype=torch.bool)
+    for q, r in enumerate(rows):
+        out[q, : r.shape[0]] = r
+        mask[q, : r.shape[0]] = True
+    return out, mask
+
+
+def assemble_regions(
+    images: Tensor, families: dict[str, RegionFamily], method: str, max_regions: int, image_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate a method's families per image, cap, pad: the head's region sets.
+
+    Args:
+        images: `[N, D]` whole-image embeddings (the fallback region).
+        families: family name -> `RegionFamily` over the same N images.
+        method: a key of `geosteer.encoders.regions.METHODS`.
+        max_regions: cap per image.
+        image_size: pixel side (the fallback box).
+
+    Returns:
+        gallery_parts `[N, n, D]`, gallery_parts_mask `[N, n]` bool,
+        gallery_part_boxes `[N, n, 4]` float32 pixels. An image with no
+        region (no foreground for "components") gets its whole-image box
+        and embedding, as `propose_regions` does.
+    """
+    fams = [families[f] for f in check_method(method)]
+    num_items, dim = images.shape
+    rows: list[Tensor] = []
+    boxes: list[list[Box]] = []
+    for i in range(num_items):
+        emb = torch.cat([f.embeddings[f.offsets[i] : f.offsets[i + 1]] for f in fams])[:max_regions]
+        bxs = [b for f in fams for b in f.boxes[i]][:max_regions]
+        if not bxs:
+            emb = images[i : i + 1]
+            bxs = [(0, 0, image_size, image_size)]
+        rows.append(emb)
+        boxes.append(bxs)
+    n = max(len(b) for b in boxes)
+    parts = torch.zeros(num_items, n, dim)
+    mask = torch.zeros(num_items, n, dtype=torch.bool)
+    box_t = torch.zeros(num_items, n, 4)
+    for i, (emb, bxs) in enumerate(zip(rows, boxes)):
+        parts[i, : len(bxs)] = emb
+        mask[i, : len(bxs)] = True
+        box_t[i, : len(bxs)] = torch.tensor(bxs, dtype=torch.float32)
+    return parts, mask, box_t
+
+
+def query_inputs(
+    text: Callable[[Sequence[str]], Tensor],
+    queries: Sequence[str],
+    parts: Sequence[Sequence[str]],
+    relations: Sequence[Sequence[tuple[int, int, str]]],
+    negatives: Sequence[Sequence[str]],
+    anchors: str = "parts",
+    vocabulary: Mapping[str, str] | None = None,
+) -> QuerySide:
+    """Query-side tensors for the head from texts.
+
+    Args:
+        text: strings -> `[len, D]` embeddings (e.g. `Indexer.encode_texts`).
+        queries: the captions.
+        parts: per query, one phrase per object (`split_parts`).
+        relations: per query, (i, j, relation name) over its parts.
+        negatives: per query, its contrast captions (`contrast_texts`);
+            used with anchors="caption".
+        anchors: "caption" (positive q, negatives = the contrast captions)
+            or "parts" (positive = each part, negative = that part's own
+            negative phrase, `part_negatives`).
+        vocabulary: concept -> nearest confuser for `part_negatives`
+            (None: attribute swaps only).
+
+    Returns:
+        A `QuerySide`: embeddings `[Q, D]`, parts `[Q, m, D]`, parts_mask
+        `[Q, m]`, relations `[Q, r, 3]` int64 with `geosteer.RELATIONS`
+        ids, -1 rows as padding (r >= 1), positives `[Q, u or 1, D]`,
+        negatives `[Q, u, D]`, negatives_mask `[Q, u]` (these three None
+        when no query has a negative).
+    """
+    if anchors not in ANCHORS:
+        raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
+    query = text(list(queries))
+    part_emb, parts_mask = _padded([text(list(p)) for p in parts], query.shape[1])
+    # At least one (padding) row, so the tensor can always be passed with
+    # region boxes: queries without relations get R = 0.
+    r = max([1, *(len(rs) for rs in relations)])
+    rel = torch.full((len(queries), r, 3), -1, dtype=torch.long)
+    for q, rs in enumerate(relations):
+        for k, (i, j, name) in enumerate(rs):
+            rel[q, k] = torch.tensor([i, j, relation_id(name)])
+    if anchors == "caption":
+        negs = [text(list(n)) for n in negatives]
+        positives = query[:, None, :]
+    else:
+        per_part = [part_negatives(list(p), vocabulary=vocabulary) for p in parts]
+        # a part without a negative phrase ("") repeats itself, masked out below
+        negs = [text([n or p for n, p in zip(ns, ps)]) for ns, ps in zip(per_part, parts)]
+        positives = part_emb
+    neg_emb, negatives_mask = _padded(negs, query.shape[1])
+    if anchors == "parts":
+        for q, ns in enumerate(per_part):
+            negatives_mask[q, : len(ns)] &= torch.tensor([bool(n) for n in ns])
+    if neg_emb.shape[1] == 0 or not negatives_mask.any():
+        neg_emb, negatives_mask, positives = None, None, None
+    return QuerySide(query, parts=part_emb, parts_mask=parts_mask, relations=rel,
+                     positives=positives, negatives=neg_emb, negatives_mask=negatives_mask)
+
+
+def encoder_fingerprint(encoder) -> str:
+    """A short hash of the encoder's name and weights (keys the disk cache)."""
+    h = hashlib.sha1(encoder.name.encode())
+    with torch.no_grad():
+        for name, p in encoder.model.named_parameters():
+            h.update(name.encode())
+            h.update(np.float64(p.detach().double().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Indexer:
+    """Encodes images, their regions and queries with one encoder, each distinct text and crop once.
+
+    Args:
+        encoder: a `geosteer.encoders.ClipEncoder` (`load_clip(...)`).
+        max_regions: cap per region family and image.
+        batch_size: images per forward pass.
+        progress: tqdm bars while encoding.
+        vocabulary: concept -> nearest confuser for the per-object negatives
+            of `encode_queries` (None: attribute swaps only).
+    """
+
+    def __init__(
+        self,
+        encoder,
+        max_regions: int = 16,
+        batch_size: int = 128,
+        progress: bool = False,
+        vocabulary: Mapping[str, str] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.max_regions = max_regions
+        self.batch_size = batch_size
+        self.progress = progress
+        self.vocabulary = dict(vocabulary) if vocabulary is not None else None
+        self._texts: dict[str, Tensor] = {}
+        self._fingerprint: str | None = None
+
+    @property
+    def image_size(self) -> int:
+        """Render side: the encoder's input size, so crops need no rescaling at full size."""
+        return int(self.encoder.image_size[0])
+
+    def fingerprint(self) -> str:
+        """`encoder_fingerprint` of the encoder (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(self.encoder)
+        return self._fingerprint
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """`[len(texts), D]` embeddings; each distinct text encoded once per Indexer."""
+        new = sorted({t for t in texts if t not in self._texts})
+        if new:
+            emb = self.encoder.encode_texts(new, progress=self.progress and len(new) > 512).cpu()
+            self._texts.update(zip(new, emb))
+        return torch.stack([self._texts[t] for t in texts]) if texts else torch.empty(0, 0)
+
+    def remember_texts(self, texts: Sequence[str], embeddings: Tensor) -> None:
+        """Take `[len(texts), D]` embeddings encoded earlier (a cache) instead of encoding those texts again."""
+        self._texts.update(zip(texts, embeddings))
+
+    def encode_crops(self, crops: list[Image.Image], desc: str = "") -> Tensor:
+        """`[len(crops), D]`; identical crops (same pixels) are encoded once."""
+        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in crops]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = list(first.values())
+        emb = self._encode_images([crops[i] for i in unique], f"{desc}, {len(unique)} distinct" if desc else "")
+        pos = {k: j for j, k in enumerate(first)}
+        return emb[[pos[k] for k in keys]]
+
+    def _encode_images(self, images: list[Image.Image], desc: str) -> Tensor:
+        if not images:
+            return torch.empty(0, self.encoder.embed_dim)
+        x = torch.stack([self.encoder.preprocess(im) for im in images])
+        out = []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(images), desc=desc, unit="img", leave=False)
+        for i in range(0, len(images), self.batch_size):
+            out.append(self.encoder.encode_images(x[i : i + self.batch_size], batch_size=self.batch_size).cpu())
+            if bar is not None:
+                bar.update(min(self.batch_size, len(images) - i))
+        if bar is not None:
+            bar.close()
+        return torch.cat(out)
+
+    def index_images(
+        self, images: Sequence[Image.Image], method: str = "grid", max_regions: int | None = None
+    ) -> GallerySide:
+        """The gallery side of your own images, ready for the head.
+
+        Args:
+            images: PIL images (any size; each region crop is resized to the
+                encoder's input).
+            method: region method, a key of `geosteer.encoders.regions.METHODS`.
+                "grid" is the general one; "masked" / "colours" /
+                "components" assume flat-colour scenes like GeoShapes.
+            max_regions: cap per image (default: the Indexer's).
+
+        Returns:
+            A `GallerySide`: embeddings `[N, D]`, parts `[N, n, D]`,
+            parts_mask `[N, n]`, part_boxes `[N, n, 4]` (pixels of each image).
+        """
+        families_of = check_method(method)
+        images = [im.convert("RGB") for im in images]
+        if not images:
+            raise ValueError("images must hold at least one image")
+        cap = self.max_regions if max_regions is None else max_regions
+        emb, families = self.encode_gallery(images, families_of, cap, "gallery")
+        # the fallback box of an image without regions is its own size; sizes may differ
+        parts, mask, boxes = assemble_regions(emb, families, method, cap, 0)
+        for i, im in enumerate(images):
+            if not any(fam.boxes[i] for fam in families.values()):
+                boxes[i, 0] = torch.tensor([0.0, 0.0, im.width, im.height])
+        return GallerySide(emb, parts=parts, parts_mask=mask, part_boxes=boxes)
+
+    def encode_queries(
+        self, captions: Sequence[str], anchors: str = "parts", parts: Sequence[Sequence[str]] | None = None
+    ) -> QuerySide:
+        """The query side of your own captions, ready for the head.
+
+        Parts and relations come from `split_parts` (or your `parts`, one
+        list per caption, then without relations); negatives from
+        `contrast_texts` / `part_negatives` with the Indexer's `vocabulary`.
+
+        Returns:
+            A `QuerySide`, as `query_inputs` makes it.
+        """
+        if isinstance(captions, str):
+            raise TypeError("captions must be a list of str (wrap a single one in a list)")
+        split = [split_parts(c) for c in captions]
+        if parts is None:
+            part_lists = [p for p, _ in split]
+            relations = [r for _, r in split]
+        else:
+            if len(parts) != len(captions):
+                raise ValueError(f"parts must hold one list per caption ({len(captions)}), got {len(parts)}")
+            part_lists = [list(p) for p in parts]
+            relations = [[] for _ in captions]
+        negatives = [contrast_texts(c, self.vocabulary) for c in captions] if anchors == "caption" else [[] for _ in captions]
+        return query_inputs(self.encode_texts, captions, part_lists, relations, negatives, anchors, self.vocabulary)
+
+    def encode_gallery(
+        self, images: list[Image.Image], families: Sequence[str], max_regions: int, where: str
+    ) -> tuple[Tensor, dict[str, RegionFamily]]:
+        """Whole-image embeddings `[N, D]` and every family's regions.
+
+        Args:
+            images: RGB PIL images.
+            families: region families (`geosteer.encoders.regions.FAMILIES`) to encode.
+            max_regions: cap per family and image.
+            where: label of the progress bars.
+        """
+        emb = self._encode_images(images, f"{where}: {len(images)} images")
+        # All families' crops in one call: a component crop and a colour-class
+        # crop of the same separated object are the same pixels, encoded once.
+        per_family: dict[str, tuple[list[list[Box]], list[int]]] = {}
+        crops: list[Image.Image] = []
+        for fam in families:
+            boxes, offsets = [], [len(crops)]
+            for im in images:
+                b, c = family_regions(im, fam, self.image_size, max_regions)
+                boxes.append(b)
+                crops.extend(c)
+                offsets.append(len(crops))
+            per_family[fam] = (boxes, offsets)
+        crop_emb = self.encode_crops(crops, f"{where}: {len(crops)} regions ({'+'.join(families)})")
+        out: dict[str, RegionFamily] = {}
+        for fam, (boxes, offsets) in per_family.items():
+            rows = crop_emb[offsets[0] : offsets[-1]]
+            local = torch.tensor(offsets, dtype=torch.long) - offsets[0]
+            out[fam] = RegionFamily(boxes, rows, local)
+        return emb, out
+
