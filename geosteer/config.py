@@ -31,8 +31,9 @@ class HeadConfig:
 
     # K: candidates kept from the first stage and re-ranked (the result width).
     k: int = 50
-    # Size of the local neighbourhoods: N+/N- for steering, and the kNN sets
-    # of neighbourhood mode. Capped at k (the pool it is taken from).
+    # Size of the local neighbourhoods: N+/N- inside the candidate pool for
+    # steering, and the kNN sets of neighbourhood mode (q's nearest pool
+    # items, each candidate's nearest gallery items). Capped at k.
     neighbors: int = 5
     # λ: weight of the part alignment A(q, c); 0 disables re-ranking.
     lam: float = 0.5

@@ -15,7 +15,6 @@ Every failure names the argument and what was expected.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING

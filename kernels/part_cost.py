@@ -14,7 +14,7 @@ fp16/bf16 operands on the tensor cores with fp32 accumulation, fp32 (or
 mixed) operands upcast to fp32 with IEEE precision (TF32 would move costs
 by ~1e-3, enough to reorder candidates).
 
-The torch reference is `geosteer.ops.cost.part_cost_reference`.
+The torch reference is `geosteer.ops.part_cost.part_cost_reference`; the op and its dispatch are in `geosteer.ops.part_cost`.
 """
 
 from __future__ import annotations

@@ -70,6 +70,8 @@ SCENARIOS = {
         PARTS + ("query_relations", "gallery_part_boxes"),
         BASE_OPS | {"check_rows_any", "check_relations"},
     ),
+    # torch-linear-assignment's solver runs inside geosteer::assign: still one graph
+    "solver_tla": (dict(k=12, lam=0.5, solver="tla"), PARTS, BASE_OPS | {"check_rows_any"}),
 }
 
 
@@ -140,6 +142,24 @@ def test_compiled_head_matches_eager(scenario):
     bad[2, 3] = float("nan")
     with pytest.raises(ValueError, match="query contains NaN"):
         compiled(bad, inputs["gallery"], **kwargs)
+
+
+def test_compiled_head_takes_the_typed_sides():
+    """head(QuerySide, GallerySide) compiles to one graph and equals the keyword call."""
+    from geosteer import GallerySide, QuerySide
+
+    inputs = make_inputs()
+    queries = QuerySide(inputs["query"], parts=inputs["query_parts"], parts_mask=inputs["query_parts_mask"],
+                        relations=inputs["query_relations"])
+    gallery = GallerySide(inputs["gallery"], parts=inputs["gallery_parts"], parts_mask=inputs["gallery_parts_mask"],
+                          part_boxes=inputs["gallery_part_boxes"])
+    head = GeoSteerHead(k=12, lam=0.5, gamma=0.5)
+    counter = GraphCounter()
+    compiled = torch.compile(head, fullgraph=True, backend=counter)
+    got = compiled(queries, gallery)
+    want = head(inputs["query"], inputs["gallery"], **{k: inputs[k] for k in PARTS + ("query_relations", "gallery_part_boxes")})
+    assert_same(got, want)
+    assert len(counter.graphs) == 1
 
 
 @needs_cuda

@@ -293,3 +293,73 @@ def test_config_presets_and_overrides():
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         HeadConfig(**{field: value})
+
+
+# ---------------------------------------------------------------- the head's boundary: typed sides, stage hook, knobs
+
+
+def test_typed_sides_keywords_and_mappings_are_one_call():
+    data = random_parts_problem(seed=4)
+    queries = geosteer.QuerySide(data["query"], parts=data["query_parts"])
+    gallery = geosteer.GallerySide(data["gallery"], parts=data["gallery_parts"])
+    head = GeoSteerHead(k=8, lam=0.6)
+    keyword = head(data["query"], data["gallery"], query_parts=data["query_parts"], gallery_parts=data["gallery_parts"])
+    for result in (head(queries, gallery), head(**queries, **gallery), head(queries, data["gallery"], gallery_parts=data["gallery_parts"])):
+        assert torch.equal(result.indices, keyword.indices) and torch.equal(result.scores, keyword.scores)
+    assert sorted(queries.keys()) == ["query", "query_parts"]
+    with pytest.raises(ValueError, match="query is a QuerySide; pass query_parts inside it"):
+        head(queries, gallery, query_parts=data["query_parts"])
+
+
+def test_stage_hook_sees_every_stage_a_call_runs_in_order():
+    import contextlib
+
+    data = random_parts_problem(seed=5)
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def hook(name):
+        seen.append(name)
+        yield
+
+    boxes = torch.rand(data["gallery"].shape[0], data["gallery_parts"].shape[1], 4)
+    boxes[..., 2:] += boxes[..., :2]
+    relations = torch.tensor([[[0, 1, 0]]]).expand(data["query"].shape[0], 1, 3).contiguous()
+    negatives = unit(torch.randn(data["query"].shape[0], 3, data["query"].shape[1], generator=torch.Generator().manual_seed(1)))
+    head = GeoSteerHead(k=8, lam=0.5, alpha=0.3, gamma=0.2, stage_hook=hook)
+    result = head(data["query"], data["gallery"], query_parts=data["query_parts"], gallery_parts=data["gallery_parts"],
+                  negatives=negatives, query_relations=relations, gallery_part_boxes=boxes)
+    assert seen == list(geosteer.STAGES)
+    plain = GeoSteerHead(head.config)(data["query"], data["gallery"], query_parts=data["query_parts"],
+                                      gallery_parts=data["gallery_parts"], negatives=negatives,
+                                      query_relations=relations, gallery_part_boxes=boxes)
+    assert torch.equal(result.indices, plain.indices)  # the hook observes, it changes nothing
+    seen.clear()
+    GeoSteerHead(k=8, lam=0.0, stage_hook=hook)(data["query"], data["gallery"])
+    assert seen == ["validate", "first_stage", "fuse"]
+    with pytest.raises(TypeError, match="stage_hook"):
+        GeoSteerHead(stage_hook="time")
+
+
+@pytest.mark.parametrize("design", ["near", "margin", "text", "margin+text"])
+def test_steer_design_is_a_config_knob(design):
+    """Each design moves the scores its own way; the head reads it from its config, nothing else."""
+    data = random_parts_problem(seed=6)
+    negatives = unit(torch.randn(data["query"].shape[0], 3, data["query"].shape[1], generator=torch.Generator().manual_seed(2)))
+    runs = {d: GeoSteerHead(k=10, lam=0.0, alpha=0.5, steer_design=d)(data["query"], data["gallery"], negatives=negatives)
+            for d in ("near", "margin", "text", "margin+text")}
+    mine = runs[design].steered_scores.sort(dim=1).values
+    others = [r.steered_scores.sort(dim=1).values for d, r in runs.items() if d != design]
+    assert all(not torch.allclose(mine, o) for o in others)
+    with pytest.raises(ValueError, match="steer_design"):
+        HeadConfig(steer_design="mean")
+
+
+def test_solver_tla_gives_the_same_alignment():
+    data = random_parts_problem(seed=7)
+    ours = GeoSteerHead(k=10, lam=0.5)(data["query"], data["gallery"], query_parts=data["query_parts"], gallery_parts=data["gallery_parts"])
+    tla = GeoSteerHead(k=10, lam=0.5, solver="tla")(data["query"], data["gallery"], query_parts=data["query_parts"], gallery_parts=data["gallery_parts"])
+    torch.testing.assert_close(tla.alignment, ours.alignment)  # exact solvers: the same optimum
+    assert torch.equal(tla.indices, ours.indices)
+    with pytest.raises(ValueError, match="solver"):
+        HeadConfig(solver="lapjv")

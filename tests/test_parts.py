@@ -67,3 +67,17 @@ def test_bad_input():
         query_parts("a dog", parts=[])
     assert query_parts("a dog and a cat") == ["a dog", "a cat"]
     assert query_parts("ignored", parts=["a dog", "a hat"]) == ["a dog", "a hat"]
+
+
+def test_every_relation_name_comes_from_the_one_registry():
+    from geosteer.encoders.parts import RELATION_PHRASES
+    from geosteer.geoshapes.scenes import RELATION_WORDS
+    from geosteer.relations import GEOMETRY, OPPOSITE, RELATIONS, WORDS
+
+    assert {name for _, name in RELATION_PHRASES} == set(RELATIONS)
+    assert RELATION_WORDS is WORDS
+    assert set(OPPOSITE) == set(WORDS) == set(GEOMETRY) == set(RELATIONS)
+    assert all(OPPOSITE[OPPOSITE[r]] == r for r in RELATIONS)
+    for words, name in RELATION_PHRASES:  # each relation's own caption words parse back to it
+        if words == WORDS[name]:
+            assert split_parts(f"a red circle {words} a blue star")[1] == [(0, 1, name)]

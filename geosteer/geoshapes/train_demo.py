@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import itertools
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time

@@ -1,0 +1,198 @@
+"""The layer rule, read from the source: the library never imports the application.
+
+- Library: every module of `geosteer/` except `geosteer/geoshapes/` and
+  `geosteer/cli.py`, plus `kernels/` (installed as `geosteer.kernels`).
+- Application: `geosteer.geoshapes.*` (GeoShapes, eval, demo, demo-model
+  training) and `geosteer.cli` (the commands over it).
+
+The library imports no application module (not even inside a function, nor
+by a module-name string); the application imports only the library's public
+names (no `_private` module or name); the import graph has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+APPLICATION = ("geosteer.geoshapes", "geosteer.cli")
+
+
+@dataclass
+class Module:
+    name: str
+    path: str  # relative to the tree's root
+    is_package: bool
+    imports: list[tuple[str, str | None, int]] = field(default_factory=list)  # (module, name or None, line)
+    strings: list[tuple[str, int]] = field(default_factory=list)  # string constants naming geosteer modules
+
+
+def module_name(path: Path, root: Path) -> str:
+    """`geosteer/ops/assign.py` -> `geosteer.ops.assign`; `kernels/x.py` -> `geosteer.kernels.x`."""
+    rel = path.relative_to(root).with_suffix("")
+    parts = list(rel.parts)
+    if parts[0] == "kernels":
+        parts = ["geosteer", *parts]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def scan(root: Path) -> dict[str, Module]:
+    """Every module under `root/geosteer` and `root/kernels` with its imports."""
+    modules: dict[str, Module] = {}
+    for top in ("geosteer", "kernels"):
+        for path in sorted((root / top).rglob("*.py")):
+            name = module_name(path, root)
+            mod = Module(name, str(path.relative_to(root)), path.name == "__init__.py")
+            package = name if mod.is_package else name.rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    mod.imports += [(alias.name, None, node.lineno) for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                        base = ".".join([*anchor, *([base] if base else [])])
+                    mod.imports += [(base, alias.name, node.lineno) for alias in node.names]
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("geosteer."):
+                    mod.strings.append((node.value.split()[0], node.lineno))
+            modules[name] = mod
+    return modules
+
+
+def private(part: str) -> bool:
+    """`_x` is private; dunders (`__version__`) are not."""
+    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+
+def in_layer(name: str, layer: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in layer)
+
+
+def targets(mod: Module, modules: dict[str, Module]) -> list[tuple[str, str | None, int]]:
+    """The geosteer modules `mod` imports: (module, imported name or None, line)."""
+    out = []
+    for base, name, line in mod.imports:
+        if not (base == "geosteer" or base.startswith("geosteer.")):
+            continue
+        if name is not None and f"{base}.{name}" in modules:  # `from geosteer.ops import assign`: a submodule
+            out.append((f"{base}.{name}", None, line))
+        else:
+            out.append((base, name, line))
+    return out
+
+
+def layer_violations(modules: dict[str, Module]) -> list[str]:
+    """Library -> application imports, application -> private library names."""
+    bad = []
+    for mod in modules.values():
+        app = in_layer(mod.name, APPLICATION)
+        for target, name, line in targets(mod, modules):
+            where = f"{mod.path}:{line}"
+            if not app and in_layer(target, APPLICATION):
+                bad.append(f"{where}: library module {mod.name} imports application module {target}")
+            if app and not in_layer(target, APPLICATION):
+                if any(private(p) for p in target.split(".")) or (name is not None and private(name)):
+                    bad.append(f"{where}: application module {mod.name} imports private {target}{'.' + name if name else ''}")
+        if not app:
+            for text, line in mod.strings:
+                if in_layer(text, APPLICATION):
+                    bad.append(f"{mod.name}:{line}: library module names application module {text!r}")
+    return bad
+
+
+def cycles(modules: dict[str, Module]) -> list[list[str]]:
+    """Strongly connected components of more than one module (or a module importing itself)."""
+    graph = {m: sorted({t for t, _, _ in targets(mod, modules) if t in modules}) for m, mod in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_tree_has_both_layers():
+    modules = scan(REPO)
+    assert {"geosteer.head", "geosteer.ops.assign", "geosteer.kernels.part_cost", "geosteer.cpu_kernels.assign"} <= set(modules)
+    assert {"geosteer.geoshapes.eval", "geosteer.geoshapes.scenes", "geosteer.cli"} <= set(modules)
+
+
+def test_library_never_imports_the_application():
+    assert layer_violations(scan(REPO)) == []
+
+
+def test_no_import_cycles():
+    assert cycles(scan(REPO)) == []
+
+
+# ---- the checks themselves can fail: a small tree that breaks each rule
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+BASE = {
+    "geosteer/__init__.py": "from geosteer.head import run\n",
+    "geosteer/head.py": "def run(): pass\n",
+    "geosteer/_private.py": "X = 1\n",
+    "geosteer/geoshapes/__init__.py": "",
+    "geosteer/geoshapes/eval.py": "from geosteer import run\n",
+    "geosteer/cli.py": "",
+    "kernels/__init__.py": "",
+}
+
+
+@pytest.mark.parametrize("rel, text, expect", [
+    ("geosteer/head.py", "def run():\n    from geosteer.geoshapes import eval\n", "imports application module geosteer.geoshapes.eval"),
+    ("geosteer/head.py", "import geosteer.geoshapes.eval\n", "imports application module geosteer.geoshapes.eval"),
+    ("kernels/k.py", "from ..geoshapes.eval import x\n", "imports application module geosteer.geoshapes.eval"),
+    ("geosteer/head.py", "import importlib\nM = importlib.import_module('geosteer.geoshapes.eval')\n", "names application module"),
+    ("geosteer/geoshapes/eval.py", "from geosteer._private import X\n", "imports private geosteer._private"),
+    ("geosteer/geoshapes/eval.py", "from geosteer.head import _helper\n", "imports private geosteer.head._helper"),
+])
+def test_a_broken_rule_is_reported(tmp_path, rel, text, expect):
+    _write(tmp_path, BASE)
+    assert layer_violations(scan(tmp_path)) == []
+    _write(tmp_path, {rel: text})
+    found = layer_violations(scan(tmp_path))
+    assert any(expect in v for v in found), found
+
+
+def test_a_cycle_is_reported(tmp_path):
+    _write(tmp_path, {**BASE, "geosteer/head.py": "from geosteer.other import y\n", "geosteer/other.py": "from geosteer.head import run\n"})
+    assert cycles(scan(tmp_path)) == [["geosteer.head", "geosteer.other"]]
