@@ -209,37 +209,45 @@ def validate(
     Returns:
         a float32 zero scalar.
     """
-    query, query_parts, query_parts_mask = queries.embeddings, queries.parts, queries.parts_mask
-    negatives, negatives_mask, positives = queries.negatives, queries.negatives_mask, queries.positives
-    query_relations = queries.relations
-    gallery, gallery_parts, gallery_parts_mask = items.embeddings, items.parts, items.parts_mask
-    gallery_part_boxes, gallery_neighbors = items.part_boxes, items.neighbors
+    query = queries.embeddings
     embeddings("query", query, 2, "[Q, D]")
-    embeddings("gallery", gallery, 2, "[N, D]", like=query)
-    num_queries, num_items = query.shape[0], gallery.shape[0]
+    embeddings("gallery", items.embeddings, 2, "[N, D]", like=query)
+    num_queries, num_items = query.shape[0], items.embeddings.shape[0]
     nonempty("query", query, 0, "Q")
     nonempty("query", query, 1, "D")
-    nonempty("gallery", gallery, 0, "N")
+    nonempty("gallery", items.embeddings, 0, "N")
     if cfg.k > num_items:
         raise ValueError(f"k={cfg.k} exceeds the gallery size N={num_items}")
-    flags = [checks.check_finite(query, "query"), checks.check_finite(gallery, "gallery")]
-
-    flags += part_set("query_parts", query_parts, query_parts_mask, num_queries, "Q", "m", query, check_values=True)
+    flags = [checks.check_finite(query, "query"), checks.check_finite(items.embeddings, "gallery")]
+    flags += part_set("query_parts", queries.parts, queries.parts_mask, num_queries, "Q", "m", query, check_values=True)
     # Non-finite candidate parts are caught inside geosteer::part_cost, on the
     # gathered rows only: scanning all N x n x D here would cost as much as
     # the re-ranking itself.
-    flags += part_set("gallery_parts", gallery_parts, gallery_parts_mask, num_items, "N", "n", query, check_values=False)
+    flags += part_set("gallery_parts", items.parts, items.parts_mask, num_items, "N", "n", query, check_values=False)
+    flags += _anchors(cfg, queries)
+    if cfg.gamma > 0 and (queries.relations is not None or items.part_boxes is not None):
+        flags += _structure(queries, items, parts_mode)
+    flags += _neighbors(cfg, items, parts_mode, rerank)
+    if first_stage is not None:
+        flags += _first_stage(cfg, first_stage, num_queries, num_items)
+    return torch.stack(flags).sum()
 
+
+def _anchors(cfg: HeadConfig, queries: QuerySide) -> list[Tensor]:
+    """Steering anchors: negatives `[Q, u, D]` (+ mask `[Q, u]`), positives `[Q, u or 1, D]`."""
+    query, negatives, positives = queries.embeddings, queries.negatives, queries.positives
+    num_queries = query.shape[0]
+    flags = []
     if negatives is not None:
         embeddings("negatives", negatives, 3, "[Q, u, D]", like=query)
         leading("negatives", negatives, num_queries, "Q")
         nonempty("negatives", negatives, 1, "u")
         flags.append(checks.check_finite(negatives, "negatives"))
-        if negatives_mask is not None:
-            mask("negatives_mask", negatives_mask, tuple(negatives.shape[:2]), query)
+        if queries.negatives_mask is not None:
+            mask("negatives_mask", queries.negatives_mask, tuple(negatives.shape[:2]), query)
     elif cfg.alpha > 0 or cfg.beta > 0:
         raise ValueError(f"alpha={cfg.alpha} / beta={cfg.beta} steer away from negatives [Q, u, D], but none were given")
-    elif negatives_mask is not None:
+    elif queries.negatives_mask is not None:
         raise ValueError("negatives_mask was given without negatives")
     if positives is not None:
         embeddings("positives", positives, 3, "[Q, u, D] or [Q, 1, D]", like=query)
@@ -249,46 +257,56 @@ def validate(
                 f"positives has {positives.shape[1]} anchors; expected 1 or u={negatives.shape[1]} (one per negative)"
             )
         flags.append(checks.check_finite(positives, "positives"))
+    return flags
 
-    if cfg.gamma > 0 and (query_relations is not None or gallery_part_boxes is not None):
-        if query_relations is None or gallery_part_boxes is None:
-            raise ValueError("the structure term needs both query_relations [Q, r, 3] and gallery_part_boxes [N, n, 4]")
-        if not parts_mode:
-            raise ValueError("query_relations need part sets (query_parts and gallery_parts)")
-        tensor("query_relations", query_relations, 3, "[Q, r, 3]")
-        if query_relations.dtype != torch.long or query_relations.shape[0] != num_queries or query_relations.shape[2] != 3:
-            raise ValueError(
-                f"query_relations must be int64 [Q={num_queries}, r, 3], got {query_relations.dtype} {list(query_relations.shape)}"
-            )
-        tensor("gallery_part_boxes", gallery_part_boxes, 3, "[N, n, 4]")
-        expected = [num_items, gallery_parts.shape[1], 4]
-        if list(gallery_part_boxes.shape) != expected or not gallery_part_boxes.is_floating_point():
-            raise ValueError(f"gallery_part_boxes must be float {expected}, got {gallery_part_boxes.dtype} {list(gallery_part_boxes.shape)}")
-        flags.append(checks.check_finite(gallery_part_boxes, "gallery_part_boxes"))
-        flags.append(checks.check_relations(query_relations, query_parts.shape[1], "query_relations"))
 
-    if gallery_neighbors is not None:
-        tensor("gallery_neighbors", gallery_neighbors, 2, "[N, k']")
-        if gallery_neighbors.dtype != torch.long or gallery_neighbors.shape[0] != num_items:
-            raise ValueError(f"gallery_neighbors must be int64 [N={num_items}, k'], got {gallery_neighbors.dtype} {list(gallery_neighbors.shape)}")
-        if gallery_neighbors.shape[1] < cfg.pool_neighbors:
-            raise ValueError(f"gallery_neighbors has k'={gallery_neighbors.shape[1]} columns but neighbors={cfg.pool_neighbors}")
-        flags.append(checks.check_ids(gallery_neighbors, num_items, "gallery_neighbors"))
-    elif not parts_mode and rerank and cfg.pool_neighbors >= num_items:
-        raise ValueError(f"neighbourhood mode needs neighbors={cfg.pool_neighbors} < N={num_items}")
+def _structure(queries: QuerySide, items: GallerySide, parts_mode: bool) -> list[Tensor]:
+    """The structure term's inputs: relations `[Q, r, 3]` int64 and part boxes `[N, n, 4]`."""
+    relations, boxes = queries.relations, items.part_boxes
+    num_queries, num_items = queries.embeddings.shape[0], items.embeddings.shape[0]
+    if relations is None or boxes is None:
+        raise ValueError("the structure term needs both query_relations [Q, r, 3] and gallery_part_boxes [N, n, 4]")
+    if not parts_mode:
+        raise ValueError("query_relations need part sets (query_parts and gallery_parts)")
+    tensor("query_relations", relations, 3, "[Q, r, 3]")
+    if relations.dtype != torch.long or relations.shape[0] != num_queries or relations.shape[2] != 3:
+        raise ValueError(
+            f"query_relations must be int64 [Q={num_queries}, r, 3], got {relations.dtype} {list(relations.shape)}"
+        )
+    tensor("gallery_part_boxes", boxes, 3, "[N, n, 4]")
+    expected = [num_items, items.parts.shape[1], 4]
+    if list(boxes.shape) != expected or not boxes.is_floating_point():
+        raise ValueError(f"gallery_part_boxes must be float {expected}, got {boxes.dtype} {list(boxes.shape)}")
+    return [checks.check_finite(boxes, "gallery_part_boxes"),
+            checks.check_relations(relations, queries.parts.shape[1], "query_relations")]
 
-    if first_stage is not None:
-        if not isinstance(first_stage, (tuple, list)) or len(first_stage) != 2:
-            raise TypeError("first_stage must be a (scores [Q, K'], ids [Q, K']) pair")
-        fs_scores, fs_ids = first_stage
-        tensor("first_stage scores", fs_scores, 2, "[Q, K']")
-        tensor("first_stage ids", fs_ids, 2, "[Q, K']")
-        if fs_ids.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"first_stage ids must be int32/int64, got {fs_ids.dtype}")
-        if tuple(fs_scores.shape) != tuple(fs_ids.shape) or fs_ids.shape[0] != num_queries:
-            raise ValueError(f"first_stage scores and ids must both be [Q={num_queries}, K'], got {list(fs_scores.shape)} and {list(fs_ids.shape)}")
-        if fs_ids.shape[1] < cfg.k:
-            raise ValueError(f"first_stage holds K'={fs_ids.shape[1]} candidates but k={cfg.k}")
-        flags.append(checks.check_ids(fs_ids, num_items, "first_stage ids"))
-        flags.append(checks.check_finite(fs_scores, "first_stage scores"))
-    return torch.stack(flags).sum()
+
+def _neighbors(cfg: HeadConfig, items: GallerySide, parts_mode: bool, rerank: bool) -> list[Tensor]:
+    """Neighbourhood mode: the kNN graph `[N, k']` int64, or a gallery large enough to search one."""
+    graph, num_items = items.neighbors, items.embeddings.shape[0]
+    if graph is None:
+        if not parts_mode and rerank and cfg.pool_neighbors >= num_items:
+            raise ValueError(f"neighbourhood mode needs neighbors={cfg.pool_neighbors} < N={num_items}")
+        return []
+    tensor("gallery_neighbors", graph, 2, "[N, k']")
+    if graph.dtype != torch.long or graph.shape[0] != num_items:
+        raise ValueError(f"gallery_neighbors must be int64 [N={num_items}, k'], got {graph.dtype} {list(graph.shape)}")
+    if graph.shape[1] < cfg.pool_neighbors:
+        raise ValueError(f"gallery_neighbors has k'={graph.shape[1]} columns but neighbors={cfg.pool_neighbors}")
+    return [checks.check_ids(graph, num_items, "gallery_neighbors")]
+
+
+def _first_stage(cfg: HeadConfig, first_stage, num_queries: int, num_items: int) -> list[Tensor]:
+    """An external first stage: `(scores [Q, K'], ids [Q, K'])` with K' >= k and ids in `[0, N)`."""
+    if not isinstance(first_stage, (tuple, list)) or len(first_stage) != 2:
+        raise TypeError("first_stage must be a (scores [Q, K'], ids [Q, K']) pair")
+    fs_scores, fs_ids = first_stage
+    tensor("first_stage scores", fs_scores, 2, "[Q, K']")
+    tensor("first_stage ids", fs_ids, 2, "[Q, K']")
+    if fs_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"first_stage ids must be int32/int64, got {fs_ids.dtype}")
+    if tuple(fs_scores.shape) != tuple(fs_ids.shape) or fs_ids.shape[0] != num_queries:
+        raise ValueError(f"first_stage scores and ids must both be [Q={num_queries}, K'], got {list(fs_scores.shape)} and {list(fs_ids.shape)}")
+    if fs_ids.shape[1] < cfg.k:
+        raise ValueError(f"first_stage holds K'={fs_ids.shape[1]} candidates but k={cfg.k}")
+    return [checks.check_ids(fs_ids, num_items, "first_stage ids"), checks.check_finite(fs_scores, "first_stage scores")]
