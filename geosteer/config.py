@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from geosteer.choices import check_choice
 from geosteer.ops.assign import SOLVERS
 from geosteer.ops.dispatch import BACKENDS
 from geosteer.ops.screen import SCREENS
@@ -84,12 +85,12 @@ class HeadConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        _check_choice("steer_design", self.steer_design, DESIGNS)
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("matching", self.matching, MATCHINGS)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("solver", self.solver, SOLVERS)
-        _check_choice("screen", self.screen, SCREENS)
+        check_choice("steer_design", self.steer_design, DESIGNS)
+        check_choice("mode", self.mode, MODES)
+        check_choice("matching", self.matching, MATCHINGS)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("solver", self.solver, SOLVERS)
+        check_choice("screen", self.screen, SCREENS)
 
     @property
     def pool_neighbors(self) -> int:
@@ -104,11 +105,6 @@ class HeadConfig:
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 # Tuned on the GeoShapes validation seeds with the demo model, "masked"

@@ -33,6 +33,8 @@ from PIL import Image
 from scipy import ndimage
 from torch import Tensor
 
+from geosteer.choices import check_choice
+
 Box = tuple[int, int, int, int]
 
 #: Region families, in the order a method concatenates them.
@@ -205,9 +207,7 @@ def check_method(method: str) -> tuple[str, ...]:
     Raises:
         ValueError: `method` is not a key of `METHODS`.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    return METHODS[method]
+    return METHODS[check_choice("method", method, tuple(METHODS))]
 
 
 def _masked_found(arr: np.ndarray, max_regions: int, threshold: float = 40.0, min_area: float = 0.002) -> tuple[np.ndarray, list[tuple[Box, np.ndarray]]]:

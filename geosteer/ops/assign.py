@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from geosteer import cpu_kernels
+from geosteer.choices import check_choice
 from geosteer.ops.dispatch import BackendUnavailable, KernelSpec, check_backend, resolve, warn_once
 
 _OP = "geosteer::assign"
@@ -256,9 +257,7 @@ def check_solver(solver: str) -> str:
     Raises:
         ValueError: not one of `SOLVERS`.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    return solver
+    return check_choice("solver", solver, SOLVERS)
 
 
 def solve(cost: Tensor, backend: str = "auto", solver: str = "auto") -> Tensor:

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from geosteer import cpu_kernels
+from geosteer.choices import check_choice
 
 BACKENDS = ("auto", "triton", "torch")
 Impl = Literal["triton", "numba", "torch"]
@@ -73,9 +74,7 @@ def check_backend(backend: str) -> str:
     Raises:
         ValueError: not one of "auto", "triton", "torch".
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
+    return check_choice("backend", backend, BACKENDS)
 
 
 @functools.lru_cache(maxsize=None)

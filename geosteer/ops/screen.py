@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from geosteer import cpu_kernels
+from geosteer.choices import check_choice
 from geosteer.ops.tensor_cache import TensorCache
 
 SCREENS = ("auto", "bf16", "off")
@@ -87,9 +88,7 @@ def check_screen(screen: str) -> str:
     Raises:
         ValueError: not one of `SCREENS`.
     """
-    if screen not in SCREENS:
-        raise ValueError(f"screen must be one of {SCREENS}, got {screen!r}")
-    return screen
+    return check_choice("screen", screen, SCREENS)
 
 
 def native_bf16() -> bool:

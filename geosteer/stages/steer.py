@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geosteer.choices import check_choice
 from geosteer.ops.project import project
 
 _EPS = 1e-6
@@ -138,8 +139,7 @@ def raw_directions(
         raw `[Q, J, D]` float32, usable `[Q, J]` bool (False where the design
         finds no contrast, e.g. identical anchors).
     """
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    check_choice("design", design, DESIGNS)
     num_anchors = negatives.shape[1]
     usable = torch.ones(negatives.shape[:2], dtype=torch.bool, device=negatives.device)
     parts = []
