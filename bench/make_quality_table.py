@@ -1,11 +1,16 @@
-"""The README's quality table, generated from a `geosteer eval --json` result.
+"""Quality tables from the committed results: `geosteer eval --json` and `bench.tune_defaults` files.
 
-    python bench/make_quality_table.py                       # newest bench/results/eval_*.json, print markdown
-    python bench/make_quality_table.py results.json --write README.md
-    python bench/make_quality_table.py --tune bench/results/tune_2026-11-29.json   # how the defaults were chosen
+    python -m bench.make_quality_table                                  # newest bench/results/eval_*.json, print
+    python -m bench.make_quality_table bench/results/eval_2026-11-29.json --write docs/geoshapes.md
+    python -m bench.make_quality_table bench/results/eval_2026-11-29.json --brief --write README.md
+    python -m bench.make_quality_table --tune bench/results/tune_2026-11-29.json --write docs/tuning.md
 
-With --write, the markdown replaces what lies between the
-`<!-- quality:start -->` and `<!-- quality:end -->` markers of that file.
+An eval file gives the R@1 table of every method, the Hungarian vs per-part
+max ablation and the steering gains (`--brief`: the R@1 table alone, the
+README's); with --write they replace what lies between the
+`<!-- quality:start -->` and `<!-- quality:end -->` markers of that file. A
+tune file (`--tune`) gives the validation tables behind the presets, written
+between `<!-- tune:start -->` and `<!-- tune:end -->`.
 """
 
 from __future__ import annotations
@@ -15,16 +20,17 @@ import json
 import sys
 from pathlib import Path
 
-START, END = "<!-- quality:start -->", "<!-- quality:end -->"
+from geosteer.geoshapes.splits import DESCRIPTIONS
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The start and end marker lines of block `name`."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+START, END = markers("quality")
+TUNE_START, TUNE_END = markers("tune")
 RESULTS = Path(__file__).resolve().parent / "results"
-DESCRIPTIONS = {
-    "fine": "pentagon vs hexagon and other near shapes",
-    "binding": "which colour goes with which shape (colour-swapped twin in the gallery)",
-    "relation": "left/right, above/below (position-swapped twin)",
-    "count": "two similar objects vs scenes holding one of them",
-    "touching": "binding with touching / overlapping objects",
-    "control": "plain single-object retrieval (must not get worse)",
-}
 LABELS = {"r1": "R@1", "r5": "R@5", "ndcg10": "nDCG@10"}
 
 
@@ -36,8 +42,8 @@ def _delta(st: dict) -> str:
     return f"{100 * st['mean']:+.1f} ± {100 * st['sem']:.1f}"
 
 
-def markdown(results: dict) -> str:
-    """Markdown tables (R@1 of every method, the matching ablation, steering nDCG@10)."""
+def markdown(results: dict, brief: bool = False) -> str:
+    """Markdown tables: R@1 of every method, then (unless `brief`) the matching ablation and the steering gains."""
     methods = list(results["methods"])
     splits = results["splits"]
     seeds = results["seeds"]
@@ -57,7 +63,7 @@ def markdown(results: dict) -> str:
             cell = _pct(st)
             cells.append(f"**{cell}**" if st["mean"] == best else cell)
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    if "rerank-max" in methods and "rerank" in methods:
+    if not brief and "rerank-max" in methods and "rerank" in methods:
         lines += [
             "",
             "One-to-one (Hungarian) vs per-part max matching, R@1 (%); Δ = paired difference per seed, mean ± standard error:",
@@ -74,7 +80,7 @@ def markdown(results: dict) -> str:
             sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
             lines.append(f"| {s} | {_pct(h)} | {_pct(mx)} | {_delta({'mean': mean, 'sem': sd / len(diffs) ** 0.5})} |")
     steer = [m for m in ("steer", "rerank+steer") if m in methods]
-    if steer and results.get("vs_cosine"):
+    if not brief and steer and results.get("vs_cosine"):
         lines += [
             "",
             "Steering vs cosine: paired gain per seed, mean ± standard error (points):",
@@ -88,7 +94,7 @@ def markdown(results: dict) -> str:
                 d = results["vs_cosine"][s][m]
                 cells += [_delta(d["r1"]), _delta(d["ndcg10"])]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "Splits: " + "; ".join(f"*{s}*: {DESCRIPTIONS.get(s, '')}" for s in splits) + "."]
+    lines += ["", "Splits: " + "; ".join(f"*{s}* — {DESCRIPTIONS.get(s, '')}" for s in splits) + "."]
     return "\n".join(lines)
 
 
@@ -111,6 +117,10 @@ def tune_markdown(record: dict) -> str:
     lines += ["", f"λ for `{chosen['regions']}` (K = {k}):", ""] + head
     for g in sorted((g for g in grid if g["regions"] == chosen["regions"]), key=lambda g: g["lam"]):
         lines.append(row(f"λ = {g['lam']}", g["splits"]))
+    if record.get("gamma_grid"):
+        lines += ["", f"γ (the structure term) for `{chosen['regions']}`, K = {k}, λ = {lam}:", ""] + head
+        for g in sorted(record["gamma_grid"], key=lambda g: g["gamma"]):
+            lines.append(row(f"γ = {g['gamma']}", g["splits"]))
     steer = record["steer_grid"]
     lines += ["", "Steering alone (λ = 0): the best of each kind, by fine-split gain over cosine:", ""] + head
     kinds = {
@@ -136,35 +146,44 @@ def tune_markdown(record: dict) -> str:
 
 
 def newest(folder: Path = RESULTS) -> Path:
+    """The most recently modified `eval_*.json` in `folder`."""
     files = sorted(folder.glob("eval_*.json"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no eval_*.json in {folder}; run `geosteer eval --json {folder}/eval_<date>.json`")
     return files[-1]
 
 
-def write_between_markers(path: Path, text: str) -> None:
+def write_between_markers(path: Path, text: str, name: str = "quality") -> None:
+    """Replace what lies between the `name` markers of file `path` with `text` (the markers stay).
+
+    Raises:
+        ValueError: the file lacks the start marker followed by the end marker.
+    """
+    start, end = markers(name)
     doc = path.read_text()
-    if START not in doc or END not in doc or doc.index(START) > doc.index(END):
-        raise ValueError(f"{path} must contain {START} followed by {END}")
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    if start not in doc or end not in doc or doc.index(start) > doc.index(end):
+        raise ValueError(f"{path} must contain {start} followed by {end}")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.make_quality_table", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="?", default=None, help="eval JSON (default: newest bench/results/eval_*.json)")
-    p.add_argument("--write", default=None, help="file whose quality markers get the table (e.g. README.md)")
-    p.add_argument("--tune", default=None, help="print the validation tables of a tune_*.json instead")
+    p.add_argument("--write", default=None, help="file whose markers get the tables (README.md, docs/geoshapes.md, docs/tuning.md)")
+    p.add_argument("--brief", action="store_true", help="the R@1 table alone (the README's)")
+    p.add_argument("--tune", default=None, help="the validation tables of a tune_*.json instead (markers: tune)")
     args = p.parse_args(argv)
     if args.tune:
-        print(tune_markdown(json.loads(Path(args.tune).read_text())))
-        return 0
-    path = Path(args.results) if args.results else newest()
-    text = markdown(json.loads(path.read_text()))
+        path, name = Path(args.tune), "tune"
+        text = tune_markdown(json.loads(path.read_text()))
+    else:
+        path, name = (Path(args.results) if args.results else newest()), "quality"
+        text = markdown(json.loads(path.read_text()), brief=args.brief)
     if args.write:
-        write_between_markers(Path(args.write), text)
-        print(f"wrote the quality table from {path} into {args.write}")
+        write_between_markers(Path(args.write), text, name)
+        print(f"wrote the {name} tables from {path} into {args.write}")
     else:
         print(text)
     return 0

@@ -1,26 +1,35 @@
-"""Markdown results tables from bench_head.py's JSON lines, for the README.
+"""Markdown results tables from the bench JSON lines, for the README and docs/benchmarks.md.
 
-    python bench/make_tables.py bench/results/head_*.jsonl                 # print
-    python bench/make_tables.py bench/results/head_*.jsonl --readme README.md \\
-        --plot bench/results/head_cpu_screen_2026-11-29.png               # in place
+    python -m bench.make_tables bench/results/head_*.jsonl             # print every table
+    python -m bench.make_tables bench/results/head_cpu_screen_2026-11-29.jsonl \\
+        bench/results/head_cpu_2threads_2026-11-29.jsonl \\
+        --write docs/benchmarks.md --plot bench/results/head_cpu_screen_2026-11-29.png
+    python -m bench.make_tables bench/results/head_cpu_screen_2026-11-29.jsonl \\
+        --workload cpu --threads 1 --no-stages --write README.md --marker bench:summary
+    python -m bench.make_tables bench/results/assign_cpu_2026-11-29.jsonl \\
+        --write docs/benchmarks.md --marker bench:assign
 
-With `--readme`, the text between `<!-- bench:head:start -->` and
-`<!-- bench:head:end -->` in that file is replaced (the markers stay); the
-file must already hold both markers. When several runs of one
-(workload, device, provider) are in the files, the latest one is shown.
+Rows of `bench_head.py` become one table per (workload, device, threads,
+OpenMP setting) plus the per-stage tables; rows of `bench_assign.py` become
+the solver table. When several runs of one (workload, setting, provider) are
+in the files, the latest one is shown.
+
+With `--write FILE`, the text between `<!-- MARKER:start -->` and
+`<!-- MARKER:end -->` in FILE is replaced (the markers stay; `--marker`
+defaults to `bench:head`); the file must already hold both. `--plot` takes a
+path from the repository root and links it relative to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
 
-import common  # noqa: E402
-
-START, END = "<!-- bench:head:start -->", "<!-- bench:head:end -->"
+DEFAULT_MARKER = "bench:head"
 _ORDER = ("geosteer", "geosteer-compiled", "geosteer-steer", "geosteer-tla", "geosteer-faiss",
           "faiss-ivf", "naive", "naive-perquery", "first-stage")
 _WORKLOAD_ORDER = ("tiny", "cpu", "gpu", "faiss")
@@ -151,47 +160,116 @@ def stage_table(stages: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def make_markdown(rows: list[dict], plots: list[str], include_dry: bool = False) -> str:
-    if not include_dry:
-        rows = [r for r in rows if not r.get("dry_run")]
+_ASSIGN_PROVIDERS = {"ours": "geosteer", "tla": "torch-linear-assignment", "scipy": "SciPy loop", "lapx": "lapx"}
+
+
+def assign_table(rows: list[dict]) -> str:
+    """The solver table from `bench_assign.py` rows: median ms per shape and provider, speed-up over TLA."""
+    r0 = rows[0]
+    cells: dict[tuple[str, str], dict] = {(r["shape"], r["provider"]): r for r in rows}  # latest wins
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    providers = [p for p in _ASSIGN_PROVIDERS if any(p == r["provider"] for r in rows)]
+    loads = [r["load1"] for r in rows if r.get("load1") is not None]
+    lines = [
+        f"**assignment solver** — {r0['device_name']}, uniform [0, 1) float32 costs, median of up to "
+        f"{max(r['repeats'] for r in rows)} warm calls, torch {r0['torch']}, commit `{str(r0.get('commit'))[:8]}`"
+        f"{' (dirty)' if r0.get('dirty') else ''}, {r0['date'][:10]}"
+        + (f", load {max(loads):.1f}" if loads and r0["device"] == "cpu" else ""),
+        "",
+        "| B × W × T | " + " | ".join(_ASSIGN_PROVIDERS[p] for p in providers) + " | speed-up vs TLA |",
+        "|---|" + "---:|" * (len(providers) + 1),
+    ]
+    for shape in shapes:
+        batch, w, t = (int(x) for x in shape.split("x"))
+        row = []
+        for p in providers:
+            r = cells.get((shape, p))
+            row.append("–" if r is None else f"{_num(r['median_s'] * 1e3)} ms" + ("*" if "scaled_from" in r else ""))
+        ours = cells.get((shape, "ours"))
+        speedup = ours.get("speedup_vs_tla") if ours else None
+        row.append("–" if speedup is None else f"{_num(speedup)}×")
+        lines.append(f"| {batch:,} × {w}×{t} | " + " | ".join(row) + " |")
+    if any("scaled_from" in r for r in rows):
+        lines += ["", "\\* timed on a subset of the problems and scaled to the full batch."]
+    return "\n".join(lines)
+
+
+def select(rows: list[dict], workload: str | None = None, threads: int | None = None,
+           include_dry: bool = False) -> list[dict]:
+    """The rows of one workload and thread count (None: any); --dry-run rows only when asked."""
+    return [
+        r for r in rows
+        if (include_dry or not r.get("dry_run"))
+        and (workload is None or r.get("workload") == workload)
+        and (threads is None or r.get("threads") == threads)
+    ]
+
+
+def make_markdown(rows: list[dict], plots: list[str], include_dry: bool = False, stages: bool = True) -> str:
+    """Every table the rows hold: head workloads, per-stage tables (`stages`), the solver table, then the plots."""
+    rows = select(rows, include_dry=include_dry)
     keep = latest(rows)
     groups: dict[tuple, list[dict]] = {}
     for (workload, where, _), r in keep.items():
         groups.setdefault((workload, where), []).append(r)
     order = sorted(groups, key=lambda k: (_WORKLOAD_ORDER.index(k[0]) if k[0] in _WORKLOAD_ORDER else 9, str(k[1])))
     blocks = [workload_table(groups[k]) for k in order]
-    blocks += stage_tables(rows)
+    if stages:
+        blocks += stage_tables(rows)
+    solver = [r for r in rows if r.get("bench") == "assign"]
+    if solver:
+        blocks.append(assign_table(solver))
     blocks += [f"![head throughput vs Q and K]({p})" for p in plots]
     return "\n\n".join(blocks) if blocks else "_no bench rows yet_"
 
 
-def replace_between_markers(text: str, body: str) -> str:
-    """`text` with everything between START and END replaced by `body`."""
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise ValueError(f"the file must hold {START} followed by {END}")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    return f"{before}{START}\n{body}\n{END}{after}"
+def markers(name: str = DEFAULT_MARKER) -> tuple[str, str]:
+    """The start and end marker lines of block `name`."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+START, END = markers()
+
+
+def replace_between_markers(text: str, body: str, marker: str = DEFAULT_MARKER) -> str:
+    """`text` with everything between the start and end markers of `marker` replaced by `body`."""
+    start, end = markers(marker)
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"the file must hold {start} followed by {end}")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{body}\n{end}{after}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("jsonl", nargs="+", help="bench_head.py output files")
-    parser.add_argument("--readme", default=None, help="write between the bench:head markers of this file")
-    parser.add_argument("--plot", action="append", default=[], help="PNG path to link (relative to the README)")
+    parser = argparse.ArgumentParser(prog="python -m bench.make_tables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("jsonl", nargs="+", help="bench_head.py / bench_assign.py output files")
+    parser.add_argument("--write", "--readme", dest="write", default=None,
+                        help="write between the --marker lines of this file (README.md, docs/benchmarks.md)")
+    parser.add_argument("--marker", default=DEFAULT_MARKER, help="marker name (default: %(default)s)")
+    parser.add_argument("--workload", default=None, help="only this workload (tiny, cpu, gpu, faiss, sweep)")
+    parser.add_argument("--threads", type=int, default=None, help="only rows run with this many threads")
+    parser.add_argument("--no-stages", action="store_true", help="leave out the per-stage tables")
+    parser.add_argument("--plot", action="append", default=[],
+                        help="PNG to link, as a path from the repository root (linked relative to --write)")
     parser.add_argument("--include-dry-run", action="store_true", help="also show --dry-run rows")
     args = parser.parse_args(argv)
-    body = make_markdown(common.read_rows(args.jsonl), args.plot, args.include_dry_run)
-    if args.readme is None:
+    rows = select(common.read_rows(args.jsonl), args.workload, args.threads, args.include_dry_run)
+    plots = args.plot
+    if args.write is not None:
+        base = Path(args.write).resolve().parent
+        plots = [Path(os.path.relpath(Path(p).resolve(), base)).as_posix() for p in plots]
+    body = make_markdown(rows, plots, args.include_dry_run, stages=not args.no_stages)
+    if args.write is None:
         print(body)
         return 0
-    path = Path(args.readme)
+    path = Path(args.write)
     try:
-        text = replace_between_markers(path.read_text(), body)
+        text = replace_between_markers(path.read_text(), body, args.marker)
     except ValueError as error:
         parser.error(f"{path}: {error} (add both marker lines where the tables go)")
     path.write_text(text)
-    print(f"tables -> {path}")
+    print(f"tables -> {path} ({args.marker})")
     return 0
 
 

@@ -759,7 +759,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m geosteer.train_demo`."""
-    parser = argparse.ArgumentParser(prog="python -m geosteer.train_demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m geosteer.geoshapes.train_demo", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
