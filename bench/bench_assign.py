@@ -20,9 +20,9 @@ repeats. Slow providers can be timed on the first `--subset` problems and
 scaled to the full batch; such rows carry `scaled_from`. Every provider's
 matching is checked against SciPy's total cost on the first 256 problems.
 
-    python bench/bench_assign.py                       # CPU sweep -> bench/results/assign_cpu_<date>.{jsonl,png}
-    python bench/bench_assign.py --shapes 51200x4x16 4096x16x16 --repeats 11
-    python bench/bench_assign.py --device cuda         # CUDA providers
+    python -m bench.bench_assign                       # CPU sweep -> bench/results/assign_cpu_<date>.{jsonl,png}
+    python -m bench.bench_assign --shapes 51200x4x16 4096x16x16 --repeats 11
+    python -m bench.bench_assign --device cuda         # CUDA providers
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, bench, env_info, progress, summarise, sync, threads, write_rows  # noqa: E402
-
-import geosteer  # noqa: E402
-from geosteer.ops.assign import _dp_chunked  # noqa: E402
+import geosteer
+from bench.common import REPO, bench, progress, summarise, sync, threads, write_rows
+from geosteer.environment import environment
+from geosteer.ops.assign import _dp_chunked
 
 SHAPES = [
     (1_024, 2, 8),
@@ -132,7 +131,7 @@ def totals(cost: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_assign", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=SHAPES, help="BxWxT, e.g. 4096x16x16")
     parser.add_argument("--providers", nargs="+", default=None, help="subset of the providers")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     date = datetime.date.today().isoformat()
     out = args.out or REPO / "bench" / "results" / f"assign_{args.device}_{date}.jsonl"
     providers = args.providers or (CPU_PROVIDERS if args.device == "cpu" else CUDA_PROVIDERS)
-    env = env_info(args.device)
+    env = environment(args.device)
     versions = {"torch_linear_assignment": _dist_version("torch-linear-assignment"), "numba": _dist_version("numba"), "lapx": _dist_version("lapx")}
     rows: list[dict] = []
     bar = progress(len(args.shapes) * len(providers), "assign")

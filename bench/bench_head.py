@@ -5,8 +5,9 @@ Every provider runs on the same seeded inputs of one workload:
 - ``geosteer``            the head, eager, default config (parts mode, λ = 0.5)
 - ``geosteer-compiled``   the same head under ``torch.compile(fullgraph=True)``
 - ``geosteer-steer``      the head with steering on (α = 0.5, negatives given)
-- ``geosteer-tla``        the same head pipeline with torch-linear-assignment's
-                          ``batch_linear_assignment`` injected as the solver
+- ``geosteer-tla``        the same head with ``HeadConfig(solver="tla")``:
+                          torch-linear-assignment's ``batch_linear_assignment``
+                          solves inside ``geosteer::assign``
 - ``naive``               what a researcher writes first: ``torch.topk`` of
                           ``q @ G.T`` for all queries, then a Python loop over
                           queries and candidates, one SciPy
@@ -24,15 +25,19 @@ Every provider runs on the same seeded inputs of one workload:
 Rows (JSON lines): queries/s, cold (first call; compile included) and warm
 (median, quartiles, min/max of repeats) seconds, peak memory, how many queries
 a provider actually ran (the naive loops run a subset and are scaled; the row
-says so), agreement of its ranking with the eager head, and the environment.
+says so), agreement of its ranking with the eager head, and the environment
+(`geosteer.environment.environment`). `--profile` adds one row per stage of
+the eager head (`geosteer.STAGES`, timed through the head's `stage_hook`).
 
-Examples::
+Examples (from the repo root)::
 
-    python bench/bench_head.py --workload cpu --out bench/results/head_cpu_$(date +%F).jsonl
-    python bench/bench_head.py --workload sweep --plot bench/results/head_cpu_$(date +%F).png
-    python bench/bench_head.py --workload faiss --out ...        # N = 1M, FAISS IVF
-    python bench/bench_head.py --check --device cuda --out ...    # CUDA vs CPU reference
-    python bench/bench_head.py --workload cpu --dry-run           # tiny shapes, seconds
+    python -m bench.bench_head --workload cpu --out bench/results/head_cpu_$(date +%F).jsonl
+    python -m bench.bench_head --workload sweep --plot bench/results/head_cpu_$(date +%F).png
+    python -m bench.bench_head --workload faiss --out ...        # N = 1M, FAISS IVF
+    python -m bench.bench_head --workload cpu --dry-run           # tiny shapes, seconds
+
+The CUDA-vs-CPU correctness checks are tests: `TRITON_INTERPRET=0 pytest tests/test_cuda_device.py`
+on a GPU machine (or `bench/run_gpu.sh`).
 """
 
 from __future__ import annotations
@@ -44,23 +49,17 @@ import gc
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# Appended, not inserted: an installed geosteer (or run_gpu.sh's package
-# farm, which maps geosteer.kernels) wins over the bare source tree.
-sys.path.append(str(Path(__file__).resolve().parent.parent))
-
-import common  # noqa: E402
-from common import WORKLOADS, BenchData, PeakMemory, Workload  # noqa: E402
-
-import geosteer  # noqa: E402
-from geosteer import GeoSteerHead, HeadConfig  # noqa: E402
+import geosteer
+from bench import common
+from bench.common import WORKLOADS, BenchData, PeakMemory, Workload
+from geosteer import GeoSteerHead, HeadConfig
+from geosteer.environment import environment
 
 DEFAULT_PROVIDERS = {
     "tiny": "geosteer,first-stage,geosteer-fp32,first-stage-fp32,geosteer-compiled,geosteer-steer,geosteer-tla,naive,naive-perquery",
@@ -99,40 +98,6 @@ def head_kwargs(data: BenchData, steer: bool = False) -> dict:
     if steer:
         kwargs["negatives"] = data.negatives
     return kwargs
-
-
-@contextlib.contextmanager
-def injected_solver(solve: Callable[[Tensor], Tensor]) -> Iterator[list[int]]:
-    """Run the head with another assignment solver, without editing geosteer.
-
-    The head reaches the solver through the name `assign` in
-    `geosteer.rerank` (called as `assign(cost [B, W, T], backend)`); it is
-    swapped for `solve(cost)` while the block runs. Yields a one-item call
-    counter so the caller can check the swap was actually used.
-    """
-    import geosteer.rerank as rerank
-
-    if not hasattr(rerank, "assign"):
-        raise RuntimeError("geosteer.rerank no longer has `assign`; update bench_head.injected_solver")
-    original = rerank.assign
-    calls = [0]
-
-    def patched(cost: Tensor, backend: str = "auto") -> Tensor:
-        calls[0] += 1
-        return solve(cost)
-
-    rerank.assign = patched
-    try:
-        yield calls
-    finally:
-        rerank.assign = original
-
-
-def tla_solve(cost: Tensor) -> Tensor:
-    """torch-linear-assignment's batch solver (Triton on CUDA, SciPy loop on CPU)."""
-    from torch_linear_assignment import batch_linear_assignment
-
-    return batch_linear_assignment(cost)
 
 
 def naive_rerank(data: BenchData, k: int, lam: float, per_query: bool, deadline: float | None = None) -> Tensor:
@@ -203,16 +168,9 @@ def make_runner(name: str, work: Workload, data: BenchData, device: torch.device
         return Runner(lambda: head(data.query, data.gallery, **head_kwargs(data, steer=True)), work.Q,
                       note=f"alpha=0.5, u={data.negatives.shape[1]} negatives")
     if name == "geosteer-tla":
-        head = GeoSteerHead(cfg)
-
-        def run():
-            with injected_solver(tla_solve) as calls:
-                result = head(data.query, data.gallery, **head_kwargs(data))
-            if calls[0] == 0:
-                raise RuntimeError("the injected solver was never called; the head's solver hook moved")
-            return result
-
-        return Runner(run, work.Q, note="head pipeline, solver = torch_linear_assignment.batch_linear_assignment")
+        head = GeoSteerHead(cfg.replace(solver="tla"))
+        return Runner(lambda: head(data.query, data.gallery, **head_kwargs(data)), work.Q,
+                      note="solver='tla': torch_linear_assignment.batch_linear_assignment inside geosteer::assign")
     if name in ("naive", "naive-perquery"):
         per_query = name == "naive-perquery"
         # Estimate the per-query cost (on up to 64 queries, for at most a
@@ -257,7 +215,7 @@ def make_runner(name: str, work: Workload, data: BenchData, device: torch.device
 def faiss_index(work: Workload, data: BenchData, args, state: dict):
     """Build (once per run) the IVF index of the `faiss` workload, with its build times."""
     if "faiss" not in state:
-        from geosteer.first_stage_faiss import FaissFirstStage, import_faiss
+        from geosteer.stages.first_stage_faiss import FaissFirstStage, import_faiss
 
         if args.threads:  # FAISS has its own OpenMP pool; keep it at torch's count
             import_faiss().omp_set_num_threads(args.threads)
@@ -281,96 +239,112 @@ def faiss_index(work: Workload, data: BenchData, args, state: dict):
 # --------------------------------------------------------------------------
 # Stage timing (where the head's time goes)
 
-# Functions the head reaches through module globals (looked up at call time,
-# so wrapping the global times the real call). Missing names are skipped.
-_STAGES = {
-    "geosteer.validate": ("head_inputs",),
-    "geosteer.head": ("exact_first_stage", "steer_scores", "project", "confuser_penalty",
-                      "part_cost", "neighbours_of", "neighbourhood_cost", "alignment_from_cost", "relation_score"),
-    "geosteer.rerank": ("assign",),
+#: Row label of each stage of `geosteer.STAGES` (plus the two derived rows).
+STAGE_LABELS = {
+    "validate": "validate (shape + value checks)",
+    "first_stage": "first stage (q @ G.T, topk)",
+    "steer": "steer (query move, confuser penalty)",
+    "cost": "part_cost (gather + cost)",
+    "assign": "assign (Hungarian solver)",
+    "alignment": "alignment (w/o solver)",
+    "structure": "structure (relation score)",
+    "fuse": "fuse + sort",
+    "rest": "rest (normalise, glue)",
+    "total": "total",
 }
 
 
-@contextlib.contextmanager
-def stage_timers(device: torch.device, head: GeoSteerHead) -> Iterator[dict[str, list[float]]]:
-    """Time each stage of real head calls by wrapping the names the head calls.
+class StageTimer:
+    """A `stage_hook` for `GeoSteerHead`: seconds per stage, summed over calls.
 
-    Wraps the module-level functions the head calls (`_STAGES`: input
-    validation, the ops, the solver in `geosteer.rerank`), syncing the device
-    around each so the seconds are that stage's. Yields
-    `{stage: [wall seconds, process CPU seconds]}`, summed over calls. Names
-    that no longer exist are skipped; whatever is not attributed shows up as
-    "rest".
+    The device is synchronised on entry and exit of each stage, so the
+    seconds are that stage's own work (queued kernels included). `spent`
+    maps a stage name to `[wall seconds, process CPU seconds]`.
     """
-    import importlib
 
-    spent: dict[str, list[float]] = {}
-    patched: list[tuple[object, str, object]] = []
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.spent: dict[str, list[float]] = {}
 
-    def wrap(owner, attr: str, label: str) -> None:
-        original = getattr(owner, attr)
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        common.sync(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        yield
+        common.sync(self.device)
+        acc = self.spent.setdefault(name, [0.0, 0.0])
+        acc[0] += time.perf_counter() - t0
+        acc[1] += time.process_time() - c0
 
-        def timed(*a, **kw):
-            common.sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = original(*a, **kw)
-            common.sync(device)
-            acc = spent.setdefault(label, [0.0, 0.0])
-            acc[0] += time.perf_counter() - t0
-            acc[1] += time.process_time() - c0
-            return out
 
-        setattr(owner, attr, timed)
-        patched.append((owner, attr, original))
+def expected_stages(cfg: HeadConfig, negatives: bool = False, relations: bool = False) -> tuple[str, ...]:
+    """The stages of `geosteer.STAGES` a head call with `cfg` must report, in order.
 
-    for module_name, names in _STAGES.items():
-        module = importlib.import_module(module_name)
-        for attr in names:
-            if hasattr(module, attr):
-                wrap(module, attr, attr)
-    if hasattr(head, "_validate"):  # older heads validated in a method
-        wrap(head, "_validate", "head_inputs")
-    try:
-        yield spent
-    finally:
-        for owner, attr, original in reversed(patched):
-            if owner is head:
-                delattr(head, attr)
-            else:
-                setattr(owner, attr, original)
+    Args:
+        negatives: the call passes negatives (steering anchors).
+        relations: the call passes query relations and gallery part boxes.
+    """
+    rerank = cfg.lam > 0 or cfg.gamma > 0
+    runs = {
+        "validate": True,
+        "first_stage": True,
+        "steer": negatives and (cfg.alpha > 0 or cfg.beta > 0),
+        "cost": rerank,
+        "assign": rerank,
+        "alignment": rerank,
+        "structure": cfg.gamma > 0 and relations,
+        "fuse": True,
+    }
+    # A name here that the head no longer has is a renamed stage: say so
+    # rather than profile without it.
+    unknown = sorted(set(runs) - set(geosteer.STAGES))
+    if unknown:
+        raise RuntimeError(f"bench_head's stages {unknown} are not in geosteer.STAGES = {geosteer.STAGES}; "
+                           "update expected_stages and STAGE_LABELS")
+    return tuple(name for name in geosteer.STAGES if runs.get(name, False))
 
 
 def profile_stages(work: Workload, data: BenchData, device: torch.device, repeats: int) -> list[dict]:
-    """Per-stage seconds of the eager head (median of `repeats` warm calls)."""
-    head = GeoSteerHead(head_config(work))
+    """Per-stage seconds of the eager head (median of `repeats` warm calls).
+
+    Stages are timed by the head's `stage_hook` (`StageTimer`); "rest" is the
+    call's total less the sum of its stages (input packing, mode choice).
+
+    Raises:
+        RuntimeError: a stage the config must run was never reported (a
+            renamed or removed stage must not vanish from the table silently).
+    """
+    cfg = head_config(work)
+    timer = StageTimer(device)
+    head = GeoSteerHead(cfg, stage_hook=timer)
     head(data.query, data.gallery, **head_kwargs(data))  # warm
     per_call: list[dict[str, list[float]]] = []
+    seen: set[str] = set()
     for _ in range(repeats):
-        with stage_timers(device, head) as spent:
-            common.sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            head(data.query, data.gallery, **head_kwargs(data))
-            common.sync(device)
-            total = [time.perf_counter() - t0, time.process_time() - c0]
-        stages = {k: list(v) for k, v in spent.items()}
-        if "alignment_from_cost" in stages and "assign" in stages:
-            for i in (0, 1):  # report the solver on its own
-                stages["alignment_from_cost"][i] -= stages["assign"][i]
+        timer.spent = {}
+        common.sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        head(data.query, data.gallery, **head_kwargs(data))
+        common.sync(device)
+        total = [time.perf_counter() - t0, time.process_time() - c0]
+        stages = {name: list(v) for name, v in timer.spent.items()}
+        seen |= set(stages)
         stages["rest"] = [total[i] - sum(v[i] for v in stages.values()) for i in (0, 1)]
         stages["total"] = total
         per_call.append(stages)
-    labels = {"head_inputs": "validate (shape + value checks)", "exact_first_stage": "first stage (q @ G.T, topk)",
-              "part_cost": "part_cost (gather + cost)", "assign": "assign (Hungarian solver)",
-              "alignment_from_cost": "alignment (w/o solver)", "rest": "rest (normalise, fuse, sort)",
-              "total": "total"}
+    missing = [name for name in expected_stages(cfg) if name not in seen]
+    if missing:
+        raise RuntimeError(f"stage_hook never saw stages {missing} of {geosteer.STAGES} "
+                           f"(reported: {sorted(seen)}); the head's stages changed: update bench_head")
+    order = [name for name in geosteer.STAGES if name in seen] + sorted(seen - set(geosteer.STAGES)) + ["rest", "total"]
     rows = []
     on_cpu = device.type == "cpu"
-    for key in per_call[0]:
-        values = [c[key][0] for c in per_call]
-        row = {"kind": "stage", "provider": "geosteer", "stage": labels.get(key, key),
+    for key in order:
+        values = [c.get(key, [0.0, 0.0])[0] for c in per_call]
+        row = {"kind": "stage", "provider": "geosteer", "stage": STAGE_LABELS.get(key, key),
                "median_s": float(np.median(values)), "min_s": min(values), "max_s": max(values), "repeats": repeats}
         if on_cpu:
-            row["cpu_median_s"] = float(np.median([c[key][1] for c in per_call]))
+            row["cpu_median_s"] = float(np.median([c.get(key, [0.0, 0.0])[1] for c in per_call]))
         rows.append(row)
     # Shares of the sum of the stage medians (each stage's median may come
     # from a different call, so they need not add up to the total's median).
@@ -477,7 +451,7 @@ def cpu_time_fields(timing: common.Timing, scale: float) -> dict:
 def faiss_recall(work: Workload, data: BenchData, state: dict) -> float:
     """recall@K of the FAISS candidates against the exact first stage (computed once)."""
     if "recall" not in state:
-        from geosteer.first_stage_faiss import recall_at_k
+        from geosteer.stages.first_stage_faiss import recall_at_k
 
         exact = state.get("exact_ids")
         if exact is None:
@@ -503,7 +477,7 @@ def resolve_workload(name: str, dry_run: bool) -> Workload:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_head", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="cpu", choices=sorted(WORKLOADS), help="DESIGN §4 workload (or faiss / sweep)")
     parser.add_argument("--providers", default=None, help="comma list (default: the workload's set, see module doc)")
     parser.add_argument("--repeats", type=int, default=5, help="warm repeats per provider (fewer if over --budget)")
@@ -519,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nlist", type=int, default=None, help="faiss: IVF lists (default min(1024, N/64))")
     parser.add_argument("--nprobe", type=int, default=None, help="faiss: lists searched (default nlist/32)")
     parser.add_argument("--train-size", type=int, default=None, help="faiss: k-means sample (default 64*nlist)")
-    parser.add_argument("--check", action="store_true", help="check every op on --device against the CPU reference instead")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes, 2 repeats: a smoke test in seconds")
     args = parser.parse_args(argv)
 
@@ -536,16 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         args.naive_budget = min(args.naive_budget, 2.0)
     date = datetime.date.today().isoformat()
     out = args.out or str(common.REPO / "bench" / "results" / f"head_{args.workload}_{device.type}_{date}.jsonl")
-    env = common.env_info(device)
+    env = environment(device)
     env["dry_run"] = args.dry_run
-
-    if args.check:
-        rows = run_checks(device, seed=args.seed)
-        common.write_rows(out, [{**r, **env} for r in rows])
-        bad = [r for r in rows if r["status"] == "FAIL"]
-        print(f"checks: {sum(r['status'] == 'ok' for r in rows)} ok, {len(bad)} failed, "
-              f"{sum(r['status'] == 'skip' for r in rows)} skipped -> {out}")
-        return 1 if bad else 0
 
     work = resolve_workload(args.workload, args.dry_run)
     providers = (args.providers or DEFAULT_PROVIDERS[args.workload]).split(",")
@@ -583,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         del data
     print(f"{len(rows)} rows -> {out}  ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     if args.plot:
-        import plot_head
+        from bench.plot_head import plot
 
-        plot_head.plot([out], args.plot)
+        plot([out], args.plot)
         print(f"plot -> {args.plot}", file=sys.stderr)
     return 1 if any("error" in r for r in rows) else 0
 
@@ -606,152 +571,6 @@ def run_sweep(base: Workload, device: torch.device, providers: list[str], args, 
                               emit=lambda r: common.write_rows(out, [r]))
     bar.close()
     return rows
-
-
-# --------------------------------------------------------------------------
-# Device checks: every op on `device` against the CPU reference (run_gpu.sh)
-
-_CHECK_TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-# An explicit backend="triton" that says it cannot run here (geosteer.ops.backend.BackendUnavailable)
-# is a skip, not a failure; any other error is a failure.
-_UNAVAILABLE = ("cannot run", "unavailable", "not available", "not implemented")
-
-
-def run_checks(device: torch.device, seed: int = 0) -> list[dict]:
-    """Compare each geosteer op (and the whole head, eager and compiled) on
-    `device` with the plain-torch reference on the CPU, for each dtype and
-    backend. One row per check with status "ok" / "FAIL" / "skip" (an explicit
-    backend that says it cannot run here).
-    """
-    from geosteer.ops.cost import pad_cost, part_cost_reference
-    from geosteer.ops.first_stage import first_stage_reference
-    from geosteer.ops.project import project_reference
-
-    cuda = device.type == "cuda"
-    work = WORKLOADS["tiny"].replace(N=1_000, D=64)
-    base = common.make_data(work, "cpu", seed)  # fp32 on the CPU: the reference inputs
-    dtypes = [torch.float32, torch.float16] if cuda else [torch.float32]
-    backends = ["auto", "torch", "triton"]
-    gen = torch.Generator().manual_seed(seed)
-    rows: list[dict] = []
-
-    def record(check: str, dtype: torch.dtype, backend: str, fn: Callable[[], dict]) -> None:
-        row = {"kind": "check", "check": check, "device": device.type, "dtype": str(dtype).replace("torch.", ""),
-               "backend": backend}
-        try:
-            row.update(fn())
-            row["status"] = "ok" if row.pop("passed") else "FAIL"
-        except Exception as error:  # noqa: BLE001
-            message = f"{type(error).__name__}: {error}"
-            unavailable = backend == "triton" and (
-                type(error).__name__ == "BackendUnavailable" or any(w in message.lower() for w in _UNAVAILABLE))
-            row.update(status="skip" if unavailable else "FAIL", error=message)
-        rows.append(row)
-        err = f"{row['max_err']:.2e}" if isinstance(row.get("max_err"), float) else ""
-        print(f"  check {check:18s} {row['dtype']:8s} {backend:6s} {row['status']:4s} {err:>9s} {row.get('error', '')}",
-              file=sys.stderr)
-
-    for dtype in dtypes:
-        tol = _CHECK_TOL[dtype]
-        # Inputs rounded to `dtype` once; the reference sees the same values in fp32.
-        q, g = base.query.to(dtype), base.gallery.to(dtype)
-        qp, gp = base.query_parts.to(dtype), base.gallery_parts.to(dtype)
-        qd, gd, qpd, gpd = q.to(device), g.to(device), qp.to(device), gp.to(device)
-        k = work.K
-        exact = q.float() @ g.float().T  # [Q, N]
-        kth = exact.topk(k, dim=1).values[:, -1:]
-        ids = first_stage_reference(q.float(), g.float(), k, 1 << 24)[1]
-        qmask = torch.rand(work.Q, work.m, generator=gen) > 0.2
-        qmask[:, 0] = True
-        gmask = torch.rand(work.N, work.n, generator=gen) > 0.3
-        gmask[:, 0] = True
-        pad = pad_cost(work.m, work.n)
-        vectors = base.negatives.to(dtype)
-        for backend in backends:
-            def first_stage():
-                s, i = torch.ops.geosteer.first_stage(qd, gd, k, 1 << 24, backend)
-                s, i = s.cpu(), i.cpu()
-                true = exact.gather(1, i)
-                err = float((s - true).abs().max())
-                # Any valid top-k passes (ties may be ordered differently).
-                in_topk = bool((true >= kth - tol).all())
-                return {"max_err": err, "passed": err <= tol and in_topk and s.dtype == torch.float32
-                        and i.dtype == torch.long and bool((s[:, :-1] >= s[:, 1:]).all())}
-
-            def cost():
-                out = torch.ops.geosteer.part_cost(qpd, qmask.to(device), ids.to(device), gpd, gmask.to(device), pad, backend)
-                ref = part_cost_reference(qp.float(), qmask, ids, gp.float(), gmask, pad)
-                err = float((out.cpu() - ref).abs().max())
-                return {"max_err": err, "passed": err <= tol and out.dtype == torch.float32 and out.device.type == device.type}
-
-            def proj():
-                out = torch.ops.geosteer.project(gd, ids.to(device), vectors.to(device), backend)
-                ref = project_reference(g.float(), ids, vectors.float())
-                err = float((out.cpu() - ref).abs().max())
-                return {"max_err": err, "passed": err <= tol and out.dtype == torch.float32 and out.device.type == device.type}
-
-            record("first_stage", dtype, backend, first_stage)
-            record("part_cost", dtype, backend, cost)
-            record("project", dtype, backend, proj)
-
-    for backend in backends:
-        record("assign", torch.float32, backend, lambda backend=backend: _check_assign(device, backend, gen))
-
-    for dtype in dtypes:
-        tol = _CHECK_TOL[dtype]
-        top1_min = 0.98 if dtype == torch.float32 else 0.9  # fp16 may swap near-tied candidates
-        rounded = BenchData(*(t.to(dtype) if t.is_floating_point() else t for t in (
-            base.query, base.query_parts, base.gallery, base.gallery_parts, base.negatives, base.targets)))
-        cpu_in = BenchData(*(t.float() if t.is_floating_point() else t for t in vars(rounded).values()))
-        dev_in = BenchData(*(t.to(device) for t in vars(rounded).values()))
-        for steer in (False, True):
-            cfg = head_config(work, alpha=0.5 if steer else 0.0)
-            ref = GeoSteerHead(cfg)(cpu_in.query, cpu_in.gallery, **head_kwargs(cpu_in, steer))
-            name = "head" + ("+steer" if steer else "")
-            for backend in backends:
-                head = GeoSteerHead(cfg.replace(backend=backend))
-                eager: list = []
-
-                def run_eager():
-                    eager[:] = [head(dev_in.query, dev_in.gallery, **head_kwargs(dev_in, steer))]
-                    return _compare_results(eager[0], ref, tol, top1_min)
-
-                record(name, dtype, backend, run_eager)
-                if backend == "auto" and eager:
-                    compiled = torch.compile(GeoSteerHead(cfg), fullgraph=True)
-                    record(name + " compiled", dtype, backend, lambda: _compare_results(
-                        compiled(dev_in.query, dev_in.gallery, **head_kwargs(dev_in, steer)), eager[0], tol, top1_min))
-    return rows
-
-
-def _check_assign(device: torch.device, backend: str, gen: torch.Generator) -> dict:
-    """Solver on `device` vs SciPy: equal optimal totals, valid one-to-one matchings."""
-    from scipy.optimize import linear_sum_assignment
-
-    worst, ok = 0.0, True
-    for rows_, cols_ in ((4, 16), (16, 4), (3, 9), (5, 5), (1, 7), (7, 1)):
-        cost = torch.rand(37, rows_, cols_, generator=gen)
-        forbid = torch.rand(cost.shape, generator=gen) < 0.1
-        diag = torch.arange(min(rows_, cols_))
-        forbid[:, diag, diag] = False  # the diagonal stays allowed: every problem is feasible
-        cost = cost.masked_fill(forbid, float("inf"))
-        got = geosteer.batch_linear_assignment(cost.to(device), backend=backend).cpu()
-        ok &= got.shape == (37, rows_) and got.dtype == torch.long
-        for b in range(cost.shape[0]):
-            r, c = linear_sum_assignment(cost[b].numpy())
-            best = float(cost[b].numpy()[r, c].sum())
-            chosen = got[b][got[b] >= 0]
-            ok &= len(chosen) == min(rows_, cols_) and len(set(chosen.tolist())) == len(chosen)
-            total = float(cost[b][(got[b] >= 0).nonzero()[:, 0], chosen].sum())
-            worst = max(worst, abs(total - best))
-    return {"max_err": worst, "passed": bool(ok) and worst <= 1e-4}
-
-
-def _compare_results(got, ref, tol: float, top1_min: float) -> dict:
-    """Head results agree: sorted fused scores within `tol`, top-1 ids mostly equal."""
-    err = float((got.scores.float().cpu() - ref.scores.float().cpu()).abs().max())
-    top1 = float((got.indices.cpu()[:, 0] == ref.indices.cpu()[:, 0]).float().mean())
-    return {"max_err": err, "agree_top1": top1, "passed": err <= 10 * tol and top1 >= top1_min}
 
 
 if __name__ == "__main__":

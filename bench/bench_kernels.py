@@ -7,7 +7,7 @@ rows, query rows, ids, masks, output) / time, next to the bandwidth of a
 plain device-to-device copy measured in the same run (the floor a kernel
 cannot beat).
 
-Cases, on the seeded data of one DESIGN §4 workload (bench/common.py):
+Cases, on the seeded data of one DESIGN §4 workload (bench.common):
   part_cost        parts mode: [Q, m, D] x candidates' [n, D] -> [Q, K, m, n]
   part_cost_nbhd   neighbourhood mode as the head calls it: q's k pool items
                    against each candidate's k gallery neighbours (n = 1,
@@ -25,9 +25,9 @@ Each row: cold (first call; Triton compile included) and warm (median and
 spread) seconds, GB/s, fraction of the copy bandwidth, the max abs error
 against torch, and the environment (device, versions, commit, date).
 
-    python bench/bench_kernels.py                         # CUDA, gpu workload -> bench/results/kernels_cuda_<date>.{jsonl,png}
-    python bench/bench_kernels.py --workload cpu --dtype fp16 --repeats 50
-    python bench/bench_kernels.py --dry-run               # CPU: tiny shapes, torch path only (checks the script)
+    python -m bench.bench_kernels                         # CUDA, gpu workload -> bench/results/kernels_cuda_<date>.{jsonl,png}
+    python -m bench.bench_kernels --workload cpu --dtype fp16 --repeats 50
+    python -m bench.bench_kernels --dry-run               # CPU: tiny shapes, torch path only (checks the script)
 
 Without a CUDA device and without --dry-run it prints why and exits 0.
 """
@@ -42,11 +42,10 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, WORKLOADS, Workload, bench, env_info, make_data, summarise, sync, write_rows  # noqa: E402
-
-import geosteer  # noqa: E402,F401  (registers the ops)
-from geosteer.ops.cost import pad_cost  # noqa: E402
+import geosteer  # noqa: F401  (registers the ops)
+from bench.common import REPO, WORKLOADS, Workload, bench, make_data, summarise, sync, write_rows
+from geosteer.environment import environment
+from geosteer.ops.part_cost import pad_cost
 
 DRY_RUN = Workload("dry-run", 8, 300, 10, 3, 5, 64, "fp32")
 NEIGHBOURS = 5  # k of neighbourhood mode (HeadConfig.neighbors default)
@@ -78,7 +77,7 @@ def cases(work: Workload, device: torch.device, seed: int) -> list[dict]:
         nbytes=q * work.K * (work.n * work.D * elt + 8 + work.n + work.m * work.n * 4) + q * work.m * (work.D * elt + 1),
         shape=dict(Q=q, K=work.K, m=work.m, n=work.n, D=work.D),
     ))
-    # Neighbourhood mode, as geosteer.rerank.neighbourhood_cost calls it.
+    # Neighbourhood mode, as geosteer.stages.rerank.neighbourhood_cost calls it.
     k = min(NEIGHBOURS, work.K)
     nbrs = torch.randint(0, n_items, (q, work.K * k), generator=torch.Generator(device=device).manual_seed(seed + 1), device=device)
     anchors = data.gallery[ids[:, :k]]
@@ -113,7 +112,7 @@ def launcher(kernel: str) -> Callable:
 def run(args: argparse.Namespace) -> list[dict]:
     device = torch.device("cpu" if args.dry_run else "cuda")
     work = DRY_RUN if args.dry_run else WORKLOADS[args.workload].replace(dtype=args.dtype or WORKLOADS[args.workload].dtype)
-    env = env_info(device)
+    env = environment(device)
     copy_bps = copy_bandwidth(device, args.copy_mib << 20, args.repeats)
     print(f"{env['device_name']}: copy bandwidth {copy_bps / 1e9:.1f} GB/s ({args.copy_mib} MiB buffer)", file=sys.stderr)
     providers = ["torch"] if args.dry_run else ["triton", "triton_kernel", "torch"]
@@ -184,7 +183,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="gpu", choices=sorted(WORKLOADS), help="DESIGN §4 workload (CUDA runs)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="override the workload's dtype")
     parser.add_argument("--repeats", type=int, default=20, help="warm repeats per provider")
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("bench_kernels.py measures GPU memory bandwidth and needs a CUDA device; none is available here. "
+        print("bench.bench_kernels measures GPU memory bandwidth and needs a CUDA device; none is available here. "
               "Run with --dry-run to exercise the script on tiny CPU shapes.", file=sys.stderr)
         return 0
     if args.dry_run:

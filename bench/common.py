@@ -3,20 +3,20 @@
 Every bench script in this folder uses these so that all providers of one
 sweep see the same seeded inputs, are timed the same way (a synchronised wall
 clock on the CPU, CUDA events on the GPU), and write rows with the same
-environment fields (device name, versions, git commit, date).
+environment fields (`geosteer.environment.environment`: device name,
+versions, git commit, date), the record `geosteer eval` writes too.
+
+    from bench import common
+    from bench.common import WORKLOADS, make_data
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -349,75 +349,7 @@ class PeakMemory:
 
 
 # --------------------------------------------------------------------------
-# Environment and output
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-    except Exception:  # noqa: BLE001  (any import failure means "not available")
-        return None
-    return getattr(mod, "__version__", "unknown")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"{_cpu_name()} ({threads} thread{'' if threads == 1 else 's'})"
-
-
-def env_info(device: torch.device | str) -> dict:
-    """Fields every JSON row carries: device, versions, commit, date, load."""
-    commit = _git("rev-parse", "HEAD")
-    # Result files under bench/results/ are what a run writes, not code: a
-    # run appending to a tracked results file is still a clean-commit run.
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {
-        "device": torch.device(device).type,
-        "device_name": device_name(device),
-        "cpu": _cpu_name(),
-        "threads": torch.get_num_threads(),
-        "load1": load,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": _version("triton"),
-        "numpy": _version("numpy"),
-        "scipy": _version("scipy"),
-        "faiss": _version("faiss"),
-        "geosteer": _version("geosteer"),
-        # Thread settings change CPU timings a lot on a shared machine
-        # (OMP_WAIT_POLICY=PASSIVE avoids spin-waits when cores are oversubscribed).
-        "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ},
-        "commit": commit,
-        "dirty": bool(dirty) if dirty is not None else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+# Output
 
 
 def write_rows(path: str | Path | None, rows: Iterable[dict]) -> None:

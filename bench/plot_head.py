@@ -1,9 +1,9 @@
 """Plot the head's throughput sweep: queries/s vs Q and vs K, one line per provider.
 
-    python bench/plot_head.py bench/results/head_cpu_screen_2026-11-29.jsonl --out bench/results/head_cpu_screen_2026-11-29.png
+    python -m bench.plot_head bench/results/head_cpu_screen_2026-11-29.jsonl --out bench/results/head_cpu_screen_2026-11-29.png
 
-Reads the `sweep` rows that `bench_head.py --workload sweep` writes (rows of
-other workloads in the same files are ignored).
+Reads the `sweep` rows that `python -m bench.bench_head --workload sweep`
+writes (rows of other workloads in the same files are ignored).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
+from bench import common
 
 _STYLE = {
     "geosteer": dict(color="C0", marker="o"),
@@ -76,8 +74,8 @@ def plot(paths: list[str | Path], out: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("jsonl", nargs="+", help="bench_head.py output files")
+    parser = argparse.ArgumentParser(prog="python -m bench.plot_head", description=__doc__.split("\n\n")[0])
+    parser.add_argument("jsonl", nargs="+", help="bench.bench_head output files")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
     plot(args.jsonl, args.out)

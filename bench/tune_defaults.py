@@ -1,12 +1,13 @@
 """Choose the head's defaults (K, λ, γ, region method, steering) on the validation seeds.
 
-Every split of `geosteer.data.VALIDATION_SEEDS` is indexed once (all region
-families, disk-cached with --cache-dir), then grids are run on the cached
-embeddings:
+Every split of `geosteer.geoshapes.VALIDATION_SEEDS` is indexed once (all
+region families, disk-cached with --cache-dir), then grids are run on the
+cached embeddings:
 
 A. re-ranking: region method x λ x K (γ = 0.1, Hungarian), objective = mean
    R@1 over the five hard splits; γ is then chosen (grid over 0-1);
-B. steering alone (λ = 0): design x anchors x α x β x neighbours,
+B. steering alone (λ = 0): design (`HeadConfig.steer_design`) x anchors x
+   α x β x neighbours,
    objective = R@1 gain over cosine on the fine split;
 C. re-ranking + steering: the chosen re-ranking with a small α x β grid.
 
@@ -14,7 +15,8 @@ Constraint everywhere: the control split within 1 point of cosine (mean
 over seeds). Writes bench/results/tune_<date>.json: every grid point's
 per-split mean ± std R@1, the choices and why.
 
-    python bench/tune_defaults.py --cache-dir /tmp/geosteer-cache
+    python -m bench.tune_defaults --cache-dir /tmp/geosteer-cache
+    python -m bench.tune_defaults --quick --seeds 0 --queries 20   # a smoke run
 """
 
 from __future__ import annotations
@@ -28,32 +30,29 @@ import sys
 import time
 from pathlib import Path
 
-from geosteer import HeadConfig, steer
-from geosteer.data import SPLITS, VALIDATION_SEEDS
-from geosteer.eval import Method, environment, ranks, run_method, scores_from_ranks, summarise
-from geosteer.index import ANCHORS, Indexer, SplitIndex
-from geosteer.steer import DESIGNS
+from geosteer import HeadConfig
+from geosteer.encoders.regions import METHODS
+from geosteer.environment import environment
+from geosteer.geoshapes import SPLITS, VALIDATION_SEEDS
+from geosteer.geoshapes.eval import Method, ranks, run_method, scores_from_ranks, summarise
+from geosteer.geoshapes.index import SplitIndex, SplitIndexer
+from geosteer.index import ANCHORS
+from geosteer.stages.steer import DESIGNS
 
 HARD = ("fine", "binding", "relation", "count", "touching")
-REGIONS = ("components", "colours", "masked", "grid", "components+grid", "colours+grid", "masked+grid")
+# Every region method of the registry ("both" is an alias of "components+grid").
+REGIONS = tuple(name for name in METHODS if name != "both")
 CONTROL_TOLERANCE = 0.01
 GAMMA_A = 0.1  # γ during grid A
 
 
-def run(idx: SplitIndex, cfg: HeadConfig, regions: str = "grid", anchors: str = "parts",
-        design: str | None = None) -> dict[str, float]:
+def run(idx: SplitIndex, cfg: HeadConfig, regions: str = "grid", anchors: str = "parts") -> dict[str, float]:
     """R@1/R@5/nDCG@10 of one configuration on one indexed split, through the head.
 
-    `design` selects the steering design (`geosteer.steer.DESIGNS`) for this
-    call: the head reads `geosteer.steer.DEFAULT_DESIGN` at call time.
+    The steering design is the config's own (`cfg.steer_design`).
     """
-    method = Method("tune", cfg.replace(k=min(cfg.k, idx.images.shape[0])), regions=regions, anchors=anchors)
-    saved = steer.DEFAULT_DESIGN
-    steer.DEFAULT_DESIGN = design or saved
-    try:
-        result = run_method(idx, method)
-    finally:
-        steer.DEFAULT_DESIGN = saved
+    cfg = cfg.replace(k=min(cfg.k, idx.images.shape[0]))
+    result = run_method(idx, Method("tune", cfg, regions=regions, anchors=anchors))
     return scores_from_ranks(ranks(result, idx.targets))
 
 
@@ -81,7 +80,7 @@ def control_ok(point: dict, cosine: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tune_defaults", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--seeds", nargs="+", type=int, default=list(VALIDATION_SEEDS))
     p.add_argument("--queries", type=int, default=100)
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     enc = load_clip(args.model)
-    indexer = Indexer(enc, progress=True, cache_dir=args.cache_dir)
+    indexer = SplitIndexer(enc, progress=True, cache_dir=args.cache_dir)
     indexes = {s: [indexer.split(s, seed, num_queries=args.queries) for seed in args.seeds] for s in SPLITS}
     t_index = time.perf_counter() - t0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -143,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     betas = (1.0, 2.0) if args.quick else (0.5, 1.0, 2.0, 4.0, 8.0)
     grid_b = []
 
-    def steer_point(cfg: HeadConfig, regions: str, anchors: str, design: str) -> dict:
-        pt = grid_point(indexes, SPLITS, cfg, regions=regions, anchors=anchors, design=design)
+    def steer_point(cfg: HeadConfig, regions: str, anchors: str) -> dict:
+        design = cfg.steer_design
+        pt = grid_point(indexes, SPLITS, cfg, regions=regions, anchors=anchors)
         gain = pt["fine"]["r1"]["mean"] - cosine["fine"]["r1"]["mean"]
         diffs = [a - b for a, b in zip(pt["fine"]["r1_per_seed"], cosine["fine"]["r1_per_seed"])]
         row = {"regions": regions, "design": design, "anchors": anchors, "alpha": cfg.alpha, "beta": cfg.beta,
@@ -161,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         return max(ok, key=lambda g: (round(g["fine_gain"], 3), g["all_mean_r1"]))
 
     k = rerank_cfg.k
-    b1 = [steer_point(HeadConfig(k=k, lam=0.0, beta=beta), regions, anchors, steer.DEFAULT_DESIGN)
+    # B1 keeps the default design: with α = 0 the design is never read.
+    b1 = [steer_point(HeadConfig(k=k, lam=0.0, beta=beta), regions, anchors)
           for regions, anchors, beta in itertools.product(REGIONS, ANCHORS, betas)]
     best_beta = best_of([g for g in b1 if g["regions"] == best_a["regions"]])
     alphas = (0.25, 1.0) if args.quick else (0.1, 0.25, 0.5, 1.0)
     neighbours = (5,) if args.quick else (3, 5, 10)
-    b2 = [steer_point(HeadConfig(k=k, lam=0.0, alpha=alpha, beta=beta, neighbors=nb), best_a["regions"], anchors, design)
+    b2 = [steer_point(HeadConfig(k=k, lam=0.0, alpha=alpha, beta=beta, neighbors=nb, steer_design=design),
+                      best_a["regions"], anchors)
           for design, anchors, alpha, nb, beta in itertools.product(
               DESIGNS, ANCHORS, alphas, neighbours, sorted({0.0, best_beta["beta"]}))]
     best_b = best_of([best_beta, *[g for g in b2 if g["anchors"] == best_beta["anchors"] or g["beta"] == 0]])
@@ -176,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     # C. re-ranking + steering
     grid_c = []
     for alpha, beta in itertools.product(sorted({0.0, best_b["alpha"]}), sorted({0.0, 0.1, 0.25, *betas, best_b["beta"]})):
-        cfg = rerank_cfg.replace(alpha=alpha, beta=beta, neighbors=best_b["neighbors"])
-        pt = grid_point(indexes, SPLITS, cfg, regions=best_a["regions"], anchors=best_b["anchors"],
-                        design=best_b["design"])
+        cfg = rerank_cfg.replace(alpha=alpha, beta=beta, neighbors=best_b["neighbors"], steer_design=best_b["design"])
+        pt = grid_point(indexes, SPLITS, cfg, regions=best_a["regions"], anchors=best_b["anchors"])
         grid_c.append({"alpha": alpha, "beta": beta, "all_mean_r1": mean_r1(pt, SPLITS), "hard_mean_r1": mean_r1(pt, HARD),
                        "control_ok": control_ok(pt, cosine), "splits": pt})
         log(f"C a={alpha} b={beta}: all {mean_r1(pt, SPLITS):.3f} " + "  ".join(f"{s} {pt[s]['r1']['mean']:.3f}" for s in SPLITS))
@@ -189,11 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         "regions": best_a["regions"],
         "default": dataclasses.asdict(rerank_cfg),
         "steer": dataclasses.asdict(HeadConfig(k=rerank_cfg.k, lam=0.0, alpha=best_b["alpha"], beta=best_b["beta"],
-                                               neighbors=best_b["neighbors"])),
+                                               neighbors=best_b["neighbors"], steer_design=best_b["design"])),
         "steer_design": best_b["design"],
         "anchors": best_b["anchors"],
         "rerank+steer": dataclasses.asdict(rerank_cfg.replace(alpha=best_c["alpha"], beta=best_c["beta"],
-                                                              neighbors=best_b["neighbors"])),
+                                                              neighbors=best_b["neighbors"], steer_design=best_b["design"])),
         "why": {
             "rerank": "max mean R@1 over fine/binding/relation/count/touching, control within 1 point of cosine; "
                       "ties to the smaller K",

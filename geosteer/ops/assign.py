@@ -26,7 +26,7 @@ Why this CPU rule (measured on the 2-core CI machine, under load, one
 thread): augmenting paths in numba beat a numba subset DP (a prototype, not
 kept) at every shape, 21.5 vs 42.4 ms on 51,200 x 4x16, 4.4 vs 165 ms on
 4,096 x 8x8, 94 ms vs 12.7 s on 51,200 x 10x10 (same runs). Without numba the
-SciPy loop beats the torch subset DP everywhere (`bench/bench_assign.py
+SciPy loop beats the torch subset DP everywhere (`python -m bench.bench_assign
 --threads 1 --providers torch_dp scipy`: 51,200 x 4x16 128 vs 443 ms,
 1,024 x 8x8 2.9 vs 126 ms), so the torch DP serves only as the GPU fallback
 and as the Triton kernel's reference.
@@ -52,7 +52,7 @@ SOLVERS = ("auto", "tla")
 # On CUDA the Triton subset DP runs for r <= 6 (2^6 = 64 states; its int8
 # choice workspace is B * T * 64 bytes); larger problems go to
 # torch-linear-assignment's kernel. Not yet measured on a GPU: re-check with
-# `bench/bench_assign.py --device cuda` and move the threshold to the crossover.
+# `python -m bench.bench_assign --device cuda` and move the threshold to the crossover.
 _GPU_DP_MAX_ROWS = 6
 # The torch DP keeps a [T, chunk, 2^r] int8 choice table; bound it.
 _DP_CHUNK_BYTES = 1 << 26

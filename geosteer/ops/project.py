@@ -7,7 +7,7 @@ steered re-score — one batched op for both.
 Dispatch (`geosteer.ops.dispatch`): CUDA tensors run the fused Triton kernel
 of `geosteer.kernels.project` (no gathered `[Q, K, D]` copy); everything
 else runs `project_reference` (no numba kernel: on the CPU the gather + bmm
-is a small share of the head, bench/bench_head.py --profile).
+is a small share of the head, `python -m bench.bench_head --profile always`).
 """
 
 from __future__ import annotations
