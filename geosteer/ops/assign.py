@@ -275,7 +275,9 @@ def solve(cost: Tensor, backend: str = "auto", solver: str = "auto") -> Tensor:
     check_backend(backend)
     check_solver(solver)
     cost = check_cost_type(cost)
-    impl = resolve(SPEC, backend, cost.device, (cost.dtype,))
+    # Every kernel reads the float32 / float64 that check_cost_type leaves (the
+    # Triton DP sums in float64 either way), so no dtype narrows the choice.
+    impl = resolve(SPEC, backend, cost.device, ())
     if impl == "numba" and solver == "auto":
         return _solve_cpu_numba(cost)
     check_cost_values(cost)
