@@ -1,9 +1,11 @@
 """The layer rule, read from the source: the library never imports the application.
 
-- Library: every module of `geosteer/` except `geosteer/geoshapes/` and
-  `geosteer/cli.py`, plus `kernels/` (installed as `geosteer.kernels`).
+- Library: every module of `geosteer/` except the application's, plus
+  `kernels/` (installed as `geosteer.kernels`).
 - Application: `geosteer.geoshapes.*` (GeoShapes, eval, demo, demo-model
-  training) and `geosteer.cli` (the commands over it).
+  training), `geosteer.photos.*` (the real-photo benchmark),
+  `geosteer.commands.*` (index / search / serve over your own images) and
+  `geosteer.cli` (the `geosteer` command).
 
 The library imports no application module (not even inside a function, nor
 by a module-name string); the application imports only the library's public
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-APPLICATION = ("geosteer.geoshapes", "geosteer.cli")
+APPLICATION = ("geosteer.geoshapes", "geosteer.photos", "geosteer.commands", "geosteer.cli")
 
 
 @dataclass
