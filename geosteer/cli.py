@@ -4,6 +4,9 @@
     geosteer demo [--out geosteer-demo] [--quick]
     geosteer eval [--split S ...] [--seed N ...] [--json out.json] [--model demo]
     geosteer train-demo [--out DIR] [--minutes M] [--seed S]
+    geosteer index IMAGES_DIR --out INDEX [--model demo] [--regions grid] [--max-regions 16] [--batch-size 64]
+    geosteer search INDEX QUERY [QUERY ...] [-k 10] [--method rerank] [--json] [--html out.html]
+    geosteer serve INDEX [--host 127.0.0.1] [--port 8000]
 
 Each subcommand is registered in `COMMANDS` by a function that adds its
 parser and sets `func` (called with the parsed namespace, returns the exit
@@ -39,6 +42,14 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "eval": _subcommand(
         "eval", "geosteer.geoshapes.commands", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
         2, "add_eval_arguments", "run_eval",
+    ),
+    "index": _subcommand(
+        "index", "geosteer.commands.index", "index a folder of your images on disk (resumable; progress, summary)",
+        1, "add_index_arguments", "run_index",
+    ),
+    "search": _subcommand(
+        "search", "geosteer.commands.index", "search an index: cosine vs re-ranked top-k (table, --json, --html)",
+        2, "add_search_arguments", "run_search",
     ),
     "train-demo": _subcommand(
         "train-demo", "geosteer.geoshapes.train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",
