@@ -51,6 +51,11 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
         "search", "geosteer.commands.index", "search an index: cosine vs re-ranked top-k (table, --json, --html)",
         2, "add_search_arguments", "run_search",
     ),
+    "serve": _subcommand(
+        "serve", "geosteer.commands.serve",
+        "search an index from a web page (cosine vs re-ranked, matched regions drawn); 127.0.0.1:8000",
+        1, "add_serve_arguments", "run_serve",
+    ),
     "train-demo": _subcommand(
         "train-demo", "geosteer.geoshapes.train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",
         0, "add_arguments", "run",

@@ -1,0 +1,414 @@
+"""`geosteer serve`: the FastAPI application over a small GeoShapes index, through TestClient.
+
+One index of 24 GeoShapes scenes (grid regions, the demo model) and one
+application serve every test: /health, /search against `Index.search` for
+the same query, every kind of bad request (a 4xx with a message, never a
+500), the image endpoint (404s, no path traversal), the page and its static
+files (nothing loaded from elsewhere), the heads built once, and
+`run_serve` up to the point where uvicorn would start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="geosteer serve needs the serve extra: pip install 'geosteer[serve]'")
+pytest.importorskip("httpx", reason="fastapi's TestClient needs httpx (the serve extra)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from geosteer import GeoSteerHead, HeadConfig, get_config  # noqa: E402
+from geosteer.commands import serve  # noqa: E402
+
+NUM_QUERIES = 8  # binding split: 3 scenes a query -> 24 images
+K_MAX = 20  # below the index size, so "k too large" is the service's cap, not the index's
+
+
+def build_geoshapes_index(folder: Path, encoder, num_queries: int = NUM_QUERIES, regions: str = "grid"):
+    """Render a GeoShapes binding split into `folder/images` and index it into `folder/index`.
+
+    Returns:
+        (the opened `Index`, the split's query captions).
+    """
+    from geosteer.geoshapes import make_split
+    from geosteer.index import Index
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    split = make_split("binding", 100, num_queries=num_queries, image_size=96)
+    for i, im in enumerate(split.images()):
+        im.save(images / f"scene{i:03d}.png")
+    index = Index.build(images, folder / "index", encoder, regions=regions, progress=False, metadata={"model": "demo"})
+    return index, split.queries
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from geosteer.encoders import load_clip
+
+    return load_clip("demo")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, encoder):
+    return build_geoshapes_index(tmp_path_factory.mktemp("serve"), encoder)
+
+
+@pytest.fixture(scope="module")
+def index(built):
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def queries(built):
+    return built[1]
+
+
+@pytest.fixture(scope="module")
+def app(index, encoder):
+    return serve.create_app(index, encoder, k_max=K_MAX)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def test_health(client, index):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["images"] == len(index) == 24
+    assert body["encoder"] == "demo" and body["regions"] == "grid"
+    assert body["method"] == "rerank" and body["k_max"] == K_MAX
+    assert body["methods"] == list(serve.METHODS)
+
+
+@pytest.mark.parametrize("method", list(serve.METHODS))
+def test_search_equals_index_search(client, index, encoder, queries, method):
+    """The service's answer is `Index.search` with the method's preset, row by row."""
+    q, k = queries[2], 5
+    r = client.post("/search", json={"query": q, "k": k, "method": method})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["query"], body["method"], body["k"]) == (q, method, k)
+    preset = get_config(serve.METHODS[method])
+    want = index.search([q], get_config(serve.METHODS[method], k=min(len(index), max(preset.k, K_MAX))),
+                        encoder=encoder, k=k)
+    assert body["parts"] == want.parts[0] == ["a red star", "a cyan hexagon"]
+    for key, ranking in (("cosine", want.cosine[0]), ("reranked", want.reranked[0])):
+        rows = body[key]
+        assert [h["rank"] for h in rows] == list(range(1, k + 1))
+        assert [h["id"] for h in rows] == ranking.ids
+        assert [h["path"] for h in rows] == ranking.paths
+        assert [h["image"] for h in rows] == [f"/image/{i}" for i in ranking.ids]
+        assert [h["score"] for h in rows] == pytest.approx(ranking.scores, abs=1e-6)
+        assert [h["first_stage"] for h in rows] == pytest.approx(ranking.first_stage, abs=1e-6)
+        assert [h["rank_before"] for h in rows] == ranking.ranks_before
+        for h, boxes in zip(rows, ranking.boxes):
+            assert (h["width"], h["height"]) == (96, 96)
+            assert [(m["part"], m["box"]) for m in h["matches"]] == [
+                (p, list(b)) for p, b in enumerate(boxes) if b is not None]
+            for m in h["matches"]:
+                assert m["text"] == body["parts"][m["part"]]
+                assert m["box_frac"] == pytest.approx([v / 96 for v in m["box"]])
+    reranked = body["reranked"]
+    if method == "cosine":  # nothing re-ranks, nothing is matched
+        assert [h["id"] for h in reranked] == [h["id"] for h in body["cosine"]]
+        assert all(h["matches"] == [] for h in reranked)
+    else:  # every result shows one box per query part, and the alignment it scored
+        assert all(len(h["matches"]) == 2 for h in reranked)
+        assert all(0.0 <= h["alignment"] <= 1.0 for h in reranked)
+    assert body["server_ms"] > 0
+
+
+def test_search_defaults(client):
+    """Only the query is required: k = 10, the service's default method."""
+    r = client.post("/search", json={"query": "a green circle"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["k"] == 10 and body["method"] == "rerank"
+    assert len(body["cosine"]) == len(body["reranked"]) == 10
+    assert body["parts"] == ["a green circle"]
+
+
+@pytest.mark.parametrize("query", ["!!!", "at night", "pentagons everywhere maybe", "  a   red   star  "])
+def test_query_the_splitter_cannot_split_still_works(client, query):
+    """No object phrase found (or odd spacing): the caption is matched as one part."""
+    r = client.post("/search", json={"query": query, "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["parts"]) == 1 and len(body["reranked"]) == 3
+    assert body["query"] == " ".join(query.split())
+
+
+def test_longest_query_accepted(client):
+    r = client.post("/search", json={"query": ("a red star and " * 40)[: serve.MAX_QUERY_CHARS], "k": 1})
+    assert r.status_code == 200, r.text
+
+
+BAD_BODIES = [
+    ({"query": ""}, "query"),
+    ({"query": "   "}, "query"),
+    ({"query": "x" * (serve.MAX_QUERY_CHARS + 1)}, "query"),
+    ({"query": "a red star", "k": 0}, "k"),
+    ({"query": "a red star", "k": -3}, "k"),
+    ({"query": "a red star", "k": K_MAX + 1}, "k"),
+    ({"query": "a red star", "k": "5"}, "k"),
+    ({"query": "a red star", "k": 2.5}, "k"),
+    ({"query": "a red star", "k": True}, "k"),
+    ({"query": "a red star", "k": None}, "k"),
+    ({"query": 5}, "query"),
+    ({"query": ["a red star"]}, "query"),
+    ({"k": 3}, "query"),
+    ({}, "query"),
+    ({"query": "a red star", "method": "bm25"}, "method"),
+    ({"query": "a red star", "lam": 0.9}, "lam"),
+]
+
+
+@pytest.mark.parametrize("body, field", BAD_BODIES, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_BODIES)])
+def test_bad_request_is_422_with_a_message(client, body, field):
+    r = client.post("/search", json=body)
+    assert r.status_code == 422, r.text
+    msg = r.json()["message"]
+    assert msg.startswith(f"{field}:"), msg
+    assert r.json()["detail"], "FastAPI's structured errors stay in detail"
+
+
+@pytest.mark.parametrize("content, ctype", [
+    (b"not json", "application/json"),
+    (b'["a red star"]', "application/json"),
+    (b'"a red star"', "application/json"),
+    (b"query=a+red+star", "application/x-www-form-urlencoded"),
+    (b"", "application/json"),
+])
+def test_body_that_is_not_a_json_object_is_422(client, content, ctype):
+    r = client.post("/search", content=content, headers={"content-type": ctype})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"]
+
+
+def test_wrong_http_method_is_405(client):
+    assert client.get("/search").status_code == 405
+    assert client.post("/health").status_code == 405
+
+
+def test_library_error_is_400_not_500(client, app, monkeypatch):
+    """A ValueError from the library (it names the argument) reaches the client as a 400."""
+    service = app.state.service
+
+    def refuse(*a, **kw):
+        raise ValueError("queries must be non-empty captions, got ''")
+
+    monkeypatch.setattr(service.index, "search", refuse)
+    r = client.post("/search", json={"query": "a red star"})
+    assert r.status_code == 400
+    assert "queries must be non-empty captions" in r.json()["detail"]
+
+
+def test_image(client, index):
+    r = client.get("/image/3")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    im = Image.open(io.BytesIO(r.content))
+    want = Image.open(Path(index.root) / index.paths[3]).convert("RGB")
+    assert im.size == want.size == (96, 96)  # a thumbnail never upscales
+    assert list(im.convert("RGB").getdata()) == list(want.getdata())
+    small = Image.open(io.BytesIO(client.get("/image/3", params={"size": 32}).content))
+    assert small.size == (32, 32)
+
+
+@pytest.mark.parametrize("path", [
+    "/image/24", "/image/1000000", "/image/-1", "/image/abc", "/image/1.0", "/image/0x1", "/image/%20",
+    "/image/99999999999999999999999999",
+    "/image/..%2F..%2F..%2Fetc%2Fpasswd", "/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/image/..%5C..%5Cwindows",
+    "/image/scene000.png", "/image/images%2Fscene000.png", "/image/%2Fetc%2Fpasswd",
+    "/static/..%2Fserve.py", "/static/%2e%2e%2f__init__.py", "/static/index.html", "/static/missing.js",
+])
+def test_image_and_static_404(client, path):
+    r = client.get(path)
+    assert r.status_code == 404, (path, r.status_code, r.text)
+    assert "root:" not in r.text and "detail" in r.json()
+
+
+@pytest.mark.parametrize("size", [0, 15, 1025, "big"])
+def test_image_bad_size_is_422(client, size):
+    assert client.get("/image/0", params={"size": size}).status_code == 422
+
+
+def test_image_whose_file_is_gone_is_404(client, app, index):
+    f = Path(index.root) / index.paths[5]
+    moved = f.with_name(f.name + ".away")
+    f.rename(moved)
+    try:
+        r = client.get("/image/5", params={"size": 48})  # a size not cached yet
+        assert r.status_code == 404 and "missing" in r.json()["detail"]
+        assert str(f) not in r.text  # the server's paths stay private
+        # a search over every image (past the request cap, so through the service) still answers;
+        # the missing one has no size, so its boxes have no place on a thumbnail
+        service = app.state.service
+        service._sizes.pop(5, None)
+        body = service.search("a red star and a cyan hexagon", "rerank", len(index))
+        row = next(h for h in body["reranked"] if h["id"] == 5)
+        assert row["width"] is None and row["matches"] and all(m["box_frac"] is None for m in row["matches"])
+    finally:
+        moved.rename(f)
+
+
+def test_no_swagger_page(client):
+    """FastAPI's /docs loads Swagger from a CDN: off, so nothing the service serves needs the network."""
+    assert client.get("/docs").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_page_and_static_files(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ('id="q"', 'id="search-form"', 'id="before"', 'id="after"', 'src="/static/app.js"',
+                   'href="/static/style.css"'):
+        assert needle in html
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    js = client.get("/static/app.js")
+    css = client.get("/static/style.css")
+    assert js.status_code == css.status_code == 200
+    assert js.headers["content-type"].startswith("text/javascript")
+    assert css.headers["content-type"].startswith("text/css")
+    assert 'fetch("/search"' in js.text and ".box" in css.text
+    # works offline: no absolute URL anywhere (CDN, fonts, analytics)
+    for text in (html, js.text, css.text):
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), re.findall(r"\S*//\S+", text)
+
+
+def test_web_files_are_package_data():
+    for name in serve.WEB_FILES:
+        assert serve.web_file(name)
+    with pytest.raises(ValueError, match="name must be one of"):
+        serve.web_file("../serve.py")
+
+
+def test_heads_are_built_once(client, app, monkeypatch):
+    """Requests reuse the heads made at start-up: none is constructed per request."""
+    service = app.state.service
+    before = dict(service.heads)
+    made = []
+    init = GeoSteerHead.__init__
+
+    def counting(self, *a, **kw):
+        made.append(1)
+        init(self, *a, **kw)
+
+    monkeypatch.setattr(GeoSteerHead, "__init__", counting)
+    for method in serve.METHODS:
+        assert client.post("/search", json={"query": "a red star and a cyan hexagon", "method": method}).status_code == 200
+    assert made == []
+    assert all(service.heads[m] is before[m] for m in serve.METHODS)
+    assert service.heads["rerank"].config == get_config("default", k=24)
+    assert service.heads["cosine"].config.lam == 0
+
+
+def test_concurrent_requests(client, queries):
+    out: list[int] = []
+
+    def one(q: str) -> None:
+        out.append(client.post("/search", json={"query": q, "k": 4}).status_code)
+
+    threads = [threading.Thread(target=one, args=(q,)) for q in queries[:4]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert out == [200] * 4
+
+
+def test_create_app_checks_its_arguments(index, encoder):
+    with pytest.raises(ValueError, match="method must be one of"):
+        serve.create_app(index, encoder, method="bm25", warm_up=False)
+    with pytest.raises(ValueError, match="k_max must be an int >= 1"):
+        serve.create_app(index, encoder, k_max=0, warm_up=False)
+    with pytest.raises(TypeError, match="config must be a HeadConfig"):
+        serve.create_app(index, encoder, {"lam": 0.5}, warm_up=False)
+
+
+def test_config_overrides_keep_each_preset(index, encoder):
+    """A config's non-default fields apply to every method; each keeps its own λ, γ."""
+    app = serve.create_app(index, encoder, HeadConfig(backend="torch"), k_max=100, warm_up=False)
+    heads = app.state.service.heads
+    assert all(h.config.backend == "torch" for h in heads.values())
+    assert heads["rerank"].config.lam == get_config("default").lam
+    assert heads["relations"].config.gamma == get_config("relations").gamma
+    assert all(h.config.k == len(index) for h in heads.values())  # K capped at the index
+    assert app.state.service.k_max == len(index)
+    with TestClient(app) as c:
+        assert c.post("/search", json={"query": "a red star", "k": 24}).status_code == 200
+        assert c.post("/search", json={"query": "a red star", "k": 25}).status_code == 422
+
+
+def test_serve_arguments():
+    p = argparse.ArgumentParser()
+    serve.add_serve_arguments(p)
+    args = p.parse_args(["some/index"])
+    assert (args.index, args.host, args.port, args.method, args.k_max, args.model) == (
+        "some/index", "127.0.0.1", 8000, "rerank", 100, None)
+    with pytest.raises(SystemExit):
+        p.parse_args(["x", "--method", "bm25"])
+
+
+def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys):
+    """run_serve opens the index, loads the model its manifest names, builds the app, hands it to uvicorn."""
+    import uvicorn
+
+    seen = {}
+
+    def fake_run(app, host, port, log_level):
+        seen.update(app=app, host=host, port=port)
+        with TestClient(app) as c:
+            seen["health"] = c.get("/health").json()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    p = argparse.ArgumentParser()
+    serve.add_serve_arguments(p)
+    assert serve.run_serve(p.parse_args([str(index.path), "--port", "8123", "--k-max", "7"])) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24
+    err = capsys.readouterr().err
+    assert "24 images, model demo" in err and "http://127.0.0.1:8123/" in err and "warning" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{missing}"], "INDEX '{missing}' does not exist"),
+    (["{not_index}"], "is not an index (it has no manifest.json)"),
+    (["{index}", "--port", "70000"], "--port must be in 0..65535, got 70000"),
+    (["{index}", "--k-max", "0"], "--k-max must be >= 1, got 0"),
+    (["{index}", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["{index}", "--device", "gpu9"], "--device 'gpu9' is not a torch device"),
+    (["{index}", "--port", "{taken}"], "cannot listen there"),
+    (["{index}", "--host", "203.0.113.7"], "--host '203.0.113.7' --port 8000: cannot listen there"),
+    (["{index}", "--model", "no-such-model"], "--model 'no-such-model'"),
+])
+def test_run_serve_bad_argument_is_one_line_and_status_2(tmp_path, index, capsys, argv, message):
+    """Checked before the model loads where it can be: one line naming the argument, exit status 2."""
+    import socket
+
+    (tmp_path / "not_index").mkdir()
+    (tmp_path / "not_index" / "x.txt").write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        names = dict(missing=str(tmp_path / "nope"), not_index=str(tmp_path / "not_index"), index=str(index.path),
+                     taken=str(taken.getsockname()[1]))
+        p = argparse.ArgumentParser()
+        serve.add_serve_arguments(p)
+        assert serve.run_serve(p.parse_args([a.format(**names) for a in argv])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geosteer serve: error: "), err
+    assert message.format(**names) in err[0]
