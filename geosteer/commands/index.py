@@ -241,17 +241,22 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained results page here")
 
 
-def _search_plan(args: argparse.Namespace) -> dict:
-    """Check `geosteer search`'s arguments (nothing loaded yet); the index's manifest."""
+def check_index_argument(index: str) -> None:
+    """INDEX names a finished index folder, else a UsageError saying what it is instead."""
     from geosteer.index import index_state
 
-    state = index_state(args.index)
+    state = index_state(index)
     if state == "missing":
-        raise UsageError(f"INDEX {args.index!r} does not exist (write one with `geosteer index IMAGES_DIR --out INDEX`)")
+        raise UsageError(f"INDEX {index!r} does not exist (write one with `geosteer index IMAGES_DIR --out INDEX`)")
     if state == "partial":
-        raise UsageError(f"INDEX {args.index!r} is an unfinished build; run the same `geosteer index` command again to finish it")
+        raise UsageError(f"INDEX {index!r} is an unfinished build; run the same `geosteer index` command again to finish it")
     if state != "complete":
-        raise UsageError(f"INDEX {args.index!r} is not an index (it has no manifest.json)")
+        raise UsageError(f"INDEX {index!r} is not an index (it has no manifest.json)")
+
+
+def _search_plan(args: argparse.Namespace) -> dict:
+    """Check `geosteer search`'s arguments (nothing loaded yet); the index's manifest."""
+    check_index_argument(args.index)
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     _positive("--threads", args.threads)

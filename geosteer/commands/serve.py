@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 
 from geosteer import GeoSteerHead, HeadConfig, get_config
-from geosteer.commands.index import UsageError, recorded_model
+from geosteer.commands.index import UsageError, check_index_argument, recorded_model
 
 #: Methods the service offers -> the `geosteer.PRESETS` entry each runs.
 METHODS: dict[str, str] = {
@@ -407,15 +407,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def _serve_plan(args: argparse.Namespace) -> None:
     """Check `geosteer serve`'s arguments before anything is loaded (UsageError naming the bad one)."""
-    from geosteer.index import index_state
-
-    state = index_state(args.index)
-    if state == "missing":
-        raise UsageError(f"INDEX {args.index!r} does not exist (write one with `geosteer index IMAGES_DIR --out INDEX`)")
-    if state == "partial":
-        raise UsageError(f"INDEX {args.index!r} is an unfinished build; run the same `geosteer index` command again to finish it")
-    if state != "complete":
-        raise UsageError(f"INDEX {args.index!r} is not an index (it has no manifest.json)")
+    check_index_argument(args.index)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     if args.k_max < 1:
