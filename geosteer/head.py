@@ -203,7 +203,9 @@ class GeoSteerHead(nn.Module):
                 qp = F.normalize(q.parts, dim=-1)
                 qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
                 gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
-                pad = pad_cost(qp.shape[1], g.parts.shape[1])
+                # pad_cost(n, n) >= pad_cost(m, n): as valid for every m, and one value
+                # per gallery, so torch.compile(dynamic=True) does not recompile per m.
+                pad = pad_cost(g.parts.shape[1], g.parts.shape[1])
                 cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend)
                 num_valid = qmask.sum(dim=1)
             else:

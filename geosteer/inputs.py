@@ -148,7 +148,12 @@ def embeddings(name: str, x, ndim: int, shape_doc: str, like: Tensor | None = No
 
 def mask(name: str, m, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """A bool mask of exactly `shape` on `like`'s device."""
-    tensor(name, m, len(shape), str(list(shape)))
+    # Shapes are formatted only when raising: under torch.compile(dynamic=True)
+    # they are symbolic, and formatting one is a graph break.
+    if not isinstance(m, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {list(shape)}, got {type(m).__name__}")
+    if m.ndim != len(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(m.shape)}")
     if m.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = valid), got {m.dtype}")
     if tuple(m.shape) != tuple(shape):

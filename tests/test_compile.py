@@ -162,6 +162,22 @@ def test_compiled_head_takes_the_typed_sides():
     assert len(counter.graphs) == 1
 
 
+def test_dynamic_compile_is_one_graph_for_every_query_shape():
+    """dynamic=True: queries of 2, 3 and 4 parts (2 and 3 relations) share one graph and equal eager."""
+    head = GeoSteerHead(k=12, lam=0.5, gamma=0.5)
+    counter = GraphCounter()
+    compiled = torch.compile(head, fullgraph=True, dynamic=True, backend=counter)
+    base = make_inputs()
+    g = torch.Generator().manual_seed(3)
+    for m, relations in ((3, [[0, 1, 0], [1, 2, 2]]), (4, [[0, 1, 0], [1, 2, 2], [2, 3, 1]]), (2, [[0, 1, 0], [-1, 0, 0]])):
+        kwargs = {k: base[k] for k in ("gallery_parts", "gallery_parts_mask", "gallery_part_boxes")}
+        kwargs.update(query_parts=F.normalize(torch.randn(Q, m, D, generator=g), dim=-1),
+                      query_parts_mask=torch.ones(Q, m, dtype=torch.bool),
+                      query_relations=torch.tensor(relations).expand(Q, -1, 3).contiguous())
+        assert_same(compiled(base["query"], base["gallery"], **kwargs), head(base["query"], base["gallery"], **kwargs))
+    assert len(counter.graphs) == 1, f"{len(counter.graphs)} graphs: a query shape recompiled or broke the graph"
+
+
 @needs_cuda
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_compiled_head_matches_eager_cuda(backend):
