@@ -45,7 +45,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium", "chromium-browser")
 #: Bounds of every wait (seconds).
-SERVER_START_S = 90  # python + torch imports, the demo model, warm-up: ~10 s on 2 cores
+SERVER_START_S = 90  # python + torch imports, the demo model, compiling the heads: ~15 s on 2 cores
 BROWSER_S = 60
 RESULT_S = 30
 #: The split's first query: cosine ranks its colour-swapped twin first, re-ranking fixes that.

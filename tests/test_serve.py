@@ -91,6 +91,7 @@ def test_health(client, index):
     assert body["encoder"] == "demo" and body["regions"] == "grid"
     assert body["method"] == "rerank" and body["k_max"] == K_MAX
     assert body["methods"] == list(serve.METHODS)
+    assert body["compiled"] is True  # the module's app: the default, compiled heads
 
 
 @pytest.mark.parametrize("method", list(serve.METHODS))
@@ -377,11 +378,12 @@ def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys):
     monkeypatch.setattr(uvicorn, "run", fake_run)
     p = argparse.ArgumentParser()
     serve.add_serve_arguments(p)
-    assert serve.run_serve(p.parse_args([str(index.path), "--port", "8123", "--k-max", "7"])) == 0
+    assert serve.run_serve(p.parse_args([str(index.path), "--port", "8123", "--k-max", "7", "--no-compile"])) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
-    assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24
+    assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24 and seen["health"]["compiled"] is False
     err = capsys.readouterr().err
     assert "24 images, model demo" in err and "http://127.0.0.1:8123/" in err and "warning" not in err
+    assert "heads eager" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -412,3 +414,19 @@ def test_run_serve_bad_argument_is_one_line_and_status_2(tmp_path, index, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("geosteer serve: error: "), err
     assert message.format(**names) in err[0]
+
+
+def test_warm_up_compiles_every_shape_a_request_brings(client):
+    """After the warm-up, queries with more parts and relations than it used reuse its graphs: no compile."""
+    try:  # dynamo's compiled graphs of a code object: a debug API, absent in some torch versions
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list as graphs
+    except ImportError:
+        pytest.skip("this torch has no torch._dynamo.eval_frame._debug_get_cache_entry_list")
+    from geosteer import GeoSteerHead
+
+    before = len(graphs(GeoSteerHead.forward.__code__))
+    assert before >= 3  # the warm-up's shape families: 1 part / 0 relations, 2 / 1, 3 / 2
+    for query in ("a star above a circle to the left of a square below a hexagon", "a hexagon", "a red star"):
+        for method in serve.METHODS:
+            assert client.post("/search", json={"query": query, "k": 3, "method": method}).status_code == 200
+    assert len(graphs(GeoSteerHead.forward.__code__)) == before, "a request compiled a new graph"
