@@ -7,6 +7,7 @@
     geosteer index IMAGES_DIR --out INDEX [--model demo] [--regions grid] [--max-regions 16] [--batch-size 64]
     geosteer search INDEX QUERY [QUERY ...] [-k 10] [--method rerank] [--json] [--html out.html]
     geosteer serve INDEX [--host 127.0.0.1] [--port 8000]
+    geosteer photos OUT_DIR [--queries 20] [--seed 100]
 
 Each subcommand is registered in `COMMANDS` by a function that adds its
 parser and sets `func` (called with the parsed namespace, returns the exit
@@ -55,6 +56,10 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
         "serve", "geosteer.commands.serve",
         "search an index from a web page (cosine vs re-ranked, matched regions drawn); 127.0.0.1:8000",
         1, "add_serve_arguments", "run_serve",
+    ),
+    "photos": _subcommand(
+        "photos", "geosteer.commands.photos", "write sample collages of bundled real photos (and their queries) to a folder",
+        1, "add_photos_arguments", "run_photos",
     ),
     "train-demo": _subcommand(
         "train-demo", "geosteer.geoshapes.train_demo", "train the demo model's image tower on GeoShapes (CPU, minutes)",

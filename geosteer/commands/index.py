@@ -39,17 +39,17 @@ class UsageError(Exception):
     """A bad argument: printed as one line, exit status 2."""
 
 
-def _fail(command: str, message: str, status: int = 2) -> int:
+def fail(command: str, message: str, status: int = 2) -> int:
     print(f"geosteer {command}: error: {message}", file=sys.stderr)
     return status
 
 
-def _positive(name: str, value: int | None) -> None:
+def check_positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UsageError(f"{name} must be >= 1, got {value}")
 
 
-def _writable_folder(name: str, path: Path, shown: str | None = None) -> None:
+def check_writable_folder(name: str, path: Path, shown: str | None = None) -> None:
     """`path` (a folder to create or fill) can be written: a probe file is created in it or its nearest existing ancestor.
 
     A real write, not `os.access`: that says yes to root everywhere, /proc included.
@@ -144,7 +144,7 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
     if not images.is_dir():
         raise UsageError(f"IMAGES_DIR {args.images!r} is not a folder")
     for name in ("--max-regions", "--batch-size", "--shard-size", "--threads"):
-        _positive(name, getattr(args, name[2:].replace("-", "_")))
+        check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.regions is not None and args.regions not in REGION_METHODS:
         raise UsageError(f"--regions {args.regions!r} is not a region method; one of {', '.join(REGION_METHODS)}")
     _check_device(args.device)
@@ -152,7 +152,7 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
     state = index_state(out)
     if state == "other":
         raise UsageError(f"--out {args.out!r} exists and is not an index (pass a new or empty folder)")
-    _writable_folder("--out", out, shown=args.out)
+    check_writable_folder("--out", out, shown=args.out)
     recorded = None
     if state in ("complete", "partial"):
         name = "manifest.json" if state == "complete" else "build.json"
@@ -183,7 +183,7 @@ def run_index(args: argparse.Namespace) -> int:
             print(f"loading model {model!r} ...", file=sys.stderr)
         encoder = _load_model("index", model, pretrained, args.device)
     except UsageError as e:
-        return _fail("index", str(e))
+        return fail("index", str(e))
 
     from geosteer.index import Index, StoreError
 
@@ -209,7 +209,7 @@ def run_index(args: argparse.Namespace) -> int:
         print("\ninterrupted; run the same command again to resume from the last finished shard", file=sys.stderr)
         return 130
     except ValueError as e:  # another encoder, a changed source, nothing decodable: one line
-        return _fail("index", str(e), status=2 if not isinstance(e, StoreError) else 1)
+        return fail("index", str(e), status=2 if not isinstance(e, StoreError) else 1)
     seconds = time.perf_counter() - t0
     s = index.stats
     rate = s["images_per_s"]
@@ -259,7 +259,7 @@ def _search_plan(args: argparse.Namespace) -> dict:
     check_index_argument(args.index)
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
-    _positive("--threads", args.threads)
+    check_positive("--threads", args.threads)
     if args.method not in METHODS:
         raise UsageError(f"--method {args.method!r} is not one of {', '.join(METHODS)}")
     empty = [q for q in args.queries if not q.strip()]
@@ -269,7 +269,7 @@ def _search_plan(args: argparse.Namespace) -> dict:
         out = Path(args.html).expanduser()
         if out.is_dir():
             raise UsageError(f"--html {args.html!r} is a folder; pass a file name")
-        _writable_folder("--html", out.parent, shown=args.html)
+        check_writable_folder("--html", out.parent, shown=args.html)
         if out.exists() and not os.access(out, os.W_OK):
             raise UsageError(f"--html {args.html!r} is not writable")
     _check_device(args.device)
@@ -290,7 +290,7 @@ def run_search(args: argparse.Namespace) -> int:
         model, pretrained = args.model or model, args.pretrained or pretrained
         encoder = _load_model("search", model, pretrained, args.device)
     except UsageError as e:
-        return _fail("search", str(e))
+        return fail("search", str(e))
 
     import torch
 
@@ -300,18 +300,18 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         index = Index.open(args.index)
     except StoreError as e:  # a version, a truncated shard: the data, not an argument
-        return _fail("search", str(e), status=1)
+        return fail("search", str(e), status=1)
     try:
         index.check_encoder(encoder)
     except ValueError as e:
-        return _fail("search", f"--model {model!r}: {e}")
+        return fail("search", f"--model {model!r}: {e}")
     index.encoder = encoder
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             result = index.search(list(args.queries), get_config(METHODS[args.method]), k=args.k)
     except StoreError as e:
-        return _fail("search", str(e), status=1)
+        return fail("search", str(e), status=1)
     seconds = time.perf_counter() - t0
     info = {"index": str(args.index), "images": len(index), "model": model, "method": args.method,
             "preset": METHODS[args.method], "seconds": seconds}
