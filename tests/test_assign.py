@@ -250,11 +250,12 @@ def cpu_path(request):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -INF])
-def test_nan_and_minus_inf_are_invalid(bad, cpu_path):
+@pytest.mark.parametrize("solver", ["auto", "tla"])
+def test_nan_and_minus_inf_are_invalid(bad, cpu_path, solver):
     cost = torch.rand(3, 2, 3)
     cost[2, 1, 0] = bad
-    with pytest.raises(ValueError, match="invalid numeric entries"):
-        batch_linear_assignment(cost, backend=cpu_path)
+    with pytest.raises(ValueError, match="contains invalid numeric entries"):  # SciPy's wording
+        assign(cost, cpu_path, solver)
 
 
 def test_invalid_entries_win_over_an_earlier_infeasible_problem(cpu_path):
@@ -279,8 +280,10 @@ def test_infeasible_raises(shape, cpu_path):
     cost = torch.rand(*shape)
     cost[1, :, 0] = INF
     cost[1, 0, :] = INF  # problem 1: row 0 (and column 0) forbidden everywhere
-    with pytest.raises(ValueError, match="infeasible"):
+    with pytest.raises(ValueError, match="cost matrix is infeasible"):  # SciPy's wording
         batch_linear_assignment(cost, backend=cpu_path)
+    with pytest.raises(ValueError, match="cost matrix is infeasible"):
+        batch_linear_assignment(-cost, maximize=True, backend=cpu_path)  # -inf forbidden when maximising
 
 
 def test_infeasible_raises_on_the_torch_dp():
@@ -293,14 +296,87 @@ def test_infeasible_raises_on_the_torch_dp():
 
 
 def test_bad_types_shapes_and_backend():
-    with pytest.raises(TypeError, match="floating"):
-        batch_linear_assignment(torch.ones(2, 2, 2, dtype=torch.long))
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"cost must be a torch.Tensor .*torch.from_numpy"):
         batch_linear_assignment(np.ones((2, 2, 2)))
-    with pytest.raises(ValueError, match=r"\[B, W, T\]"):
-        batch_linear_assignment(torch.ones(2, 2))
+    with pytest.raises(TypeError, match="cost must be a torch.Tensor"):
+        batch_linear_assignment([[[1.0]]])
+    with pytest.raises(TypeError, match="cost must be a real .* got torch.complex64"):
+        batch_linear_assignment(torch.ones(2, 2, 2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="cost must be a dense"):
+        batch_linear_assignment(torch.ones(2, 2, 2).to_sparse())
+    for shape in [(2, 2), (1, 2, 2, 2), (3,)]:
+        with pytest.raises(ValueError, match=r"cost must have shape \[B, W, T\] \(expected a matrix"):
+            batch_linear_assignment(torch.ones(shape))
     with pytest.raises(ValueError, match="backend"):
         batch_linear_assignment(torch.ones(1, 2, 2), backend="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_integer_and_bool_costs_are_solved_like_scipy(dtype, maximize, cpu_path):
+    """SciPy (and torch-linear-assignment) take integer / bool costs; here in float64, exact below 2^53."""
+    g = torch.Generator().manual_seed(8)
+    high = 2 if dtype == torch.bool else 100
+    cost = torch.randint(0, high, (6, 3, 5), generator=g).to(dtype)
+    if dtype == torch.int64:
+        cost = cost * 2**40 + 1  # float32 would round these to ties
+    got = batch_linear_assignment(cost, maximize=maximize, backend=cpu_path)
+    check_matching(cost.double(), got, maximize)
+    tall = batch_linear_assignment(cost.transpose(1, 2), maximize=maximize, backend=cpu_path)
+    check_matching(cost.transpose(1, 2).double(), tall, maximize)
+
+
+def test_odd_strides_expanded_and_sliced(cpu_path):
+    g = torch.Generator().manual_seed(9)
+    row = torch.rand(1, 3, 5, generator=g)
+    for cost in [row.expand(4, 3, 5), torch.rand(1, 1, 1, generator=g).expand(2, 3, 4), row[:, ::2, 1::2],
+                 torch.rand(5, 7, 4, generator=g, dtype=torch.float64).permute(2, 0, 1)]:
+        check_matching(cost, batch_linear_assignment(cost, backend=cpu_path))
+        check_matching(cost, batch_linear_assignment(cost, maximize=True, backend=cpu_path), maximize=True)
+
+
+def test_grad_inputs_when_maximising():
+    cost = torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(10), requires_grad=True)
+    got = batch_linear_assignment(cost, maximize=True)
+    assert not got.requires_grad
+    check_matching(cost.detach(), got, maximize=True)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0)])
+def test_empty_shapes_maximise_and_integer(shape):
+    for cost in [torch.zeros(shape), torch.zeros(shape, dtype=torch.long)]:
+        out = batch_linear_assignment(cost, maximize=True)
+        assert out.shape == shape[:2] and out.dtype == torch.long and (out == -1).all()
+
+
+# --------------------------------------------------------------------------
+# torch-linear-assignment's contract: [B, W] int64 column per row, -1 when
+# W > T, on the input's device; the same matching as its solver.
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7), (5, 7, 3), (4, 6, 6), (1, 1, 1), (3, 9, 1)])
+def test_same_as_torch_linear_assignment(shape):
+    tla = pytest.importorskip("torch_linear_assignment")
+    cost = torch.rand(shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)  # one optimum
+    want = tla.batch_linear_assignment(cost)
+    for backend in ("auto", "torch"):
+        got = batch_linear_assignment(cost, backend=backend)
+        assert got.dtype == want.dtype == torch.long and got.shape == want.shape == shape[:2]
+        assert torch.equal(got, want)
+        assert ((got == -1).sum(1) == max(0, shape[1] - shape[2])).all()
+        rows, cols = tla.assignment_to_indices(got)  # SciPy's format, per problem
+        for b in range(shape[0]):
+            want_rows, want_cols = linear_sum_assignment(cost[b].numpy())
+            assert rows[b].tolist() == want_rows.tolist() and cols[b].tolist() == want_cols.tolist()
+
+
+def test_same_as_torch_linear_assignment_on_integer_costs():
+    tla = pytest.importorskip("torch_linear_assignment")
+    cost = torch.randint(0, 50, (8, 4, 6), generator=torch.Generator().manual_seed(12))
+    got, want = batch_linear_assignment(cost), tla.batch_linear_assignment(cost)
+    assert got.dtype == want.dtype == torch.long and got.shape == want.shape
+    check_matching(cost.double(), got)
+    check_matching(cost.double(), want)
 
 
 # --------------------------------------------------------------------------
@@ -309,8 +385,9 @@ def test_bad_types_shapes_and_backend():
 
 @pytest.mark.parametrize(
     "cost",
-    [torch.rand(5, 4, 7), torch.rand(3, 6, 2, dtype=torch.float64), torch.rand(0, 3, 3), torch.rand(2, 1, 1)],
-    ids=["wide", "tall_fp64", "empty", "one"],
+    [torch.rand(5, 4, 7), torch.rand(3, 6, 2, dtype=torch.float64), torch.rand(0, 3, 3), torch.rand(2, 1, 1),
+     torch.randint(0, 9, (3, 4, 5))],
+    ids=["wide", "tall_fp64", "empty", "one", "int64"],
 )
 def test_opcheck(cost):
     torch.library.opcheck(torch.ops.geosteer.assign.default, (cost, "auto"))
@@ -366,3 +443,21 @@ def test_cuda_triton_dp_matches_reference_and_errors():
     cost[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="invalid numeric entries"):
         batch_linear_assignment(cost)
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(64, 3, 7), (64, 7, 3), (16, 12, 9), (8, 9, 12)])
+def test_cuda_same_as_torch_linear_assignment(shape):
+    tla = pytest.importorskip("torch_linear_assignment")
+    cost = torch.rand(shape, generator=torch.Generator().manual_seed(13)).cuda()
+    want = tla.batch_linear_assignment(cost)
+    for backend in ("auto", "torch"):
+        got = batch_linear_assignment(cost, backend=backend)
+        assert got.device == cost.device and got.dtype == torch.long and got.shape == shape[:2]
+        assert torch.equal(got, want)
+    for other in (cost.half(), (cost * 100).long()):  # promoted on the GPU: float32, float64
+        got = batch_linear_assignment(other)
+        assert got.device == cost.device and got.dtype == torch.long
+        check_matching(other.double().cpu(), got.cpu())
+    with pytest.raises(ValueError, match="contains invalid numeric entries"):
+        batch_linear_assignment(torch.where(cost > 0.99, float("nan"), cost))

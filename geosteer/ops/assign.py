@@ -1,7 +1,8 @@
 """Exact batched linear assignment, registered as `geosteer::assign`.
 
 Contract (torch-linear-assignment's, i.e. SciPy's `linear_sum_assignment`
-per problem): `cost [B, W, T]` float, returns int64 `[B, W]` column ids, -1
+per problem): `cost [B, W, T]` real (bool / integer costs are solved in
+float64, as SciPy casts them), returns int64 `[B, W]` column ids, -1
 for rows left unmatched when W > T; +inf marks a forbidden edge; NaN or -inf
 is invalid; a problem with no finite matching of all min(W, T) rows is an
 error. Ties may pick a different (equally cheap) matching than SciPy.
@@ -60,16 +61,26 @@ _DP_CHUNK_BYTES = 1 << 26
 def check_cost_type(cost: Tensor) -> Tensor:
     """Static checks (trace fine under torch.compile); returns float32 / float64.
 
+    fp16 / bf16 are promoted to float32; bool and integer costs to float64
+    (exact up to 2^53, as SciPy's cast), so integer costs give SciPy's matching.
+
     Raises:
-        TypeError: not a tensor, or not floating point.
+        TypeError: not a dense tensor, or complex.
         ValueError: not `[B, W, T]`.
     """
     if not isinstance(cost, Tensor):
-        raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
+        hint = " (call torch.from_numpy on it first)" if isinstance(cost, np.ndarray) else ""
+        raise TypeError(f"cost must be a torch.Tensor [B, W, T]{hint}, got {type(cost).__name__}")
+    if cost.layout != torch.strided:
+        raise TypeError(f"cost must be a dense (strided) tensor, got layout {cost.layout}; call .to_dense() first")
     if cost.ndim != 3:
-        raise ValueError(f"cost must have shape [B, W, T], got {tuple(cost.shape)}")
+        raise ValueError(
+            f"cost must have shape [B, W, T] (expected a matrix [W, T] per problem b), got {tuple(cost.shape)}"
+        )
+    if cost.is_complex():
+        raise TypeError(f"cost must be a real (floating, integer or bool) tensor, got {cost.dtype}")
     if not cost.is_floating_point():
-        raise TypeError(f"cost must be a floating tensor, got {cost.dtype}")
+        return cost.double()
     if cost.dtype not in (torch.float32, torch.float64):
         cost = cost.float()
     return cost
@@ -83,7 +94,7 @@ def check_cost_values(cost: Tensor) -> None:
     """
     if cost.numel() and bool((torch.isnan(cost) | torch.isneginf(cost)).any()):
         raise ValueError(
-            "cost has invalid numeric entries: NaN, or -inf (+inf with maximize=True); "
+            "cost contains invalid numeric entries: NaN, or -inf (+inf with maximize=True); "
             "+inf (-inf with maximize=True) marks a forbidden edge"
         )
 
@@ -91,7 +102,7 @@ def check_cost_values(cost: Tensor) -> None:
 def _infeasible(problem: int, rows: int) -> ValueError:
     return ValueError(
         f"cost matrix is infeasible: problem {problem} has no matching of all {rows} rows "
-        "that avoids forbidden (+inf) entries"
+        "that avoids forbidden entries (+inf; -inf with maximize=True)"
     )
 
 
@@ -264,7 +275,8 @@ def solve(cost: Tensor, backend: str = "auto", solver: str = "auto") -> Tensor:
     """Validate, orient (W <= T) and dispatch; the body of `geosteer::assign`.
 
     Args:
-        cost: `[B, W, T]` float; fp16 / bf16 are promoted to float32.
+        cost: `[B, W, T]` real; fp16 / bf16 are promoted to float32, bool /
+            integer to float64.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
         solver: "auto" (geosteer's, the module doc's rule) or "tla"
             (torch-linear-assignment's, the benchmarks' peer).
@@ -334,7 +346,9 @@ def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: st
     edge (a pair worth "minus infinity" is never taken) and +inf is invalid.
 
     Args:
-        cost: `[B, W, T]` float (fp16/bf16 promoted to fp32); any device.
+        cost: `[B, W, T]` real tensor, any device: float32 / float64 as
+            given, fp16 / bf16 promoted to float32, bool / integer to
+            float64 (SciPy's cast); any strides.
         maximize: maximise the total instead of minimising it.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`; the
             module doc says which algorithm each picks).
@@ -344,7 +358,8 @@ def batch_linear_assignment(cost: Tensor, *, maximize: bool = False, backend: st
         is unmatched (W > T).
 
     Raises:
-        TypeError: `cost` is not a floating tensor.
+        TypeError: `cost` is not a dense real tensor (a NumPy array, a
+            sparse or a complex tensor).
         ValueError: wrong rank, unknown `backend`, invalid numeric entries
             (NaN, or -inf / +inf when minimising / maximising), or an
             infeasible problem.

@@ -7,12 +7,19 @@ sets come from the gallery's kNN graph (`knn_graph`, `neighbours_of`).
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from geosteer import inputs
+from geosteer.ops import checks
 from geosteer.ops.assign import assign
+from geosteer.ops.dispatch import check_backend
 from geosteer.ops.first_stage import first_stage
 from geosteer.ops.part_cost import REAL_COST_MAX, pad_cost, part_cost
+from geosteer.ops.screen import check_screen
 
 
 def match(cost: Tensor, matching: str, backend: str = "auto", solver: str = "auto") -> Tensor:
@@ -67,20 +74,59 @@ def knn_graph(
     for neighbourhood mode on large galleries.
 
     Args:
-        gallery: `[N, D]` L2-normalised, N > k.
-        k: neighbours per item.
-        chunk_elements, backend, screen: as in `HeadConfig`.
+        gallery: `[N, D]` float16 / bfloat16 / float32 / float64,
+            L2-normalised, finite, N > k, D >= 1; any strides.
+        k: neighbours per item, an integer (Python or NumPy) in [1, N-1].
+        chunk_elements, backend, screen: as in `HeadConfig`
+            (`chunk_elements` a positive integer).
 
     Returns:
-        `[N, k]` int64 gallery ids, nearest first.
+        `[N, k]` int64 gallery ids, nearest first, on `gallery`'s device.
 
     Raises:
-        ValueError: k < 1 or k >= N.
+        TypeError: `gallery` is not a dense floating tensor (a NumPy array:
+            wrap it with `torch.from_numpy`); `k` or `chunk_elements` is not
+            an integer (bool and float refused).
+        ValueError: `gallery` not `[N, D]` with N >= 2 and D >= 1, or holding
+            NaN / inf; k outside [1, N-1]; chunk_elements < 1; unknown
+            `backend` or `screen`.
     """
-    if not isinstance(k, int) or k < 1 or k >= gallery.shape[0]:
-        raise ValueError(f"k must be an int in [1, N-1] = [1, {gallery.shape[0] - 1}], got {k!r}")
-    ids = torch.arange(gallery.shape[0], device=gallery.device)
+    _check_gallery(gallery)
+    num_items = gallery.shape[0]
+    k = _integer("k", k)
+    if not 1 <= k < num_items:
+        raise ValueError(f"k must be an int in [1, N-1] = [1, {num_items - 1}] (gallery has N={num_items}), got {k!r}")
+    chunk_elements = _integer("chunk_elements", chunk_elements)
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
+    check_backend(backend)
+    check_screen(screen)
+    checks.check_finite(gallery, "gallery")  # one pass, remembered for an unchanged tensor
+    ids = torch.arange(num_items, device=gallery.device)
     return neighbours_of(gallery, ids, k, chunk_elements, backend, screen)
+
+
+def _check_gallery(gallery) -> None:
+    """`knn_graph`'s static gallery checks (type, layout, rank, dtype, N >= 2, D >= 1)."""
+    if isinstance(gallery, np.ndarray):
+        raise TypeError(
+            f"gallery must be a torch.Tensor [N, D], got a NumPy array {gallery.shape}; call torch.from_numpy(gallery) first"
+        )
+    if isinstance(gallery, Tensor) and gallery.layout != torch.strided:
+        raise TypeError(
+            f"gallery must be a dense (strided) tensor [N, D], got layout {gallery.layout}; call .to_dense() first"
+        )
+    inputs.embeddings("gallery", gallery, 2, "[N, D]")
+    if gallery.shape[0] < 2:
+        raise ValueError(f"gallery must hold N >= 2 items for a kNN graph, got shape {tuple(gallery.shape)}")
+    inputs.nonempty("gallery", gallery, 1, "D")
+
+
+def _integer(name: str, value) -> int:
+    """`value` as an int: any `numbers.Integral` (NumPy's included) but bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
 
 
 def neighbours_of(gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, backend: str, screen: str) -> Tensor:
