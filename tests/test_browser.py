@@ -16,8 +16,13 @@ Skipped when no Chromium is installed (Debian: `apt-get install -y
 chromium`) or without the serve extra. Every wait is bounded; the server
 is killed at the end.
 
-`python tests/test_browser.py docs/serve.png` writes the screenshot the
-docs show (the same service and page, real results).
+`python tests/test_browser.py page.png` writes a screenshot of this test's
+GeoShapes page. docs/serve.png is the README's walk-through on real photos:
+`geosteer photos photos/`, `geosteer index photos/ --out my.index --model
+bridge --regions segments`, `geosteer serve my.index --port 8765`, then
+`chromium --headless --window-size=1400,1000 --virtual-time-budget=20000
+--screenshot=page.png "http://127.0.0.1:8765/?q=a+cat+to+the+left+of+a+rocket&k=8"`
+(cropped to 665 px high).
 """
 
 from __future__ import annotations
