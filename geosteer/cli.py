@@ -7,11 +7,17 @@
     geosteer index IMAGES_DIR --out INDEX [--model demo] [--regions grid] [--max-regions 16] [--batch-size 64]
     geosteer search INDEX QUERY [QUERY ...] [-k 10] [--method rerank] [--json] [--html out.html]
     geosteer serve INDEX [--host 127.0.0.1] [--port 8000]
-    geosteer photos OUT_DIR [--queries 20] [--seed 100]
+    geosteer photos OUT_DIR [--queries 10] [--seed 100]
 
 Each subcommand is registered in `COMMANDS` by a function that adds its
 parser and sets `func` (called with the parsed namespace, returns the exit
 status); heavy imports happen only when a command runs.
+
+A command checks its arguments and output paths before it loads a model or
+does any work; a bad one is one line on stderr, `geosteer <command>: error:
+<message naming it>`, and exit status 2 (as argparse's own errors). A
+`geosteer.commands.index.UsageError` that a command lets escape is printed
+the same way. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -90,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    from geosteer.commands.index import UsageError, fail
+
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        return fail(args.command, str(e))
 
 
 if __name__ == "__main__":

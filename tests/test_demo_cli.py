@@ -49,8 +49,11 @@ def test_demo_quick_writes_a_self_contained_page(tmp_path, capsys):
     assert "binding" in printed and "index.html" in printed
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own
         main(["eval", "--split", "nope"])
-    with pytest.raises(ValueError, match="--queries"):
-        main(["eval", "--queries", "0", "--no-progress"])
+    assert exit_.value.code == 2
+    capsys.readouterr()
+    # ours: one line, status 2, before the model loads (every kind: tests/test_cli_errors.py)
+    assert main(["eval", "--queries", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "geosteer eval: error: --queries must be >= 1, got 0\n"

@@ -69,22 +69,92 @@ def check_writable_folder(name: str, path: Path, shown: str | None = None) -> No
         raise UsageError(f"{name} {shown!r} is not writable ({str(probe)!r}: {e.strerror or e})") from None
 
 
-def _check_device(device: str) -> None:
+def check_writable_file(name: str, value: str) -> None:
+    """`value` (a file to create or overwrite) can be written.
+
+    Not a folder; its folder is writable (`check_writable_folder`); if it
+    exists, it opens for writing (append mode: nothing in it changes).
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{name} {value!r} is a folder; pass a file name")
+    check_writable_folder(name, path.parent, shown=value)
+    if path.exists():
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            raise UsageError(f"{name} {value!r} is not writable ({e.strerror or e})") from None
+
+
+def check_device(device: str, name: str = "--device") -> None:
+    """`device` is one geosteer can run on here: cpu, or cuda[:N] with CUDA present and N below the GPU count."""
     import torch
 
     try:
         dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--device {device!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device!r}: CUDA is not available here")
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{name} {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{name} {device!r}: CUDA is not available here")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"{name} {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise UsageError(f"{name} {device!r}: geosteer runs on cpu or cuda[:N], not {dev.type!r}")
 
 
-def _threads(n: int | None) -> None:
+def set_threads(n: int | None) -> None:
+    """`torch.set_num_threads(n)` unless None (check it with `check_positive` first)."""
     if n is not None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def check_model(model: str, pretrained: str | None) -> None:
+    """What `geosteer.encoders.load_clip` would refuse at once, refused before anything loads (UsageError).
+
+    Only the certain cases: an unknown architecture name, a missing local-dir
+    folder, a checkpoint file given as --model, --pretrained where none
+    belongs or where one is required. Anything else goes to `load_clip`,
+    whose argument errors `load_model` also turns into a UsageError.
+    """
+    from geosteer.encoders.clip import BRIDGE, DEMO
+
+    if not model:
+        raise UsageError("--model is empty")
+    if model in (DEMO, BRIDGE):
+        if pretrained is not None:
+            raise UsageError(f"--pretrained {pretrained!r}: the {model!r} model brings its own weights; "
+                             f"drop --pretrained")
+        return
+    if model.startswith("hf-hub:"):
+        return
+    if model.startswith("local-dir:") or os.path.isdir(model):
+        folder = Path(model.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--model {model!r}: folder {str(folder)!r} does not exist")
+        return
+    if os.path.isfile(model):
+        raise UsageError(f"--model {model!r} is a file: pass the architecture as --model and the checkpoint as "
+                         f"--pretrained, or a model folder as 'local-dir:<folder>'")
+    import difflib
+
+    import open_clip
+
+    known = open_clip.list_models()
+    if model.replace("/", "-") not in known:
+        close = difflib.get_close_matches(model, known, n=5)
+        hint = f"; did you mean one of {close}?" if close else "; see open_clip.list_models()"
+        raise UsageError(f"--model {model!r} is not an open_clip architecture, a folder, 'demo' or 'bridge'{hint}")
+    tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
+    if pretrained is None:
+        raise UsageError(f"--model {model!r} needs --pretrained (random weights retrieve nothing): one of {tags} "
+                         f"or a checkpoint file")
+    if not os.path.isfile(pretrained) and pretrained.lower() not in {t.lower() for t in tags}:
+        raise UsageError(f"--pretrained {pretrained!r} is neither a tag of {model!r} ({tags}) nor an existing file")
 
 
 @functools.lru_cache(maxsize=2)
@@ -97,7 +167,14 @@ def _load(model: str, pretrained: str | None, device: str):
     return load_clip(model, pretrained=pretrained, device=device)
 
 
-def _load_model(command: str, model: str, pretrained: str | None, device: str):
+def load_model(model: str, pretrained: str | None, device: str, say=None):
+    """`check_model`, then (saying "loading model ..." through `say`, if given) the encoder; UsageError for a bad one.
+
+    Cached per (model, pretrained, device): commands run again in one process load once.
+    """
+    check_model(model, pretrained)
+    if say is not None:
+        say(f"loading model {model!r} ...")
     try:
         return _load(model, pretrained, device)
     except (TypeError, ValueError, FileNotFoundError) as e:
@@ -147,7 +224,7 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
         check_positive(name, getattr(args, name[2:].replace("-", "_")))
     if args.regions is not None and args.regions not in REGION_METHODS:
         raise UsageError(f"--regions {args.regions!r} is not a region method; one of {', '.join(REGION_METHODS)}")
-    _check_device(args.device)
+    check_device(args.device)
     out = Path(args.out).expanduser()
     state = index_state(out)
     if state == "other":
@@ -175,13 +252,11 @@ def run_index(args: argparse.Namespace) -> int:
     """Run a parsed `geosteer index`: build, resume or extend the index; print a summary."""
     try:
         state, recorded = _index_plan(args)
-        _threads(args.threads)
+        set_threads(args.threads)
         model, pretrained = (recorded_model(recorded) if recorded is not None else (DEFAULT_MODEL, None))
         model, pretrained = args.model or model, args.pretrained or pretrained
         progress = not args.no_progress
-        if progress:
-            print(f"loading model {model!r} ...", file=sys.stderr)
-        encoder = _load_model("index", model, pretrained, args.device)
+        encoder = load_model(model, pretrained, args.device, say=(lambda s: print(s, file=sys.stderr)) if progress else None)
     except UsageError as e:
         return fail("index", str(e))
 
@@ -257,8 +332,7 @@ def check_index_argument(index: str) -> None:
 def _search_plan(args: argparse.Namespace) -> dict:
     """Check `geosteer search`'s arguments (nothing loaded yet); the index's manifest."""
     check_index_argument(args.index)
-    if args.k < 1:
-        raise UsageError(f"-k must be >= 1, got {args.k}")
+    check_positive("-k", args.k)
     check_positive("--threads", args.threads)
     if args.method not in METHODS:
         raise UsageError(f"--method {args.method!r} is not one of {', '.join(METHODS)}")
@@ -266,29 +340,29 @@ def _search_plan(args: argparse.Namespace) -> dict:
     if empty:
         raise UsageError(f"QUERY {empty[0]!r} is empty")
     if args.html is not None:
-        out = Path(args.html).expanduser()
-        if out.is_dir():
-            raise UsageError(f"--html {args.html!r} is a folder; pass a file name")
-        check_writable_folder("--html", out.parent, shown=args.html)
-        if out.exists() and not os.access(out, os.W_OK):
-            raise UsageError(f"--html {args.html!r} is not writable")
-    _check_device(args.device)
+        check_writable_file("--html", args.html)
+    check_device(args.device)
     try:
-        return json.loads((Path(args.index) / "manifest.json").read_text())
+        manifest = json.loads((Path(args.index) / "manifest.json").read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"INDEX {args.index!r}: its manifest.json cannot be read ({e})") from None
+    try:
+        recorded_model(manifest)
+    except (AttributeError, KeyError, TypeError):
+        raise UsageError(f"INDEX {args.index!r}: its manifest.json records no encoder (not a geosteer index)") from None
+    return manifest
 
 
 def run_search(args: argparse.Namespace) -> int:
     """Run a parsed `geosteer search`: table, --json or --html."""
     try:
         manifest = _search_plan(args)
-        _threads(args.threads)
+        set_threads(args.threads)
         model, pretrained = recorded_model(manifest)
         if args.model is not None and args.model != model:
             pretrained = None  # the recorded tag belongs to the recorded model
         model, pretrained = args.model or model, args.pretrained or pretrained
-        encoder = _load_model("search", model, pretrained, args.device)
+        encoder = load_model(model, pretrained, args.device)
     except UsageError as e:
         return fail("search", str(e))
 

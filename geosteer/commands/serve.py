@@ -38,7 +38,14 @@ from typing import Any, Literal
 import torch
 
 from geosteer import GeoSteerHead, HeadConfig, get_config
-from geosteer.commands.index import UsageError, check_index_argument, recorded_model
+from geosteer.commands.index import (
+    UsageError,
+    check_device,
+    check_index_argument,
+    check_model,
+    check_positive,
+    recorded_model,
+)
 
 #: Methods the service offers -> the `geosteer.PRESETS` entry each runs.
 METHODS: dict[str, str] = {
@@ -435,16 +442,9 @@ def _serve_plan(args: argparse.Namespace) -> None:
     check_index_argument(args.index)
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
-    if args.k_max < 1:
-        raise UsageError(f"--k-max must be >= 1, got {args.k_max}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--device {args.device!r} is not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device!r}: CUDA is not available here")
+    check_positive("--k-max", args.k_max)
+    check_positive("--threads", args.threads)
+    check_device(args.device)
     # Bind once now: a taken port or an unknown host fails in a second, not after loading the model.
     try:
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -478,6 +478,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model, pretrained = args.model or model, args.pretrained or pretrained
         if args.threads is not None:
             torch.set_num_threads(args.threads)
+        check_model(model, pretrained)  # the recorded one, or --model with the recorded --pretrained
         if model == "demo":  # everything is local: never let transformers try the Hub
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:

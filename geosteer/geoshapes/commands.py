@@ -9,20 +9,29 @@ method per query, images embedded) and `contact_sheet.png` into `--out`
 
 `geosteer eval` prints and writes (`--json`) R@1 / R@5 / nDCG@10 of every
 method, the per-part-max ablation included, over the given seeds.
+
+Both check their arguments and output paths before loading anything and
+print one line naming a bad one (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-
+from geosteer.commands.index import (
+    UsageError,
+    check_device,
+    check_positive,
+    check_writable_file,
+    check_writable_folder,
+    fail,
+    load_model,
+    set_threads,
+)
 from geosteer.encoders.regions import FAMILIES, METHODS
 from geosteer.geoshapes.splits import SPLITS, TEST_SEEDS
 
@@ -34,16 +43,6 @@ QUICK_QUERIES = 8
 SHOWN_PER_SPLIT = 6
 
 
-@functools.lru_cache(maxsize=2)
-def _load(model: str, pretrained: str | None, device: str):
-    # Cached: repeated commands in one process (tests, notebooks) load once.
-    from geosteer.encoders import load_clip
-
-    if model == "demo":  # everything is local: never let transformers try the Hub
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return load_clip(model, pretrained=pretrained, device=device)
-
-
 def _indexer(encoder, methods, progress: bool, cache_dir: str | None):
     from geosteer.geoshapes.index import SplitIndexer
 
@@ -51,13 +50,6 @@ def _indexer(encoder, methods, progress: bool, cache_dir: str | None):
     fams = {f for m in methods if m.uses_parts for f in METHODS[m.regions]}
     ordered = [f for f in FAMILIES if f in fams] or ["grid"]
     return SplitIndexer(encoder, families=ordered, progress=progress, cache_dir=cache_dir)
-
-
-def _threads(n: int | None) -> None:
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"--threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- eval
@@ -81,15 +73,28 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _eval_plan(args: argparse.Namespace) -> None:
+    """Check `geosteer eval`'s arguments and output paths (nothing loaded yet); UsageError naming a bad one."""
+    for name in ("--queries", "--k", "--threads"):
+        check_positive(name, getattr(args, name[2:]))
+    check_device(args.device)
+    if args.json_path is not None:
+        check_writable_file("--json", args.json_path)
+    if args.cache_dir is not None:
+        check_writable_folder("--cache-dir", Path(args.cache_dir).expanduser(), shown=args.cache_dir)
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    """Run a parsed `geosteer eval`."""
+    """Run a parsed `geosteer eval`; 2 (one line on stderr) for a bad argument."""
     from geosteer.geoshapes.eval import METHOD_NAMES, default_methods, evaluate, format_table
 
-    _threads(args.threads)
-    if args.queries < 1:
-        raise ValueError(f"--queries must be >= 1, got {args.queries}")
+    try:
+        _eval_plan(args)
+        set_threads(args.threads)
+        encoder = load_model(args.model, args.pretrained, args.device)
+    except UsageError as e:
+        return fail("eval", str(e))
     methods = default_methods(k=args.k, names=METHOD_NAMES)
-    encoder = _load(args.model, args.pretrained, args.device)
     indexer = _indexer(encoder, methods, progress=not args.no_progress, cache_dir=args.cache_dir)
     log = None if args.no_progress else (lambda s: print(s, file=sys.stderr))
     results = evaluate(indexer, splits=args.split, seeds=args.seed, methods=methods, num_queries=args.queries,
@@ -97,9 +102,9 @@ def run_eval(args: argparse.Namespace) -> int:
     for metric, label in (("r1", "R@1"), ("r5", "R@5"), ("ndcg10", "nDCG@10")):
         print(f"\n{label} (%), mean ± std over seeds {args.seed}, model {args.model}")
         print(format_table(results, metric))
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(results, indent=1) + "\n")
+    if args.json_path is not None:
+        Path(args.json_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).expanduser().write_text(json.dumps(results, indent=1) + "\n")
         print(f"\nwrote {args.json_path}")
     return 0
 
@@ -123,23 +128,32 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _demo_plan(args: argparse.Namespace) -> None:
+    """Check `geosteer demo`'s arguments and output folder (nothing loaded yet); UsageError naming a bad one."""
+    for name in ("--queries", "--threads"):
+        check_positive(name, getattr(args, name[2:]))
+    check_device(args.device)
+    check_writable_folder("--out", Path(args.out).expanduser(), shown=args.out)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Run a parsed `geosteer demo`; print the table, write the page and the sheet."""
+    """Run a parsed `geosteer demo`; print the table, write the page and the sheet. 2 (one line) for a bad argument."""
     from geosteer.geoshapes.eval import DEFAULT_REGIONS, DEMO_METHODS, default_methods, evaluate, format_table, run_method
     from geosteer.geoshapes.report import QueryRow, contact_sheet, results_table_html, write_html
 
-    _threads(args.threads)
     t0 = time.perf_counter()
-    splits = args.split or (["binding", "fine"] if args.quick else list(SPLITS))
-    seeds = args.seed or ([TEST_SEEDS[0]] if args.quick else list(TEST_SEEDS))
-    num_queries = args.queries or (QUICK_QUERIES if args.quick else DEMO_QUERIES)
-    if num_queries < 1:
-        raise ValueError(f"--queries must be >= 1, got {num_queries}")
-    methods = default_methods(names=DEMO_METHODS)
     progress = not args.no_progress
     say = (lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None)
-    say(f"loading model {args.model!r} ...")
-    encoder = _load(args.model, args.pretrained, args.device)
+    try:
+        _demo_plan(args)
+        set_threads(args.threads)
+        encoder = load_model(args.model, args.pretrained, args.device, say=say)
+    except UsageError as e:
+        return fail("demo", str(e))
+    splits = args.split or (["binding", "fine"] if args.quick else list(SPLITS))
+    seeds = args.seed or ([TEST_SEEDS[0]] if args.quick else list(TEST_SEEDS))
+    num_queries = args.queries if args.queries is not None else (QUICK_QUERIES if args.quick else DEMO_QUERIES)
+    methods = default_methods(names=DEMO_METHODS)
     indexer = _indexer(encoder, methods, progress=progress, cache_dir=None)
     say(f"indexing {len(splits)} GeoShapes splits x seeds {seeds} ({num_queries} queries each) "
         f"and running {', '.join(m.name for m in methods)} ...")
@@ -158,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for q in range(n):
             rows.append(QueryRow(s, idx.split.queries[q], idx.split.targets[q], idx.split.hard_negatives[q],
                                  {m: tops[m][q] for m in shown}, images))
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     notes = (f"model {args.model}; GeoShapes seeds {seeds}, {num_queries} queries a split; regions {DEFAULT_REGIONS}; "
              f"R@1 in percent (mean ± std over the seeds); the first {SHOWN_PER_SPLIT} queries of each split "

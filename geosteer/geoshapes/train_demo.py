@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from geosteer.commands.index import UsageError, check_positive, check_writable_folder, fail
 from geosteer.geoshapes.scenes import (
     COLOURS,
     RELATION_WORDS,
@@ -730,17 +731,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check the `train-demo` arguments and --out before any work; UsageError naming a bad one."""
+    if not args.minutes > 0:  # NaN too: it would never stop the run
+        raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    for name in ("--steps", "--batch-size", "--threads"):
+        check_positive(name, getattr(args, name[2:].replace("-", "_")))
+    if not 0 <= args.seed < 2**32:  # what numpy's seed takes
+        raise UsageError(f"--seed must be in 0..2**32-1, got {args.seed}")
+    check_writable_folder("--out", Path(args.out).expanduser(), shown=args.out)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed `train-demo` command; print the final zero-shot accuracies."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    """Run a parsed `train-demo` command; print the final zero-shot accuracies. 2 (one line) for a bad argument."""
+    try:
+        check_arguments(args)
+    except UsageError as e:
+        return fail("train-demo", str(e))
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try the Hub
     cfg = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size)
     command = "geosteer train-demo " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("func", "command", "version", "no_progress") and v is not None
     )
-    metrics = train(cfg, args.out, minutes=args.minutes, progress=not args.no_progress, command=command)
+    metrics = train(cfg, Path(args.out).expanduser(), minutes=args.minutes, progress=not args.no_progress, command=command)
     tr, full = metrics["train"], metrics["full_eval"]
     print(f"wrote {Path(args.out) / DEMO_WEIGHTS} ({tr['weights_bytes'] / 1e6:.1f} MB), "
           f"{tr['steps_done']}/{cfg.steps} steps in {tr['seconds_train']:.0f} s "
