@@ -104,8 +104,12 @@ def test_bad_inputs_raise(demo):
         demo.encode_texts("a red pentagon")
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         demo.encode_texts(["a", 3])
-    with pytest.raises(TypeError, match=r"images\[0\]"):
-        demo.encode_images(["not an image"])
+    with pytest.raises(TypeError, match=r"images\[1\] must be a PIL image, a file path"):
+        demo.encode_images([Image.new("RGB", (8, 8)), 3])
+    with pytest.raises(ValueError, match=r"images\[0\]: cannot read image file 'not an image'"):
+        demo.encode_images(["not an image"])  # a str is a path
+    with pytest.raises(TypeError, match="wrap a single one in a list"):
+        demo.encode_images(Image.new("RGB", (8, 8)))
     with pytest.raises(ValueError, match=r"\[N, 3, 96, 96\]"):
         demo.encode_images(torch.zeros(2, 3, 64, 64))
     with pytest.raises(TypeError, match="float"):

@@ -92,7 +92,9 @@ def test_both_and_max_regions():
     with pytest.raises(ValueError, match="max_regions"):
         propose_regions(img, "grid", max_regions=0)
     with pytest.raises(TypeError, match="image"):
-        propose_regions(torch.zeros(3, 8, 8))
+        propose_regions(3)
+    with pytest.raises(TypeError, match="image is a tensor of dtype torch.int32"):
+        propose_regions(torch.zeros(3, 8, 8, dtype=torch.int32))
 
 
 def test_blank_image_gets_whole_image_region():

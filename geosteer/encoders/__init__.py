@@ -1,6 +1,9 @@
 """Encoders: open_clip loading, caption part splitting, contrast texts, region crops.
 
-`load_clip` / `ClipEncoder` live in `geosteer.encoders.clip`; the text and
+`load_clip` / `ClipEncoder` live in `geosteer.encoders.clip`, with
+`as_rgb_image`, the one conversion of an image argument (PIL of any mode,
+file path, numpy array, torch tensor) to RGB that every API taking images
+runs; the text and
 region helpers (`split_parts`, `contrast_texts`, `part_negatives`,
 `propose_regions`, `crop_regions`, `region_crops`, `region_sets`,
 `family_regions`) are re-exported lazily from their modules, so importing
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-from geosteer.encoders.clip import ClipEncoder, export_local_dir, load_clip, load_demo_model
+from geosteer.encoders.clip import ClipEncoder, as_rgb_image, export_local_dir, load_clip, load_demo_model
 
 # name -> submodule that defines it; imported on first access.
 _LAZY = {
@@ -25,7 +28,7 @@ _LAZY = {
     "region_sets": "regions",
 }
 
-__all__ = ["ClipEncoder", "export_local_dir", "load_clip", "load_demo_model", *_LAZY]
+__all__ = ["ClipEncoder", "as_rgb_image", "export_local_dir", "load_clip", "load_demo_model", *_LAZY]
 
 
 def __getattr__(name: str):

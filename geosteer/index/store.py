@@ -57,10 +57,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from geosteer.config import HeadConfig, get_config
+from geosteer.encoders.images import load_image
 from geosteer.encoders.parts import split_parts
 from geosteer.encoders.regions import GRID_SCALES, check_method
 from geosteer.head import GeoSteerHead, HeadResult
@@ -93,43 +94,6 @@ class StoreError(ValueError):
 
 
 # ---------------------------------------------------------------- images
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode one image file as the index sees it: RGB, upright.
-
-    EXIF orientation is applied; transparency (RGBA, LA, PA, P with a
-    transparent colour) is composited on white; 16-bit greyscale ("I;16",
-    "I") is scaled by 1/257 and float greyscale ("F", 0-1 or 0-255) to
-    8 bits; every other mode goes through `Image.convert("RGB")`. Boxes in
-    the index are pixels of this image.
-
-    Raises:
-        OSError / ValueError (PIL's): the file is missing, not an image, or truncated.
-    """
-    with Image.open(path) as im:
-        im.load()  # truncated files fail here, not later inside the encoder
-        im = ImageOps.exif_transpose(im)
-    return to_rgb(im)
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """An image of any PIL mode as 8-bit RGB (see `load_image`)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        arr = np.asarray(im).astype(np.float64)
-        if im.mode == "F":
-            scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
-        else:  # "I" holds 16-bit PNGs on older Pillow; 8-bit data in it stays as it is
-            scale = 1.0 / 257.0 if im.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 1.0
-        grey = np.clip(np.nan_to_num(arr * scale) + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 def _decode(path: str) -> tuple[Image.Image | None, str | None]:
