@@ -210,8 +210,9 @@ class Indexer:
         progress: bool = False,
         vocabulary: Mapping[str, str] | None = None,
     ) -> None:
-        # getattr_static: a property such as embed_dim may run the model
-        missing = [a for a in _ENCODER_API if inspect.getattr_static(encoder, a, None) is None]
+        # getattr_static first: a property such as embed_dim may run the model;
+        # hasattr only for wrappers that delegate through __getattr__
+        missing = [a for a in _ENCODER_API if inspect.getattr_static(encoder, a, None) is None and not hasattr(encoder, a)]
         if missing:
             raise TypeError(
                 f"encoder must be a ClipEncoder (geosteer.encoders.load_clip(...)), got {type(encoder).__name__} "
