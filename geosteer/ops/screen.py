@@ -51,6 +51,10 @@ _TINY = 1e-30  # absolute slack: bf16 denormals a CPU may flush to zero
 AUTO_MIN_ITEMS_PER_SHORTLIST = 16
 AUTO_MIN_ELEMENTS = 1 << 20
 AUTO_MIN_QUERIES_UNCACHED = 128
+# Even with the copy cached, each call reads the float32 gallery once to
+# check the copy is current (its fingerprint, `TensorCache.get`); under this
+# many queries the plain matmul, which reads the gallery once too, is as fast.
+AUTO_MIN_QUERIES_CACHED = 16
 # `auto` never makes a bf16 copy larger than this (a 4M x 512 gallery);
 # "bf16" asked explicitly has no cap.
 AUTO_MAX_COPY_BYTES = 4 << 30
@@ -76,10 +80,13 @@ class ScreenStats(NamedTuple):
     gave_up: bool
 
 
-# Galleries seen by `auto`: a GalleryScreen, or _SEEN for a gallery met once
-# with too few queries to pay for its bf16 copy (the next call makes it).
-_SEEN = object()
+# The GalleryScreen of each recent gallery. `get` checks the gallery's content
+# (a write through its numpy view bumps no version counter), so a stale copy
+# never certifies a ranking.
 _GALLERIES = TensorCache(max_entries=4)
+# Galleries `auto` met with too few queries to pay for a bf16 copy (the next
+# call makes it): only a hint for when to screen, so object and version suffice.
+_SEEN_GALLERIES = TensorCache(max_entries=8, verify=False)
 
 
 def check_screen(screen: str) -> str:
@@ -141,10 +148,14 @@ def wants_screen(query: Tensor, gallery: Tensor, k: int, screen: str) -> bool:
     """Resolve `screen` ("auto" | "bf16" | "off") for one call.
 
     "bf16" screens wherever `screen_applies`; "auto" also needs
-    `auto_eligible` and either a cached bf16 copy of this gallery, a gallery
-    seen before (remembered here), or >= 128 queries to amortise making the
-    copy. Inference tensors (made under `torch.inference_mode`)
-    carry no version counter, so nothing is cached for them.
+    `auto_eligible` and either >= 128 queries (to amortise making the bf16
+    copy), or >= 16 queries and a cached copy of this gallery or a gallery
+    seen before (remembered here). Under 16 queries "auto" does not screen:
+    checking the cached copy is current reads the float32 gallery once, as
+    the plain matmul does. Inference tensors (made under
+    `torch.inference_mode`) carry no version counter, so nothing is cached
+    for them. Whether a copy is cached is looked up without reading the
+    gallery (`TensorCache.peek`); `gallery_screen` checks it.
     """
     if screen == "off" or not screen_applies(query, gallery, k):
         return False
@@ -152,16 +163,26 @@ def wants_screen(query: Tensor, gallery: Tensor, k: int, screen: str) -> bool:
         return True
     if not auto_eligible(gallery, k):
         return False
-    if query.shape[0] >= AUTO_MIN_QUERIES_UNCACHED or _GALLERIES.get(gallery) is not None:
+    num_queries = query.shape[0]
+    if num_queries >= AUTO_MIN_QUERIES_UNCACHED:
         return True
-    _GALLERIES.put(gallery, _SEEN)
+    if num_queries < AUTO_MIN_QUERIES_CACHED:
+        return False
+    if _GALLERIES.peek(gallery) is not None or _SEEN_GALLERIES.get(gallery) is not None:
+        return True
+    _SEEN_GALLERIES.put(gallery, True)
     return False
 
 
 def gallery_screen(gallery: Tensor, rows: int = 8192) -> GalleryScreen:
-    """The bf16 copy and norm bounds of `gallery` `[N, D]`, cached per tensor."""
+    """The bf16 copy and norm bounds of `gallery` `[N, D]`, cached per tensor.
+
+    A cached entry is used only if the gallery's content is the one it was
+    made from (`TensorCache.get` compares a fingerprint: one pass over the
+    gallery); else the copy is made again.
+    """
     cached = _GALLERIES.get(gallery)
-    if isinstance(cached, GalleryScreen):
+    if cached is not None:
         return cached
     hi = torch.empty(gallery.shape, dtype=torch.bfloat16, device=gallery.device)
     hi_norm = lo_norm = norm = 0.0
