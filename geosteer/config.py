@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,13 +33,18 @@ class HeadConfig:
     built-in benchmark are the `PRESETS` (`get_config("default")`).
     """
 
-    # K: candidates kept from the first stage and re-ranked (the result width).
+    # K: candidates kept from the first stage and re-ranked. A gallery of N < k
+    # items gives K = min(k, N): the result has min(k, N) columns, so a preset's
+    # k = 100 runs as written on a 30-image gallery. Any integral number
+    # (int, numpy integer); not a bool, not 5.0.
     k: int = 50
     # Size of the local neighbourhoods: N+/N- inside the candidate pool for
     # steering, and the kNN sets of neighbourhood mode (q's nearest pool
-    # items, each candidate's nearest gallery items). Capped at k.
+    # items, each candidate's nearest gallery items). Capped at K = min(k, N).
     neighbors: int = 5
-    # λ: weight of the part alignment A(q, c); 0 disables re-ranking.
+    # λ: weight of the part alignment A(q, c), in [0, 1]; 0 disables re-ranking.
+    # Every float knob (lam, alpha, beta, gamma) takes an int, float or numpy
+    # real (stored as float); NaN, inf and bools are refused.
     lam: float = 0.5
     # α: step of the steering move q' = normalise(q + α Σ_j d_j); 0 disables it.
     alpha: float = 0.0
@@ -44,6 +52,7 @@ class HeadConfig:
     # query, β·relu(max_j c·u_j − c·q); 0 disables it.
     beta: float = 0.0
     # γ: weight of the structure term R(q, c) (relations between parts).
+    # alpha, beta and gamma lie in [0, MAX_WEIGHT].
     gamma: float = 0.0
     # How each steering direction d_j is built (geosteer.stages.steer):
     # "near" (mean of the pool items nearest each anchor), "margin" (pool
@@ -76,35 +85,71 @@ class HeadConfig:
     screen: Screen = "auto"
 
     def __post_init__(self) -> None:
-        _check_positive_int("k", self.k)
-        _check_positive_int("neighbors", self.neighbors)
-        _check_positive_int("chunk_elements", self.chunk_elements)
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        # Normalised in place (numpy scalars -> int / float / str), so the
+        # head, its repr and torch.compile only ever see plain Python values.
+        for name in ("k", "neighbors", "chunk_elements"):
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
+        object.__setattr__(self, "lam", _real("lam", self.lam, 0.0, 1.0))
         for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        check_choice("steer_design", self.steer_design, DESIGNS)
-        check_choice("mode", self.mode, MODES)
-        check_choice("matching", self.matching, MATCHINGS)
-        check_choice("backend", self.backend, BACKENDS)
-        check_choice("solver", self.solver, SOLVERS)
-        check_choice("screen", self.screen, SCREENS)
+            object.__setattr__(self, name, _real(name, getattr(self, name), 0.0, MAX_WEIGHT))
+        for name, choices in (("steer_design", DESIGNS), ("mode", MODES), ("matching", MATCHINGS),
+                              ("backend", BACKENDS), ("solver", SOLVERS), ("screen", SCREENS)):
+            object.__setattr__(self, name, check_choice(name, getattr(self, name), choices))
 
     @property
     def pool_neighbors(self) -> int:
-        """The neighbourhood size actually used: `neighbors` capped at `k`."""
+        """`neighbors` capped at `k` (a call caps it at K = min(k, N): `geosteer.inputs.num_candidates`)."""
         return min(self.neighbors, self.k)
 
     def replace(self, **changes) -> "HeadConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Raises:
+            TypeError: an unknown field name, or a value of the wrong type.
+            ValueError: a value out of range.
+        """
+        unknown = sorted(set(changes) - _FIELDS)
+        if unknown:
+            raise TypeError(f"unknown HeadConfig field(s) {', '.join(map(repr, unknown))}; fields: {sorted(_FIELDS)}")
         return dataclasses.replace(self, **changes)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+#: Largest alpha / beta / gamma. Every score term lies in [-1, 1]; a weight
+#: above ~2^24 leaves the others below float32 resolution in the fused score
+#: and, on the steering path, overflows float32 norms long before 3.4e38.
+MAX_WEIGHT = 1e6
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(HeadConfig))
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_ without importing numpy
+
+
+def _positive_int(name: str, value) -> int:
+    """`value` as an int >= 1: any integral number (int, numpy integer), not a bool or a float."""
+    if _is_bool(value) or isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if number < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+
+def _real(name: str, value, low: float, high: float) -> float:
+    """`value` as a float in `[low, high]`: an int, float or numpy real; not a bool, NaN or inf."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not low <= number <= high:
+        what = "must lie in [0, 1]" if (low, high) == (0.0, 1.0) else f"must be a non-negative number <= {high:g}"
+        raise ValueError(f"{name} {what}, got {value!r}")
+    return number
 
 
 # Tuned on the GeoShapes validation seeds with the demo model, "masked"
@@ -132,8 +177,11 @@ def get_config(name: str, **overrides) -> HeadConfig:
     """The named preset, with `overrides` applied.
 
     Raises:
-        ValueError: unknown preset name.
+        TypeError: `name` is not a str; an override of the wrong type or unknown.
+        ValueError: unknown preset name; an override out of range.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a preset name (str), one of {sorted(PRESETS)}, got {type(name).__name__}")
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geosteer.config import HeadConfig
-from geosteer.inputs import GallerySide, QuerySide, gallery_side, query_side, validate
+from geosteer.inputs import GallerySide, QuerySide, gallery_side, num_candidates, query_side, validate
+from geosteer.ops.checks import check_rows
 from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
@@ -28,7 +29,7 @@ StageHook = Callable[[str], ContextManager]
 
 
 class HeadResult(NamedTuple):
-    """What the head returns; every `[Q, K]` field is in final ranking order."""
+    """What the head returns; every `[Q, K]` field is in final ranking order, K = min(k, N)."""
 
     indices: Tensor  # [Q, K] int64 gallery ids, best first
     scores: Tensor  # [Q, K] float32 fused scores S(q, c), descending
@@ -45,7 +46,8 @@ class GeoSteerHead(nn.Module):
     Takes embeddings (no model inside): L2-normalised queries `[Q, D]` and
     gallery `[N, D]`, optional part sets, contrast embeddings and relations,
     and returns the top-K re-ranked by
-    `S = (1 - λ)·s + λ·A + γ·R` where `s` is the (steered) cosine.
+    `S = (1 - λ)·s + λ·A + γ·R` where `s` is the (steered) cosine. K is
+    `min(config.k, N)`: a gallery smaller than k gives results of N columns.
 
     Args:
         config: a `HeadConfig`; keyword arguments override its fields
@@ -88,18 +90,21 @@ class GeoSteerHead(nn.Module):
         """Re-rank the gallery for each query.
 
         Args:
-            query: `[Q, D]` float, L2-normalised (re-normalised here), or a
-                whole `QuerySide` (then its part/anchor keywords stay None).
+            query: `[Q, D]` float, L2-normalised, or a whole `QuerySide`
+                (then its part/anchor keywords stay None).
             gallery: `[N, D]` same dtype/device, L2-normalised, or a whole
                 `GallerySide`.
-            query_parts: `[Q, m, D]` part embeddings (one per object phrase).
+            query_parts: `[Q, m, D]` part embeddings (one per object phrase),
+                L2-normalised where valid.
             query_parts_mask: `[Q, m]` bool, True = valid (default all valid).
-            gallery_parts: `[N, n, D]` region / annotation embeddings, L2-normalised.
+            gallery_parts: `[N, n, D]` region / annotation embeddings,
+                L2-normalised where valid.
             gallery_parts_mask: `[N, n]` bool.
-            negatives: `[Q, u, D]` contrast (confuser) embeddings for steering.
+            negatives: `[Q, u, D]` contrast (confuser) embeddings for steering,
+                L2-normalised where valid.
             negatives_mask: `[Q, u]` bool.
-            positives: `[Q, u, D]` or `[Q, 1, D]` positive anchors, paired with
-                the negatives; default: the query parts when m == u, else q.
+            positives: `[Q, u, D]` or `[Q, 1, D]` L2-normalised positive anchors,
+                paired with the negatives; default: the query parts when m == u, else q.
             query_relations: `[Q, r, 3]` int64 (i, j, type) over query parts,
                 type indexes `geosteer.RELATIONS`; i < 0 marks padding.
             gallery_part_boxes: `[N, n, 4]` float boxes of gallery parts.
@@ -107,14 +112,20 @@ class GeoSteerHead(nn.Module):
                 (`geosteer.knn_graph`), k' >= neighbors, for neighbourhood mode;
                 without it the candidates' neighbours are searched per call
                 (Q·K·N·D work: fine for small galleries only).
-            first_stage: `(scores [Q, K'], ids [Q, K'])` from an external index
-                (FAISS) with K' >= k, used instead of the exact first stage.
+            first_stage: `(scores [Q, K'], ids [Q, K'])` from an external
+                inner-product index (FAISS) with K' >= K and distinct ids per
+                row, used instead of the exact first stage.
 
         Returns:
-            `HeadResult`, every `[Q, K]` field in final order.
+            `HeadResult`, every `[Q, K]` field in final order, K = min(k, N).
 
         Raises:
-            TypeError / ValueError: naming the bad argument (DESIGN §5).
+            TypeError / ValueError: naming the bad argument (DESIGN §5): wrong
+                types (a numpy array: use `torch.from_numpy`), shapes, dtypes or
+                devices; NaN/inf; embeddings that are not L2-normalised (to a
+                dtype's rounding; masked-out rows exempt; `gallery_parts` in
+                the candidates' rows only); all-masked rows; ids or relation
+                rows out of range; repeated first-stage ids.
         """
         cfg = self.config
         q = query_side(query, query_parts=query_parts, query_parts_mask=query_parts_mask, negatives=negatives,
@@ -126,12 +137,18 @@ class GeoSteerHead(nn.Module):
         with self._stage("validate"):
             checks_ = validate(cfg, q, g, first_stage, parts_mode, rerank)
             query_emb = F.normalize(q.embeddings, dim=-1)
+            num_cands = num_candidates(cfg, g.embeddings.shape[0])
+            pool = min(cfg.neighbors, num_cands)
         with self._stage("first_stage"):
-            s0, ids = self._candidates(query_emb, g.embeddings, first_stage)
-        s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0)
+            s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands)
+            if parts_mode and (rerank or (cfg.beta > 0 and q.negatives is not None)):
+                # gallery_parts is read in the candidates' rows only: those are
+                # checked (finite, L2-normalised where valid); eager, before any is read.
+                checks_ = checks_ + check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
+        s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
         align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
         if rerank:
-            align, cols = self._align(query_emb, q, g, ids, parts_mode)
+            align, cols = self._align(query_emb, q, g, ids, parts_mode, pool)
             if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
                 with self._stage("structure"):
                     structure = relation_score(cols, ids, g.part_boxes, q.relations)
@@ -155,18 +172,19 @@ class GeoSteerHead(nn.Module):
         return contextlib.nullcontext() if self.stage_hook is None else self.stage_hook(name)
 
     def _candidates(
-        self, query: Tensor, gallery: Tensor, first_stage: tuple[Tensor, Tensor] | None
+        self, query: Tensor, gallery: Tensor, first_stage: tuple[Tensor, Tensor] | None, num_cands: int
     ) -> tuple[Tensor, Tensor]:
         """Stage 0: first-stage scores `[Q, K]` float32 (descending) and ids `[Q, K]`."""
         cfg = self.config
         if first_stage is None:
-            return exact_first_stage(query, gallery, cfg.k, cfg.chunk_elements, cfg.backend, cfg.screen)
+            return exact_first_stage(query, gallery, num_cands, cfg.chunk_elements, cfg.backend, cfg.screen)
         scores, ids = first_stage
-        top = scores.float().topk(cfg.k, dim=1, sorted=True)  # external order need not be sorted
+        top = scores.float().topk(num_cands, dim=1, sorted=True)  # external order need not be sorted
         return top.values, ids.long().gather(1, top.indices)
 
     def _steer(
-        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor
+        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor,
+        pool: int,
     ) -> Tensor:
         """Stage 1: steered scores q'·c `[Q, K]`, less the β confuser penalty.
 
@@ -182,7 +200,7 @@ class GeoSteerHead(nn.Module):
             neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
             pos = self._positives(query, q.parts, q.positives, neg.shape[1])
             if cfg.alpha > 0:
-                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, cfg.pool_neighbors, cfg.alpha,
+                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, pool, cfg.alpha,
                                            cfg.backend, cfg.steer_design)
             elif regions is None:
                 s, neg_sims = s0, project(gallery, ids, neg, cfg.backend)
@@ -195,7 +213,9 @@ class GeoSteerHead(nn.Module):
                 s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
             return s
 
-    def _align(self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool) -> tuple[Tensor, Tensor]:
+    def _align(
+        self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool, pool: int
+    ) -> tuple[Tensor, Tensor]:
         """Stage 2: alignment A(q, c) `[Q, K]` and the matched region per part `[Q, K, m]`."""
         cfg = self.config
         with self._stage("cost"):
@@ -209,7 +229,7 @@ class GeoSteerHead(nn.Module):
                 cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend)
                 num_valid = qmask.sum(dim=1)
             else:
-                k = cfg.pool_neighbors
+                k = pool
                 if g.neighbors is None:
                     nbrs = neighbours_of(g.embeddings, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
                 else:

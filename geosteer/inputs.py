@@ -9,7 +9,8 @@ are the same call, and so is the keyword-tensor call
 
 `validate` checks one call in one place (DESIGN §5). The static checks read
 only metadata, so they run eagerly and under torch.compile alike; value
-checks (NaN/inf, empty masks, id ranges) are the ops in `geosteer.ops.checks`.
+checks (NaN/inf, L2 norms, magnitudes, empty masks, id ranges and repeats,
+relation rows) are the ops in `geosteer.ops.checks`.
 Every failure names the argument and what was expected.
 """
 
@@ -122,13 +123,25 @@ def gallery_side(gallery, **keywords: Tensor | None) -> GallerySide:
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _not_a_tensor(name: str, x, shape_doc: str) -> TypeError:
+    if type(x).__module__ == "numpy" and type(x).__name__ == "ndarray":
+        return TypeError(f"{name} must be a torch.Tensor {shape_doc}, got a numpy.ndarray; pass torch.from_numpy({name})")
+    return TypeError(f"{name} must be a torch.Tensor {shape_doc}, got {type(x).__name__}")
+
+
 def tensor(name: str, x, ndim: int, shape_doc: str) -> Tensor:
     """Check `x` is a Tensor of rank `ndim`; return it."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {shape_doc}, got {type(x).__name__}")
+        raise _not_a_tensor(name, x, shape_doc)
     if x.ndim != ndim:
         raise ValueError(f"{name} must have shape {shape_doc}, got {tuple(x.shape)}")
     return x
+
+
+def on_device(name: str, x: Tensor, like: Tensor) -> None:
+    """`x` must live on `like`'s (the query's) device."""
+    if x.device != like.device:
+        raise ValueError(f"{name} is on {x.device} but query is on {like.device}")
 
 
 def embeddings(name: str, x, ndim: int, shape_doc: str, like: Tensor | None = None) -> Tensor:
@@ -139,8 +152,7 @@ def embeddings(name: str, x, ndim: int, shape_doc: str, like: Tensor | None = No
     if like is not None:
         if x.dtype != like.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but query has {like.dtype}; cast them to one dtype")
-        if x.device != like.device:
-            raise ValueError(f"{name} is on {x.device} but query is on {like.device}")
+        on_device(name, x, like)
         if x.shape[-1] != like.shape[-1]:
             raise ValueError(f"{name} has dim D={x.shape[-1]} but query has D={like.shape[-1]}")
     return x
@@ -151,15 +163,14 @@ def mask(name: str, m, shape: tuple[int, ...], like: Tensor) -> Tensor:
     # Shapes are formatted only when raising: under torch.compile(dynamic=True)
     # they are symbolic, and formatting one is a graph break.
     if not isinstance(m, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {list(shape)}, got {type(m).__name__}")
+        raise _not_a_tensor(name, m, "[" + ", ".join(str(d) for d in shape) + "]")
     if m.ndim != len(shape):
         raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(m.shape)}")
     if m.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = valid), got {m.dtype}")
     if tuple(m.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(m.shape)}")
-    if m.device != like.device:
-        raise ValueError(f"{name} is on {m.device} but query is on {like.device}")
+    on_device(name, m, like)
     return m
 
 
@@ -178,7 +189,11 @@ def nonempty(name: str, x: Tensor, dim: int, what: str) -> None:
 def part_set(
     name: str, parts, parts_mask, rows: int, rows_name: str, set_name: str, query: Tensor, check_values: bool
 ) -> list[Tensor]:
-    """Check an optional part set `[R, s, D]` and its mask `[R, s]`; return value-check flags."""
+    """Check an optional part set `[R, s, D]` and its mask `[R, s]`; return value-check flags.
+
+    With `check_values` the set must be finite and its valid rows
+    L2-normalised (masked-out rows are exempt from the norm check).
+    """
     flags = []
     if parts is None:
         if parts_mask is not None:
@@ -187,12 +202,17 @@ def part_set(
     embeddings(name, parts, 3, f"[{rows_name}, {set_name}, D]", like=query)
     leading(name, parts, rows, rows_name)
     nonempty(name, parts, 1, set_name)
-    if check_values:
-        flags.append(checks.check_finite(parts, name))
     if parts_mask is not None:
         mask(f"{name}_mask", parts_mask, tuple(parts.shape[:2]), query)
         flags.append(checks.check_rows_any(parts_mask, f"{name}_mask"))
+    if check_values:
+        flags.append(checks.check_finite(parts, name, True, parts_mask))
     return flags
+
+
+def num_candidates(cfg: HeadConfig, num_items: int) -> int:
+    """K = min(k, N): the candidates a call keeps and the result's width."""
+    return min(cfg.k, num_items)
 
 
 def validate(
@@ -202,7 +222,9 @@ def validate(
 
     Static checks raise here; value checks run as `geosteer::check_*` ops
     whose zero outputs are summed and returned, for the head to add to its
-    scores (so a compiler cannot drop them).
+    scores (so a compiler cannot drop them). The one value check that needs
+    the candidates (`gallery_parts`' rows) is the head's, after the first
+    stage (`checks.check_rows`).
 
     Args:
         cfg: the head's config.
@@ -221,20 +243,20 @@ def validate(
     nonempty("query", query, 0, "Q")
     nonempty("query", query, 1, "D")
     nonempty("gallery", items.embeddings, 0, "N")
-    if cfg.k > num_items:
-        raise ValueError(f"k={cfg.k} exceeds the gallery size N={num_items}")
-    flags = [checks.check_finite(query, "query"), checks.check_finite(items.embeddings, "gallery")]
+    num_cands = num_candidates(cfg, num_items)
+    # One pass each: NaN/inf and row norms. The gallery's result is cached
+    # per tensor (checks._FINITE_SEEN) until TensorCache sees it change.
+    flags = [checks.check_finite(query, "query", True), checks.check_finite(items.embeddings, "gallery", True)]
     flags += part_set("query_parts", queries.parts, queries.parts_mask, num_queries, "Q", "m", query, check_values=True)
-    # Non-finite candidate parts are caught inside geosteer::part_cost, on the
-    # gathered rows only: scanning all N x n x D here would cost as much as
-    # the re-ranking itself.
+    # Values of gallery_parts are checked in the candidates' rows only
+    # (checks.check_rows, after the first stage): scanning all N x n x D here
+    # would cost as much as the re-ranking itself.
     flags += part_set("gallery_parts", items.parts, items.parts_mask, num_items, "N", "n", query, check_values=False)
     flags += _anchors(cfg, queries)
-    if cfg.gamma > 0 and (queries.relations is not None or items.part_boxes is not None):
-        flags += _structure(queries, items, parts_mode)
-    flags += _neighbors(cfg, items, parts_mode, rerank)
+    flags += _structure(cfg, queries, items, parts_mode)
+    flags += _neighbors(cfg, items, parts_mode, rerank, num_cands)
     if first_stage is not None:
-        flags += _first_stage(cfg, first_stage, num_queries, num_items)
+        flags += _first_stage(cfg, first_stage, query, num_items, num_cands)
     return torch.stack(flags).sum()
 
 
@@ -243,75 +265,118 @@ def _anchors(cfg: HeadConfig, queries: QuerySide) -> list[Tensor]:
     query, negatives, positives = queries.embeddings, queries.negatives, queries.positives
     num_queries = query.shape[0]
     flags = []
+    neg_mask = queries.negatives_mask
     if negatives is not None:
         embeddings("negatives", negatives, 3, "[Q, u, D]", like=query)
         leading("negatives", negatives, num_queries, "Q")
         nonempty("negatives", negatives, 1, "u")
-        flags.append(checks.check_finite(negatives, "negatives"))
-        if queries.negatives_mask is not None:
-            mask("negatives_mask", queries.negatives_mask, tuple(negatives.shape[:2]), query)
+        if neg_mask is not None:
+            mask("negatives_mask", neg_mask, tuple(negatives.shape[:2]), query)
+        flags.append(checks.check_finite(negatives, "negatives", True, neg_mask))
     elif cfg.alpha > 0 or cfg.beta > 0:
         raise ValueError(f"alpha={cfg.alpha} / beta={cfg.beta} steer away from negatives [Q, u, D], but none were given")
-    elif queries.negatives_mask is not None:
+    elif neg_mask is not None:
         raise ValueError("negatives_mask was given without negatives")
     if positives is not None:
         embeddings("positives", positives, 3, "[Q, u, D] or [Q, 1, D]", like=query)
         leading("positives", positives, num_queries, "Q")
+        nonempty("positives", positives, 1, "u")
         if negatives is not None and positives.shape[1] not in (1, negatives.shape[1]):
             raise ValueError(
                 f"positives has {positives.shape[1]} anchors; expected 1 or u={negatives.shape[1]} (one per negative)"
             )
-        flags.append(checks.check_finite(positives, "positives"))
+        # A positive paired with a masked-out negative is never read.
+        paired = negatives is not None and neg_mask is not None and positives.shape[1] == negatives.shape[1]
+        flags.append(checks.check_finite(positives, "positives", True, neg_mask if paired else None))
     return flags
 
 
-def _structure(queries: QuerySide, items: GallerySide, parts_mode: bool) -> list[Tensor]:
-    """The structure term's inputs: relations `[Q, r, 3]` int64 and part boxes `[N, n, 4]`."""
-    relations, boxes = queries.relations, items.part_boxes
-    num_queries, num_items = queries.embeddings.shape[0], items.embeddings.shape[0]
+#: Largest |coordinate| of a part box: float32 box arithmetic (centres,
+#: offsets, extents) is exact to the pixel up to 2^24, and far from overflow.
+MAX_BOX_COORD = float(2**24)
+
+
+def _structure(cfg: HeadConfig, queries: QuerySide, items: GallerySide, parts_mode: bool) -> list[Tensor]:
+    """The structure term's inputs: relations `[Q, r, 3]` int64 and part boxes `[N, n, 4]`.
+
+    Given ones are always type-, rank- and device-checked; their values and
+    the pair only when γ > 0 reads them.
+    """
+    relations, boxes, query = queries.relations, items.part_boxes, queries.embeddings
+    if relations is not None:
+        tensor("query_relations", relations, 3, "[Q, r, 3]")
+        on_device("query_relations", relations, query)
+    if boxes is not None:
+        tensor("gallery_part_boxes", boxes, 3, "[N, n, 4]")
+        on_device("gallery_part_boxes", boxes, query)
+    # `not γ > 0`, never `γ == 0`: under torch.compile(dynamic=True) a float
+    # equality specialises the graph on γ's value (one recompile per preset).
+    if not cfg.gamma > 0 or (relations is None and boxes is None):
+        return []
+    num_queries, num_items = query.shape[0], items.embeddings.shape[0]
     if relations is None or boxes is None:
         raise ValueError("the structure term needs both query_relations [Q, r, 3] and gallery_part_boxes [N, n, 4]")
     if not parts_mode:
         raise ValueError("query_relations need part sets (query_parts and gallery_parts)")
-    tensor("query_relations", relations, 3, "[Q, r, 3]")
     if relations.dtype != torch.long or relations.shape[0] != num_queries or relations.shape[2] != 3:
         raise ValueError(
             f"query_relations must be int64 [Q={num_queries}, r, 3], got {relations.dtype} {list(relations.shape)}"
         )
-    tensor("gallery_part_boxes", boxes, 3, "[N, n, 4]")
     expected = [num_items, items.parts.shape[1], 4]
     if list(boxes.shape) != expected or not boxes.is_floating_point():
         raise ValueError(f"gallery_part_boxes must be float {expected}, got {boxes.dtype} {list(boxes.shape)}")
-    return [checks.check_finite(boxes, "gallery_part_boxes"),
+    return [checks.check_range(boxes, "gallery_part_boxes", MAX_BOX_COORD,
+                               "box coordinates; float32 box arithmetic is exact to the pixel up to 2^24"),
             checks.check_relations(relations, queries.parts.shape[1], "query_relations")]
 
 
-def _neighbors(cfg: HeadConfig, items: GallerySide, parts_mode: bool, rerank: bool) -> list[Tensor]:
+def _neighbors(cfg: HeadConfig, items: GallerySide, parts_mode: bool, rerank: bool, num_cands: int) -> list[Tensor]:
     """Neighbourhood mode: the kNN graph `[N, k']` int64, or a gallery large enough to search one."""
     graph, num_items = items.neighbors, items.embeddings.shape[0]
+    pool = min(cfg.neighbors, num_cands)
     if graph is None:
-        if not parts_mode and rerank and cfg.pool_neighbors >= num_items:
-            raise ValueError(f"neighbourhood mode needs neighbors={cfg.pool_neighbors} < N={num_items}")
+        if not parts_mode and rerank and pool >= num_items:
+            raise ValueError(f"neighbourhood mode needs neighbors={pool} < N={num_items}")
         return []
     tensor("gallery_neighbors", graph, 2, "[N, k']")
+    on_device("gallery_neighbors", graph, items.embeddings)
     if graph.dtype != torch.long or graph.shape[0] != num_items:
         raise ValueError(f"gallery_neighbors must be int64 [N={num_items}, k'], got {graph.dtype} {list(graph.shape)}")
-    if graph.shape[1] < cfg.pool_neighbors:
-        raise ValueError(f"gallery_neighbors has k'={graph.shape[1]} columns but neighbors={cfg.pool_neighbors}")
+    if graph.shape[1] < pool:
+        raise ValueError(f"gallery_neighbors has k'={graph.shape[1]} columns but neighbors={pool}")
     return [checks.check_ids(graph, num_items, "gallery_neighbors")]
 
 
-def _first_stage(cfg: HeadConfig, first_stage, num_queries: int, num_items: int) -> list[Tensor]:
-    """An external first stage: `(scores [Q, K'], ids [Q, K'])` with K' >= k and ids in `[0, N)`."""
+#: External first-stage scores must be cosines q·c of L2-normalised
+#: embeddings, in [-1, 1]; this much more is rounding (an fp16 index, PQ).
+MAX_FIRST_STAGE_SCORE = 1.01
+
+
+def _first_stage(cfg: HeadConfig, first_stage, query: Tensor, num_items: int, num_cands: int) -> list[Tensor]:
+    """An external first stage: `(scores [Q, K'], ids [Q, K'])`, K' >= K, distinct ids in `[0, N)` per row."""
     if not isinstance(first_stage, (tuple, list)) or len(first_stage) != 2:
         raise TypeError("first_stage must be a (scores [Q, K'], ids [Q, K']) pair")
+    num_queries = query.shape[0]
     fs_scores, fs_ids = first_stage
     tensor("first_stage scores", fs_scores, 2, "[Q, K']")
     tensor("first_stage ids", fs_ids, 2, "[Q, K']")
+    if not fs_scores.is_floating_point():
+        raise TypeError(f"first_stage scores must be a float tensor, got {fs_scores.dtype}")
     if fs_ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"first_stage ids must be int32/int64, got {fs_ids.dtype}")
+    on_device("first_stage scores", fs_scores, query)
+    on_device("first_stage ids", fs_ids, query)
     if tuple(fs_scores.shape) != tuple(fs_ids.shape) or fs_ids.shape[0] != num_queries:
         raise ValueError(f"first_stage scores and ids must both be [Q={num_queries}, K'], got {list(fs_scores.shape)} and {list(fs_ids.shape)}")
-    if fs_ids.shape[1] < cfg.k:
-        raise ValueError(f"first_stage holds K'={fs_ids.shape[1]} candidates but k={cfg.k}")
-    return [checks.check_ids(fs_ids, num_items, "first_stage ids"), checks.check_finite(fs_scores, "first_stage scores")]
+    if fs_ids.shape[1] < num_cands:
+        capped = f" (K = min(k, N={num_items}) = {num_cands})" if num_cands != cfg.k else ""
+        raise ValueError(f"first_stage holds K'={fs_ids.shape[1]} candidates but k={cfg.k}{capped}")
+    flags = [checks.check_ids(fs_ids, num_items, "first_stage ids", True)]
+    if cfg.lam < 1 or cfg.alpha > 0 or cfg.beta > 0:
+        # The scores enter the fused score (and the steering) as s(q, c).
+        flags.append(checks.check_range(fs_scores, "first_stage scores", MAX_FIRST_STAGE_SCORE,
+                                        "cosines q·c of L2-normalised embeddings; an L2 index returns distances: "
+                                        "use an inner-product index"))
+    else:
+        flags.append(checks.check_finite(fs_scores, "first_stage scores"))  # they only pick the top K
+    return flags

@@ -280,7 +280,6 @@ def test_config_presets_and_overrides():
     "field, value, message",
     [
         ("k", 0, "k must be"),
-        ("k", 2.5, "k must be"),
         ("neighbors", 0, "neighbors must be"),
         ("lam", 1.5, "lam must lie"),
         ("alpha", -1.0, "alpha must be"),
@@ -293,6 +292,40 @@ def test_config_presets_and_overrides():
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         HeadConfig(**{field: value})
+
+
+def test_config_refuses_wrong_types_with_type_error():
+    # Every field: tests/test_validation.py::test_every_config_field_names_itself_on_a_wrong_type.
+    with pytest.raises(TypeError, match="k must be an int"):
+        HeadConfig(k=2.5)
+
+
+def test_k_above_n_compiles_to_one_graph_and_stays_plain_cosine():
+    """K = min(k, N) under torch.compile(fullgraph=True): one graph, equal to eager and to plain cosine."""
+    from torch._inductor.compile_fx import compile_fx
+
+    torch._dynamo.reset()
+    data = random_parts_problem(seed=3, num_items=20)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return compile_fx(gm, example_inputs)
+
+    try:
+        for head in (GeoSteerHead(k=100, lam=0.0), GeoSteerHead(k=100, lam=0.5)):
+            compiled = torch.compile(head, fullgraph=True, backend=backend)
+            got, want = compiled(**data), head(**data)
+            assert got.indices.shape == (12, 20)
+            assert torch.equal(got.indices, want.indices)
+            torch.testing.assert_close(got.scores, want.scores)
+        assert len(graphs) == 2
+        expected = (data["query"] @ data["gallery"].T).sort(dim=1, descending=True)
+        cosine = GeoSteerHead(k=100, lam=0.0, alpha=0.0, beta=0.0, gamma=0.0)(data["query"], data["gallery"])
+        assert torch.equal(cosine.indices, expected.indices)
+        torch.testing.assert_close(cosine.scores, expected.values)
+    finally:
+        torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------- the head's boundary: typed sides, stage hook, knobs

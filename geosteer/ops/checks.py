@@ -1,10 +1,20 @@
 """Data-dependent input checks, as custom ops.
 
 Shape and dtype checks are static and run in plain Python (they trace fine
-under torch.compile). Checks that must look at values (NaN/inf, all-masked
-rows, ids out of range) would break a `fullgraph=True` trace, so they live in
-opaque custom ops that return a zero scalar; the head adds that zero to its
-scores so the compiler cannot drop the check.
+under torch.compile). Checks that must look at values (NaN/inf, row norms,
+magnitudes, all-masked rows, ids out of range or repeated) would break a
+`fullgraph=True` trace, so they live in opaque custom ops that return a zero
+scalar; the head adds that zero to its scores so the compiler cannot drop
+the check.
+
+What is scanned when (the README's "Guarantees" list):
+
+- `check_finite`: the whole tensor on every call, except that a tensor
+  checked without a mask (the gallery, above all) is remembered once clean
+  (`_FINITE_SEEN`) and not scanned again until it changes.
+- `check_range`: the same, for boxes and external first-stage scores.
+- `check_rows`: only the candidates' rows of `gallery_parts`, on every call
+  (each distinct candidate once).
 """
 
 from __future__ import annotations
@@ -15,30 +25,162 @@ from torch import Tensor
 from geosteer.ops.tensor_cache import TensorCache
 from geosteer.relations import RELATIONS
 
-# Tensors already found finite. Serving code passes the same gallery on every
+# Tensors already found clean: the value is "unit" (finite, unit rows),
+# "finite" or "range <bound>". Serving code passes the same gallery on every
 # call; re-scanning 100k x 512 floats each time cost ~15% of the first stage
-# on 2 cores. An in-place change bumps the version counter, so a modified
-# tensor is scanned again.
+# on 2 cores. A tensor changed since (as `TensorCache` tells) is scanned again.
 _FINITE_SEEN = TensorCache(max_entries=8)
 
+#: Largest |1 - ‖row‖| accepted as "L2-normalised", per dtype: 4 units of
+#: rounding of the dtype (a row normalised in float32 and cast keeps its norm
+#: within one unit), at least 1e-3.
+UNIT_TOLERANCE = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
-@torch.library.custom_op("geosteer::check_finite", mutates_args=())
-def check_finite(x: Tensor, name: str) -> Tensor:
-    """Raise `ValueError` if `x` holds NaN or ±inf; else return a float32 zero."""
-    if x.numel() and _FINITE_SEEN.get(x) is None:
-        # Any NaN/inf makes the sum non-finite, so a finite sum proves the
-        # tensor clean with one streaming pass and no [N, D] bool temporary;
-        # only a non-finite sum (a fault, or an overflow of huge finite
-        # values) pays for the exact element-wise check.
-        if not bool(torch.isfinite(x.sum(dtype=torch.float32))) and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or inf entries; embeddings must be finite")
-        _FINITE_SEEN.put(x, True)
+# Rows gathered at once by `check_rows` (elements of the [rows, n, D] block).
+_ROWS_CHUNK_ELEMENTS = 1 << 22
+
+
+def _zero(x: Tensor) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=x.device)
 
 
+def _row_norms(x: Tensor) -> Tensor:
+    """‖row‖ over the last dim, in float32 (float64 for float64), one streaming pass."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}" if abs(value - 1.0) >= 0.01 else f"{value:.6f}"
+
+
+def _raise_not_unit(name: str, norms: Tensor, where: str = "") -> None:
+    lo, hi = float(norms.min()), float(norms.max())
+    raise ValueError(
+        f"{name} rows must be L2-normalised (norms {_fmt(lo)} to {_fmt(hi)}{where}); "
+        f"pass torch.nn.functional.normalize({name}, dim=-1)"
+    )
+
+
+def _not_finite(name: str) -> ValueError:
+    return ValueError(f"{name} contains NaN or inf entries; embeddings must be finite")
+
+
+@torch.library.custom_op("geosteer::check_finite", mutates_args=())
+def check_finite(x: Tensor, name: str, unit_rows: bool = False, mask: Tensor | None = None) -> Tensor:
+    """Raise `ValueError` if `x` holds NaN or ±inf, or (`unit_rows`) a row whose L2 norm is not 1.
+
+    Args:
+        x: `[..., D]` float.
+        name: the argument's name, for the message.
+        unit_rows: also check every row (last dim) is L2-normalised, within
+            `UNIT_TOLERANCE[x.dtype]`; one pass computes the row norms, which
+            are non-finite exactly when a row holds NaN/inf or overflows.
+        mask: `x.shape[:-1]` bool, True = valid: rows masked out are exempt
+            from the norm check (padding may be zeros), not from the finite
+            check. With a mask the result is not cached.
+
+    Returns:
+        a float32 zero scalar.
+    """
+    if not x.numel():
+        return _zero(x)
+    level = "unit" if unit_rows else "finite"
+    cacheable = mask is None
+    seen = _FINITE_SEEN.get(x) if cacheable else None
+    if seen == "unit" or seen == level:
+        return _zero(x)
+    if unit_rows:
+        norms = _row_norms(x)
+        if not bool(torch.isfinite(norms).all()) and not bool(torch.isfinite(x).all()):
+            raise _not_finite(name)
+        valid = norms if mask is None else norms[mask]
+        if valid.numel() and not bool(((valid - 1.0).abs() <= UNIT_TOLERANCE[x.dtype]).all()):
+            _raise_not_unit(name, valid, "" if mask is None else f" over the rows {name}_mask keeps; masked-out rows are exempt")
+    # Any NaN/inf makes the sum non-finite, so a finite sum proves the
+    # tensor clean with one streaming pass and no [N, D] bool temporary;
+    # only a non-finite sum (a fault, or an overflow of huge finite values)
+    # pays for the exact element-wise check.
+    elif not bool(torch.isfinite(x.sum(dtype=torch.float32))) and not bool(torch.isfinite(x).all()):
+        raise _not_finite(name)
+    if cacheable:
+        _FINITE_SEEN.put(x, level)
+    return _zero(x)
+
+
 @check_finite.register_fake
-def _(x: Tensor, name: str) -> Tensor:
+def _(x: Tensor, name: str, unit_rows: bool = False, mask: Tensor | None = None) -> Tensor:
     return x.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("geosteer::check_range", mutates_args=())
+def check_range(x: Tensor, name: str, bound: float, hint: str) -> Tensor:
+    """Raise `ValueError` unless every entry of `x` is finite with |value| <= `bound` (`hint` says why).
+
+    One pass (`aminmax`, which NaN propagates through); a tensor found clean
+    is remembered like the gallery in `check_finite`.
+    """
+    if not x.numel() or _FINITE_SEEN.get(x) == f"range {bound}":
+        return _zero(x)
+    lo, hi = (float(v) for v in torch.aminmax(x.float() if not x.is_floating_point() else x))
+    if not (-bound <= lo and hi <= bound):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf entries; it must be finite")
+        raise ValueError(f"{name} must lie in [-{bound:g}, {bound:g}] ({hint}), got values from {lo:.4g} to {hi:.4g}")
+    _FINITE_SEEN.put(x, f"range {bound}")
+    return _zero(x)
+
+
+@check_range.register_fake
+def _(x: Tensor, name: str, bound: float, hint: str) -> Tensor:
+    return x.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("geosteer::check_rows", mutates_args=())
+def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Tensor:
+    """Raise `ValueError` if a candidate's valid row of `parts [N, n, D]` is not finite and L2-normalised.
+
+    Only the rows of the items in `ids` are checked (the rows the head reads),
+    each distinct item once per call: gathered in blocks, or, when they are
+    more than half the gallery, read in one streaming pass over `parts`. So a
+    call costs at most one pass over `parts` (for one query, serving: K rows). Nothing is cached: remembering which items passed
+    would need a proof per call that `parts` is unchanged, and the content
+    fingerprint `TensorCache` takes for that reads all N x n x D. Rows that
+    `mask [N, n]` masks out are exempt (padding may be zeros or anything).
+
+    Args:
+        parts: `[N, n, D]` float.
+        mask: `[N, n]` bool or None (all valid).
+        ids: `[Q, K]` int candidate ids in `[0, N)`.
+        name: the argument's name, for the message.
+    """
+    if not parts.numel() or not ids.numel():
+        return _zero(parts)
+    items = ids.reshape(-1).unique()
+    rows = max(1, _ROWS_CHUNK_ELEMENTS // max(parts.shape[1] * parts.shape[2], 1))
+    tol = UNIT_TOLERANCE[parts.dtype]
+    # Gathering a row costs about two streamed ones: past half the gallery,
+    # stream all of it in slices (no copy) and keep the candidates' norms.
+    streamed = None
+    if 2 * items.numel() > parts.shape[0]:
+        streamed = torch.cat([_row_norms(parts[i : i + rows]) for i in range(0, parts.shape[0], rows)])
+    for block in items.split(rows):
+        norms = _row_norms(parts.index_select(0, block)) if streamed is None else streamed.index_select(0, block)  # [b, n]
+        if mask is not None:
+            norms = norms[mask.index_select(0, block)]
+        if bool(((norms - 1.0).abs() <= tol).all()):
+            continue
+        if not bool(torch.isfinite(norms).all()):
+            raw = parts.index_select(0, block)
+            raw = raw if mask is None else raw[mask.index_select(0, block)]
+            if not bool(torch.isfinite(raw).all()):
+                raise ValueError(f"{name} contains NaN or inf entries in the candidates' rows; embeddings must be finite")
+        _raise_not_unit(name, norms, " in the candidates' rows" + ("" if mask is None else f" that {name}_mask keeps"))
+    return _zero(parts)
+
+
+@check_rows.register_fake
+def _(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Tensor:
+    return parts.new_empty((), dtype=torch.float32)
 
 
 @torch.library.custom_op("geosteer::check_rows_any", mutates_args=())
@@ -47,7 +189,7 @@ def check_rows_any(mask: Tensor, name: str) -> Tensor:
     if mask.shape[0] and not bool(mask.any(dim=1).all()):
         bad = int((~mask.any(dim=1)).nonzero()[0])
         raise ValueError(f"{name} row {bad} is all False: every set needs at least one valid entry")
-    return torch.zeros((), dtype=torch.float32, device=mask.device)
+    return _zero(mask)
 
 
 @check_rows_any.register_fake
@@ -56,28 +198,46 @@ def _(mask: Tensor, name: str) -> Tensor:
 
 
 @torch.library.custom_op("geosteer::check_ids", mutates_args=())
-def check_ids(ids: Tensor, size: int, name: str) -> Tensor:
-    """Raise `ValueError` unless every id lies in `[0, size)`."""
+def check_ids(ids: Tensor, size: int, name: str, distinct: bool = False) -> Tensor:
+    """Raise `ValueError` unless every id lies in `[0, size)` (and, `distinct`, no row of `ids [R, K]` repeats one)."""
     if ids.numel() and not bool(((ids >= 0) & (ids < size)).all()):
         raise ValueError(f"{name} holds ids outside [0, {size}) (FAISS pads missing results with -1)")
-    return torch.zeros((), dtype=torch.float32, device=ids.device)
+    if distinct and ids.numel() and ids.shape[-1] > 1:
+        ordered = ids.sort(dim=-1).values
+        repeat = ordered[..., 1:] == ordered[..., :-1]
+        if bool(repeat.any()):
+            row, col = (int(v) for v in repeat.nonzero()[0][-2:])
+            raise ValueError(
+                f"{name} row {row} holds gallery id {int(ordered[row, col])} twice; each candidate must appear once "
+                "per row (merge duplicates before the head, keeping each id's best score)"
+            )
+    return _zero(ids)
 
 
 @check_ids.register_fake
-def _(ids: Tensor, size: int, name: str) -> Tensor:
+def _(ids: Tensor, size: int, name: str, distinct: bool = False) -> Tensor:
     return ids.new_empty((), dtype=torch.float32)
 
 
 @torch.library.custom_op("geosteer::check_relations", mutates_args=())
 def check_relations(relations: Tensor, num_parts: int, name: str) -> Tensor:
-    """Raise `ValueError` unless rows (i, j, type) have parts in [0, m) (or i < 0 = padding) and type indexes `RELATIONS`."""
+    """Raise `ValueError` unless rows (i, j, type) have parts in [0, m) and type indexing `RELATIONS`.
+
+    Rows with i < 0 are padding: their j and type are never read
+    (`geosteer.stages.structure.relation_score` masks them before indexing),
+    so they may hold anything.
+    """
     if relations.numel():
         real = relations[..., 0] >= 0
         i, j, kind = relations[..., 0], relations[..., 1], relations[..., 2]
         bad = real & ((i >= num_parts) | (j < 0) | (j >= num_parts) | (kind < 0) | (kind >= len(RELATIONS)))
         if bool(bad.any()):
-            raise ValueError(f"{name} rows must be (i, j, type) with 0 <= i, j < m={num_parts} and type in 0..{len(RELATIONS) - 1} ({RELATIONS})")
-    return torch.zeros((), dtype=torch.float32, device=relations.device)
+            q, r = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(
+                f"{name} rows must be (i, j, type) with 0 <= i, j < m={num_parts} and type in 0..{len(RELATIONS) - 1} "
+                f"({RELATIONS}), i < 0 for padding; row [{q}, {r}] is {relations[q, r].tolist()}"
+            )
+    return _zero(relations)
 
 
 @check_relations.register_fake

@@ -33,7 +33,10 @@ fails both (along < 0).
 
 A relation whose part i or j is unmatched (`cols` = -1, e.g. a part left
 over when m > n) does not hold; padding rows (i < 0) are not counted;
-R(q, c) = held / valid rows, 0 for a query without relations.
+R(q, c) = held / valid rows, 0 for a query without relations. A padding
+row's j and type are never used as indices (it reads part 0 and is masked
+out), so padding may hold anything; real rows are validated up front
+(`geosteer.ops.checks.check_relations`).
 
 Everything is batched tensor algebra over (query, candidate, relation):
 no Python loop over queries and no data-dependent control flow, so the
@@ -99,8 +102,10 @@ def relation_score(cols: Tensor, ids: Tensor, boxes: Tensor, relations: Tensor) 
     matched = cand_boxes.gather(2, cols.clamp_min(0)[..., None].expand(-1, -1, -1, 4))  # [Q, K, m, 4]
     ok = cols >= 0
     valid = relations[..., 0] >= 0  # [Q, r]
-    part_i = relations[..., 0].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
-    part_j = relations[..., 1].clamp_min(0)[:, None, :].expand(num_queries, num_cands, num_rel)
+    # Padding rows (i < 0) may hold anything in j and type: they index part 0.
+    zero = torch.zeros_like(relations[..., 0])
+    part_i = torch.where(valid, relations[..., 0], zero)[:, None, :].expand(num_queries, num_cands, num_rel)
+    part_j = torch.where(valid, relations[..., 1], zero)[:, None, :].expand(num_queries, num_cands, num_rel)
     box_i = matched.gather(2, part_i[..., None].expand(-1, -1, -1, 4))  # [Q, K, r, 4]
     box_j = matched.gather(2, part_j[..., None].expand(-1, -1, -1, 4))
     kind = relations[..., 2][:, None, :].expand(num_queries, num_cands, num_rel)
