@@ -35,6 +35,7 @@ from geosteer.encoders.regions import grid_boxes, halves_boxes, propose_regions,
 from geosteer.environment import environment
 from geosteer.index import Indexer
 from geosteer.photos import make_split
+from geosteer.photos.benchmark import iou
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("grid", "halves", "segments", "segments+grid", "segments+halves")
@@ -71,20 +72,13 @@ CANDIDATES = {
 }
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def proposals(rendered, fn) -> dict:
     arrays = [np.asarray(im) for im, _ in rendered]
     fn(arrays[0])  # warm (imports)
     start = time.perf_counter()
     boxes = [fn(a) or [(0, 0, a.shape[1], a.shape[0])] for a in arrays]
     seconds = time.perf_counter() - start
-    best = [max(_iou(t, b) for b in bs) for bs, (_, tiles) in zip(boxes, rendered) for t in tiles]
+    best = [max(iou(t, b) for b in bs) for bs, (_, tiles) in zip(boxes, rendered) for t in tiles]
     return {"boxes_per_image": float(np.mean([len(b) for b in boxes])), "recall@0.5": float(np.mean([v >= 0.5 for v in best])),
             "recall@0.7": float(np.mean([v >= 0.7 for v in best])), "mean_best_iou": float(np.mean(best)),
             "images_per_s": len(arrays) / seconds}

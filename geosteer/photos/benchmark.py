@@ -247,7 +247,8 @@ def metrics(index: PhotoIndex, result) -> dict[str, float]:
     }
 
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -266,7 +267,7 @@ def region_recall(index: PhotoIndex, method: str, threshold: float = 0.5) -> flo
     for i, (_, tiles) in enumerate(index.split.render()):
         boxes = g.part_boxes[i][g.parts_mask[i]].tolist()
         for t in tiles:
-            hits += max(_iou(t, b) for b in boxes) >= threshold
+            hits += max(iou(t, b) for b in boxes) >= threshold
             total += 1
     return hits / total
 
