@@ -5,8 +5,8 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tiny_encoder import TinyEncoder
 
 from geosteer.encoders import regions
 from geosteer.encoders.regions import (
@@ -140,26 +140,6 @@ def test_segments_without_scikit_image_name_the_extra(monkeypatch):
     # the other photo families need nothing
     assert len(propose_regions(Image.new("RGB", (32, 32)), "grid")) == 13
     assert len(propose_regions(Image.new("RGB", (32, 32)), "halves")) == 4
-
-
-class TinyEncoder:
-    """A stand-in encoder: mean colour of the preprocessed image, as a unit 3-vector."""
-
-    name = "tiny"
-    embed_dim = 3
-    image_size = (32, 32)
-    device = torch.device("cpu")
-    model = torch.nn.Linear(1, 1)
-
-    @staticmethod
-    def preprocess(im):
-        return torch.from_numpy(np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
-
-    def encode_images(self, x, batch_size=64, progress=False):
-        return torch.nn.functional.normalize(x.mean(dim=(2, 3)) + 1e-3, dim=-1)
-
-    def encode_texts(self, texts, batch_size=256, progress=False):
-        return torch.nn.functional.normalize(torch.ones(len(texts), 3), dim=-1)
 
 
 @needs_skimage

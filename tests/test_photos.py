@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import tiny_encoder
+
 HAS_SKIMAGE = importlib.util.find_spec("skimage") is not None
 pytestmark = pytest.mark.skipif(not HAS_SKIMAGE, reason="the photo benchmark's photos and segments need scikit-image")
 
@@ -100,21 +102,8 @@ def test_metrics_count_the_hard_negatives():
     assert metrics(index, result) == {"r1": 0.0, "r5": 0.0, "twin": 0.0, "layout": 0.0, "replaced": 0.0}
 
 
-class TinyEncoder:
-    """Mean colour of the preprocessed image as a unit vector: enough to run the pipeline, not to retrieve."""
-
-    name = "tiny"
-    embed_dim = 3
-    image_size = (32, 32)
-    device = torch.device("cpu")
-    model = torch.nn.Linear(1, 1)
-
-    @staticmethod
-    def preprocess(im):
-        return torch.from_numpy(np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
-
-    def encode_images(self, x, batch_size=64, progress=False):
-        return torch.nn.functional.normalize(x.mean(dim=(2, 3)) + 1e-3, dim=-1)
+class TinyEncoder(tiny_encoder.TinyEncoder):
+    """Texts as distinct seeded vectors, so queries differ."""
 
     def encode_texts(self, texts, batch_size=256, progress=False):
         g = torch.Generator().manual_seed(len(texts))
