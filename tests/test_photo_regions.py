@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 from tiny_encoder import TinyEncoder
 
-from geosteer.encoders import regions
 from geosteer.encoders.regions import (
     FAMILIES,
     METHODS,
