@@ -43,7 +43,7 @@ class HeadConfig:
     # items, each candidate's nearest gallery items). Capped at K = min(k, N).
     neighbors: int = 5
     # λ: weight of the part alignment A(q, c), in [0, 1]; 0 disables re-ranking.
-    # Every float knob (lam, alpha, beta, gamma) takes an int, float or numpy
+    # Every float knob (lam, alpha, beta, gamma, delta) takes an int, float or numpy
     # real (stored as float); NaN, inf and bools are refused.
     lam: float = 0.5
     # α: step of the steering move q' = normalise(q + α Σ_j d_j); 0 disables it.
@@ -52,8 +52,14 @@ class HeadConfig:
     # query, β·relu(max_j c·u_j − c·q); 0 disables it.
     beta: float = 0.0
     # γ: weight of the structure term R(q, c) (relations between parts).
-    # alpha, beta and gamma lie in [0, MAX_WEIGHT].
+    # alpha, beta, gamma and delta lie in [0, MAX_WEIGHT].
     gamma: float = 0.0
+    # δ: steering strength toward the positive anchors and away from the
+    # negatives, per object: S gains δ·C(q, c), C = mean_j r(c, p_j) − r(c, u_j),
+    # r = the candidate's best region's similarity to the anchor (the pooled
+    # embedding without region sets). Re-ranks the pool of the original
+    # query, so its relevance is kept; 0 disables it (docs/steering.md).
+    delta: float = 0.0
     # How each steering direction d_j is built (geosteer.stages.steer):
     # "near" (mean of the pool items nearest each anchor), "margin" (pool
     # items weighted by their contrast margin c·p_j - c·u_j), "text"
@@ -90,7 +96,7 @@ class HeadConfig:
         for name in ("k", "neighbors", "chunk_elements"):
             object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
         object.__setattr__(self, "lam", _real("lam", self.lam, 0.0, 1.0))
-        for name in ("alpha", "beta", "gamma"):
+        for name in ("alpha", "beta", "gamma", "delta"):
             object.__setattr__(self, name, _real(name, getattr(self, name), 0.0, MAX_WEIGHT))
         for name, choices in (("steer_design", DESIGNS), ("mode", MODES), ("matching", MATCHINGS),
                               ("backend", BACKENDS), ("solver", SOLVERS), ("screen", SCREENS)):
@@ -114,7 +120,7 @@ class HeadConfig:
         return dataclasses.replace(self, **changes)
 
 
-#: Largest alpha / beta / gamma. Every score term lies in [-1, 1]; a weight
+#: Largest alpha / beta / gamma / delta. Every score term lies in [-1, 1]; a weight
 #: above ~2^24 leaves the others below float32 resolution in the fused score
 #: and, on the steering path, overflows float32 norms long before 3.4e38.
 MAX_WEIGHT = 1e6

@@ -17,7 +17,7 @@ from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
 from geosteer.stages.rerank import alignment, match, neighbourhood_cost, neighbours_of
-from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steer_scores
+from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steer_scores, steering_contrast
 from geosteer.stages.structure import relation_score
 
 #: The stages of one forward call, in order; a `stage_hook` sees each one it
@@ -38,6 +38,7 @@ class HeadResult(NamedTuple):
     alignment: Tensor  # [Q, K] float32 A(q, c) (0 when λ = 0)
     structure: Tensor  # [Q, K] float32 R(q, c) (0 without relations)
     assignment: Tensor  # [Q, K, m] int64 region matched to each query part, -1 = none
+    steering: Tensor | None = None  # [Q, K] float32 C(q, c), the δ term (0 when δ = 0)
 
 
 class GeoSteerHead(nn.Module):
@@ -46,7 +47,9 @@ class GeoSteerHead(nn.Module):
     Takes embeddings (no model inside): L2-normalised queries `[Q, D]` and
     gallery `[N, D]`, optional part sets, contrast embeddings and relations,
     and returns the top-K re-ranked by
-    `S = (1 - λ)·s + λ·A + γ·R` where `s` is the (steered) cosine. K is
+    `S = (1 - λ)·s + λ·A + γ·R + δ·C` where `s` is the (steered) cosine and
+    C the per-object contrast toward the positive anchors and away from the
+    negatives (`geosteer.stages.steer.steering_contrast`). K is
     `min(config.k, N)`: a gallery smaller than k gives results of N columns.
 
     Args:
@@ -68,7 +71,8 @@ class GeoSteerHead(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"k={c.k}, neighbors={c.neighbors}, lam={c.lam}, alpha={c.alpha}, beta={c.beta}, gamma={c.gamma}, mode={c.mode}, matching={c.matching}"
+        return (f"k={c.k}, neighbors={c.neighbors}, lam={c.lam}, alpha={c.alpha}, beta={c.beta}, gamma={c.gamma}, "
+                f"delta={c.delta}, mode={c.mode}, matching={c.matching}")
 
     def forward(
         self,
@@ -141,11 +145,13 @@ class GeoSteerHead(nn.Module):
             pool = min(cfg.neighbors, num_cands)
         with self._stage("first_stage"):
             s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands)
-            if parts_mode and (rerank or (cfg.beta > 0 and q.negatives is not None)):
+            steering = (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None
+            if parts_mode and (rerank or steering):
                 # gallery_parts is read in the candidates' rows only: those are
                 # checked (finite, L2-normalised where valid); eager, before any is read.
                 checks_ = checks_ + check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
         s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
+        contrast = self._contrast(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0)
         align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
         if rerank:
             align, cols = self._align(query_emb, q, g, ids, parts_mode, pool)
@@ -155,7 +161,7 @@ class GeoSteerHead(nn.Module):
         with self._stage("fuse"):
             if cols is None:
                 cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
-            fused = (1.0 - cfg.lam) * s + cfg.lam * align + cfg.gamma * structure + checks_
+            fused = (1.0 - cfg.lam) * s + cfg.lam * align + cfg.gamma * structure + cfg.delta * contrast + checks_
             scores, order = fused.sort(dim=1, descending=True, stable=True)
             pick = lambda t: t.gather(1, order)  # noqa: E731
             return HeadResult(
@@ -166,6 +172,7 @@ class GeoSteerHead(nn.Module):
                 alignment=pick(align),
                 structure=pick(structure),
                 assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])),
+                steering=pick(contrast),
             )
 
     def _stage(self, name: str) -> ContextManager:
@@ -212,6 +219,22 @@ class GeoSteerHead(nn.Module):
             elif cfg.beta > 0:
                 s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
             return s
+
+    def _contrast(
+        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor
+    ) -> Tensor:
+        """The δ term C(q, c) `[Q, K]` (`steering_contrast`): per object, on the regions in parts mode."""
+        cfg = self.config
+        if q.negatives is None or not cfg.delta > 0:
+            return torch.zeros_like(s0)
+        with self._stage("steer"):
+            neg = F.normalize(q.negatives, dim=-1)
+            neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
+            pos = self._positives(query, q.parts, q.positives, neg.shape[1])
+            if regions is None:
+                return steering_contrast(pos, neg, neg_mask, ids, gallery, None, None, cfg.backend)
+            gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(regions.parts.shape[:2], s0.device)
+            return steering_contrast(pos, neg, neg_mask, ids, gallery, regions.parts, gmask, cfg.backend)
 
     def _align(
         self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool, pool: int

@@ -273,8 +273,9 @@ def _anchors(cfg: HeadConfig, queries: QuerySide) -> list[Tensor]:
         if neg_mask is not None:
             mask("negatives_mask", neg_mask, tuple(negatives.shape[:2]), query)
         flags.append(checks.check_finite(negatives, "negatives", True, neg_mask))
-    elif cfg.alpha > 0 or cfg.beta > 0:
-        raise ValueError(f"alpha={cfg.alpha} / beta={cfg.beta} steer away from negatives [Q, u, D], but none were given")
+    elif cfg.alpha > 0 or cfg.beta > 0 or cfg.delta > 0:
+        raise ValueError(f"alpha={cfg.alpha} / beta={cfg.beta} / delta={cfg.delta} steer away from negatives "
+                         "[Q, u, D], but none were given")
     elif neg_mask is not None:
         raise ValueError("negatives_mask was given without negatives")
     if positives is not None:

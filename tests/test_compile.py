@@ -65,6 +65,11 @@ SCENARIOS = {
         PARTS + ("negatives", "negatives_mask"),
         BASE_OPS | {"check_rows_any", "project"},
     ),
+    "steer_delta": (
+        dict(k=12, lam=0.5, delta=0.7),
+        PARTS + ("negatives", "negatives_mask"),
+        BASE_OPS | {"check_rows_any", "project"},
+    ),
     "relations": (
         dict(k=12, lam=0.5, gamma=0.5),
         PARTS + ("query_relations", "gallery_part_boxes"),
@@ -132,6 +137,8 @@ def test_compiled_head_matches_eager(scenario):
         assert want.structure.abs().sum() > 0
     if scenario == "steer_beta":
         assert not torch.equal(want.steered_scores, want.first_stage_scores)  # steering moved scores
+    if scenario == "steer_delta":
+        assert want.steering.abs().sum() > 0  # the δ term is live
 
     # The same compiled graph, new values: still equal to eager, and the
     # value checks still raise (they are ops, so compilation cannot drop them).

@@ -64,6 +64,7 @@ def knobs(both_parts: bool, clean: bool) -> st.SearchStrategy[dict]:
             "alpha": st.sampled_from([0.0, 0.0, 0.4]),
             "beta": st.sampled_from([0.0, 0.0, 0.5, 8.0]),
             "gamma": st.sampled_from([0.0, 0.1, 0.5]),
+            "delta": st.sampled_from([0.0, 0.0, 0.6]),
             "mode": st.sampled_from(modes),
             "matching": st.sampled_from(["hungarian", "max"]),
             "steer_design": st.sampled_from(["margin", "near", "text", "margin+text"]),
@@ -75,7 +76,7 @@ def knobs(both_parts: bool, clean: bool) -> st.SearchStrategy[dict]:
     preset = st.builds(lambda name, k: {"preset": name, "k": k},
                        st.sampled_from(sorted(geosteer.PRESETS)), st.sampled_from([None, 3, 100]))
     bad = st.sampled_from([
-        {"lam": float("nan")}, {"alpha": float("inf")}, {"gamma": -0.1}, {"lam": "0.5"}, {"k": 5.0}, {"k": True},
+        {"lam": float("nan")}, {"alpha": float("inf")}, {"delta": float("nan")}, {"gamma": -0.1}, {"lam": "0.5"}, {"k": 5.0}, {"k": True},
         {"beta": None}, {"mode": 3}, {"k": np.int64(4)}, {"lam": np.float32(0.5)}, {"neighbors": 0},
     ])
     # 1 in 12 a bad knob, 2 in 12 a preset (whose k of 50 or 100 exceeds every N here)

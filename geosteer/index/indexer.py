@@ -16,6 +16,7 @@ argument is checked before anything is encoded (DESIGN §5).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -394,6 +395,55 @@ class Indexer:
             for c, ok in zip(captions, splittable)
         ]
         return query_inputs(self.encode_texts, captions, part_lists, relations, negatives, anchors, self.vocabulary)
+
+    def steering_request(
+        self, queries: QuerySide, toward: Sequence[str | Sequence[str]], away: Sequence[str | Sequence[str]]
+    ) -> QuerySide:
+        """`queries` steered toward texts and away from their confusers, for the head's δ (and α, β).
+
+        Per query, one pair ("a red star", "an orange star") or several
+        (one per object: `["a red star", "a blue circle"]` / `["an orange
+        star", "a purple circle"]`), each pair kept apart (never averaged into
+        one direction). The query's own parts, relations and embedding stay;
+        its positives / negatives (and their mask) become the request's.
+
+        Args:
+            queries: a `QuerySide` of Q queries (`encode_queries`).
+            toward: Q entries, each a str or a non-empty list of str.
+            away: Q entries of the same lengths as `toward`'s.
+
+        Returns:
+            A new `QuerySide`: positives `[Q, u, D]`, negatives `[Q, u, D]`,
+            negatives_mask `[Q, u]` (u = the most pairs of one query).
+
+        Raises:
+            TypeError / ValueError: naming `toward[i]` / `away[i]`.
+        """
+        if not isinstance(queries, QuerySide):
+            raise TypeError(f"queries must be a QuerySide (Indexer.encode_queries), got {type(queries).__name__}")
+        num_queries = queries.embeddings.shape[0]
+        sides = {}
+        for name, given in (("toward", toward), ("away", away)):
+            if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+                raise TypeError(f"{name} must be a list with one str or list of str per query, got {type(given).__name__}")
+            if len(given) != num_queries:
+                raise ValueError(f"{name} must hold one entry per query ({num_queries}), got {len(given)}")
+            rows = []
+            for i, entry in enumerate(given):
+                phrases = check_texts([entry] if isinstance(entry, str) else entry, f"{name}[{i}]")
+                if not phrases or not all(p.strip() for p in phrases):
+                    raise ValueError(f"{name}[{i}] must hold at least one non-empty phrase, got {entry!r}")
+                rows.append(phrases)
+            sides[name] = rows
+        for i, (t, a) in enumerate(zip(sides["toward"], sides["away"])):
+            if len(t) != len(a):
+                raise ValueError(f"toward[{i}] has {len(t)} phrases but away[{i}] has {len(a)}: one away per toward")
+        dim = queries.embeddings.shape[1]
+        positives, mask = _padded([self.encode_texts(t) for t in sides["toward"]], dim)
+        negatives, _ = _padded([self.encode_texts(a) for a in sides["away"]], dim)
+        device = queries.embeddings.device
+        return dataclasses.replace(queries, positives=positives.to(device), negatives=negatives.to(device),
+                                   negatives_mask=mask.to(device))
 
     def encode_gallery(
         self, images: Iterable[ImageLike], families: Sequence[str], max_regions: int, where: str

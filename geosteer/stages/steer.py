@@ -1,6 +1,6 @@
 """Query-conditioned local steering (DESIGN §1, stage 1).
 
-Two levers, both driven by contrastive anchor pairs (a positive anchor p_j:
+Three levers, all driven by contrastive anchor pairs (a positive anchor p_j:
 what the query asks for; a negative anchor u_j: one of its confusers, e.g.
 "a red pentagon" / "a red hexagon"):
 
@@ -30,6 +30,12 @@ the *design*:
 Directions are made orthogonal to q and to each other (Gram-Schmidt) and
 never averaged into one vector; the query moves to
 q' = normalise(q + α Σ_j d_j) and every candidate is re-scored with q'.
+
+**The request term δ** re-ranks the pool toward what the user asks for and
+away from its confuser, per object: δ · mean_j r(c, p_j) - r(c, u_j)
+(`steering_contrast`). It is the lever that controls result sets
+(docs/steering.md): the query move α works in the pooled space, which
+cannot bind "red" to "star".
 """
 
 from __future__ import annotations
@@ -274,3 +280,58 @@ def region_confuser_penalty(
     sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
     pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
     return confuser_penalty(pos_sims, neg_sims, negatives_mask)
+
+
+def anchor_contrast(pos_sims: Tensor, neg_sims: Tensor, negatives_mask: Tensor) -> Tensor:
+    """C(q, c) = mean over valid pairs j of sim(c, p_j) - sim(c, u_j).
+
+    Each pair is measured on its own (per object) and only the scalar
+    contrasts are averaged, so a candidate that fits every requested object
+    scores above one that fits some.
+
+    Args:
+        pos_sims: `[Q, K, J]` or `[Q, K, 1]` (one positive shared by every negative).
+        neg_sims: `[Q, K, J]`; negatives_mask `[Q, J]` bool.
+
+    Returns:
+        `[Q, K]` float32 in [-2, 2]; 0 for a query without a valid pair.
+    """
+    valid = negatives_mask[:, None, :].float()
+    diff = (pos_sims.float() - neg_sims.float()) * valid
+    return diff.sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+
+
+def steering_contrast(
+    positives: Tensor,
+    negatives: Tensor,
+    negatives_mask: Tensor,
+    ids: Tensor,
+    gallery: Tensor,
+    gallery_parts: Tensor | None,
+    gallery_parts_mask: Tensor | None,
+    backend: str = "auto",
+) -> Tensor:
+    """The δ steering term C(q, c) (`anchor_contrast`) of every candidate.
+
+    With region sets, sim(c, a) is the best region's similarity to anchor a
+    (`region_anchor_sims`): "a red star" vs "an orange star" is decided by
+    the star's own region, not by a red object elsewhere in the scene.
+    Without them, the pooled embedding c·a.
+
+    Args:
+        positives: `[Q, J, D]` or `[Q, 1, D]` unit anchors ("toward");
+            negatives `[Q, J, D]` ("away"); negatives_mask `[Q, J]`.
+        ids: `[Q, K]` candidate pool; gallery `[N, D]`.
+        gallery_parts: `[N, n, D]` or None; gallery_parts_mask `[N, n]`.
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+
+    Returns:
+        `[Q, K]` float32.
+    """
+    anchors = torch.cat([positives, negatives.to(positives.dtype)], dim=1)
+    if gallery_parts is None:
+        sims = project(gallery, ids, anchors, backend).float()
+    else:
+        sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
+    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
+    return anchor_contrast(pos_sims, neg_sims, negatives_mask)
