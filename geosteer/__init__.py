@@ -14,6 +14,7 @@ from geosteer.config import PRESETS, HeadConfig, get_config
 from geosteer.head import STAGES, GeoSteerHead, HeadResult
 from geosteer.inputs import GallerySide, QuerySide
 from geosteer.ops.assign import batch_linear_assignment
+from geosteer.pairs import PairScores, score_pairs
 from geosteer.relations import RELATIONS
 from geosteer.stages.rerank import knn_graph
 
@@ -25,10 +26,12 @@ __all__ = [
     "HeadConfig",
     "HeadResult",
     "PRESETS",
+    "PairScores",
     "QuerySide",
     "RELATIONS",
     "STAGES",
     "batch_linear_assignment",
     "get_config",
     "knn_graph",
+    "score_pairs",
 ]

@@ -3,6 +3,7 @@
     geosteer --version
     geosteer demo [--out geosteer-demo] [--quick]
     geosteer eval [--split S ...] [--seed N ...] [--json out.json] [--model demo]
+    geosteer eval --bench sugarcrepe|aro|winoground|clevr --root PATH [--limit N] [--json out.json] [--model demo]
     geosteer train-demo [--out DIR] [--minutes M] [--seed S]
     geosteer index IMAGES_DIR --out INDEX [--model demo] [--regions grid] [--max-regions 16] [--batch-size 64]
     geosteer search INDEX QUERY [QUERY ...] [-k 10] [--method rerank] [--json] [--html out.html]
@@ -47,7 +48,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
         1, "add_demo_arguments", "run_demo",
     ),
     "eval": _subcommand(
-        "eval", "geosteer.geoshapes.commands", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits (--json writes them)",
+        "eval", "geosteer.geoshapes.commands", "R@1 / R@5 / nDCG@10 of every method on GeoShapes splits; --bench NAME --root PATH: "
+        "SugarCrepe / ARO / Winoground / CLEVR from your local copy (--json writes them)",
         2, "add_eval_arguments", "run_eval",
     ),
     "index": _subcommand(

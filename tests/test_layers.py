@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-APPLICATION = ("geosteer.geoshapes", "geosteer.photos", "geosteer.commands", "geosteer.cli")
+APPLICATION = ("geosteer.geoshapes", "geosteer.photos", "geosteer.public_benchmarks", "geosteer.commands", "geosteer.cli")
 
 
 @dataclass

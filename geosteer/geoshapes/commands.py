@@ -8,7 +8,11 @@ method per query, images embedded) and `contact_sheet.png` into `--out`
 (default ./geosteer-demo).
 
 `geosteer eval` prints and writes (`--json`) R@1 / R@5 / nDCG@10 of every
-method, the per-part-max ablation included, over the given seeds.
+method, the per-part-max ablation included, over the given seeds. With
+`--bench sugarcrepe|aro|winoground|clevr --root PATH` it reads your local
+copy of that public benchmark instead and reports the benchmark's own
+metric for the cosine, rerank and rerank-max scores of the same
+(caption, image) pairs (docs/public_benchmarks.md).
 
 Both check their arguments and output paths before loading anything and
 print one line naming a bad one (exit status 2).
@@ -54,13 +58,23 @@ def _indexer(encoder, methods, progress: bool, cache_dir: str | None):
 
 # ---------------------------------------------------------------- eval
 
+#: GeoShapes defaults of `geosteer eval` (the options default to None so that --bench can tell them given).
+EVAL_QUERIES = 100
+#: `geosteer eval` options that only GeoShapes reads: refused with --bench.
+GEOSHAPES_ONLY = ("--split", "--seed", "--queries", "--k", "--ranks", "--cache-dir")
+#: `geosteer eval` options that only --bench reads: refused without it.
+BENCH_ONLY = ("--root", "--limit", "--regions")
+#: `--bench` choices (the keys of `geosteer.public_benchmarks.READERS`, listed here so the parser imports nothing).
+BENCHMARK_NAMES = ("sugarcrepe", "aro", "winoground", "clevr")
+
+
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `geosteer eval`."""
-    p.add_argument("--split", nargs="+", default=list(SPLITS), choices=SPLITS, metavar="SPLIT",
-                   help=f"splits to run (default: all of {', '.join(SPLITS)})")
-    p.add_argument("--seed", nargs="+", type=int, default=list(TEST_SEEDS),
-                   help="gallery seeds (default: the test seeds %(default)s)")
-    p.add_argument("--queries", type=int, default=100, help="queries per split (default: %(default)s)")
+    p.add_argument("--split", nargs="+", default=None, choices=SPLITS, metavar="SPLIT",
+                   help=f"GeoShapes splits to run (default: all of {', '.join(SPLITS)})")
+    p.add_argument("--seed", nargs="+", type=int, default=None,
+                   help=f"GeoShapes gallery seeds (default: the test seeds {list(TEST_SEEDS)})")
+    p.add_argument("--queries", type=int, default=None, help=f"queries per split (default: {EVAL_QUERIES})")
     p.add_argument("--model", default="demo", help="anything geosteer.encoders.load_clip takes: 'demo' (default), "
                    "an open_clip architecture with --pretrained, 'local-dir:<folder>', 'hf-hub:<repo>'")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file for an architecture name")
@@ -71,17 +85,61 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="save / reuse encodings here (keyed by the model's weights)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("public benchmarks (your local copy; nothing is downloaded: docs/public_benchmarks.md)")
+    g.add_argument("--bench", default=None, choices=BENCHMARK_NAMES,
+                   help="score this benchmark's (caption, image) pairs instead of GeoShapes: cosine vs re-ranked")
+    g.add_argument("--root", default=None, metavar="PATH", help="the benchmark's folder (its layout: docs/public_benchmarks.md)")
+    g.add_argument("--limit", type=int, default=None, help="first N examples of each file (CLEVR: scenes); default all")
+    g.add_argument("--regions", default=None, choices=("annotations", *METHODS), metavar="METHOD",
+                   help="regions of each image: 'annotations' (CLEVR's object boxes, its default) or a region method "
+                        "of geosteer.encoders.regions.METHODS (default for the others: grid)")
 
 
-def _eval_plan(args: argparse.Namespace) -> None:
-    """Check `geosteer eval`'s arguments and output paths (nothing loaded yet); UsageError naming a bad one."""
-    for name in ("--queries", "--k", "--threads"):
+
+def _eval_plan(args: argparse.Namespace):
+    """Check `geosteer eval`'s arguments and output paths (nothing loaded yet); UsageError naming a bad one.
+
+    Returns:
+        With --bench, the benchmark read from --root (its files are read
+        and checked here, before any model loads); else None.
+    """
+    for name in ("--queries", "--k", "--threads", "--limit"):
         check_positive(name, getattr(args, name[2:]))
     check_device(args.device)
     if args.json_path is not None:
         check_writable_file("--json", args.json_path)
+    if args.bench is None:
+        for flag in BENCH_ONLY:
+            if getattr(args, flag[2:].replace("-", "_")) is not None:
+                raise UsageError(f"{flag} is read only with --bench NAME ({', '.join(BENCHMARK_NAMES)})")
+    else:
+        return _bench_plan(args)
     if args.cache_dir is not None:
         check_writable_folder("--cache-dir", Path(args.cache_dir).expanduser(), shown=args.cache_dir)
+    return None
+
+
+def _bench_plan(args: argparse.Namespace):
+    """`--bench`: refuse GeoShapes options, then read and check the benchmark at --root (UsageError naming what is wrong)."""
+    from geosteer.public_benchmarks import FormatError, read_benchmark
+    from geosteer.public_benchmarks.runner import ANNOTATIONS, default_regions
+
+    for flag in GEOSHAPES_ONLY:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value is not False:
+            raise UsageError(f"{flag} is a GeoShapes option; --bench {args.bench} scores the benchmark's own pairs "
+                             f"(drop {flag})")
+    if args.root is None:
+        raise UsageError(f"--bench {args.bench} needs --root PATH: the folder of your local copy "
+                         f"(layout and where to get it: docs/public_benchmarks.md)")
+    try:
+        bench = read_benchmark(args.bench, args.root, limit=args.limit)
+    except FormatError as e:
+        raise UsageError(f"--root {args.root!r}: {e}") from None
+    if args.regions == ANNOTATIONS and default_regions(bench) != ANNOTATIONS:
+        raise UsageError(f"--regions {ANNOTATIONS}: {args.bench} has no annotation boxes; pass a region method "
+                         f"(grid, segments, ...) or leave --regions out")
+    return bench
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -89,24 +147,46 @@ def run_eval(args: argparse.Namespace) -> int:
     from geosteer.geoshapes.eval import METHOD_NAMES, default_methods, evaluate, format_table
 
     try:
-        _eval_plan(args)
+        bench = _eval_plan(args)
         set_threads(args.threads)
         encoder = load_model(args.model, args.pretrained, args.device)
     except UsageError as e:
         return fail("eval", str(e))
+    if bench is not None:
+        return _run_bench(args, bench, encoder)
+    splits = args.split or list(SPLITS)
+    seeds = args.seed or list(TEST_SEEDS)
     methods = default_methods(k=args.k, names=METHOD_NAMES)
     indexer = _indexer(encoder, methods, progress=not args.no_progress, cache_dir=args.cache_dir)
     log = None if args.no_progress else (lambda s: print(s, file=sys.stderr))
-    results = evaluate(indexer, splits=args.split, seeds=args.seed, methods=methods, num_queries=args.queries,
-                       keep_ranks=args.ranks, log=log)
+    results = evaluate(indexer, splits=splits, seeds=seeds, methods=methods,
+                       num_queries=EVAL_QUERIES if args.queries is None else args.queries, keep_ranks=args.ranks, log=log)
     for metric, label in (("r1", "R@1"), ("r5", "R@5"), ("ndcg10", "nDCG@10")):
-        print(f"\n{label} (%), mean ± std over seeds {args.seed}, model {args.model}")
+        print(f"\n{label} (%), mean ± std over seeds {seeds}, model {args.model}")
         print(format_table(results, metric))
-    if args.json_path is not None:
-        Path(args.json_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).expanduser().write_text(json.dumps(results, indent=1) + "\n")
-        print(f"\nwrote {args.json_path}")
+    _write_json(args.json_path, results)
     return 0
+
+
+def _run_bench(args: argparse.Namespace, bench, encoder) -> int:
+    """`geosteer eval --bench`: score the benchmark read by `_bench_plan`, print the table, write --json."""
+    from geosteer.public_benchmarks import FormatError
+    from geosteer.public_benchmarks.runner import format_results, run_benchmark
+
+    try:
+        report = run_benchmark(bench, encoder, model=args.model, regions=args.regions, progress=not args.no_progress)
+    except FormatError as e:  # an image that does not decode is found only when it is read
+        return fail("eval", f"--root {args.root!r}: {e}")
+    print(format_results(report))
+    _write_json(args.json_path, report)
+    return 0
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    if path is not None:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(path).expanduser().write_text(json.dumps(results, indent=1) + "\n")
+        print(f"\nwrote {path}")
 
 
 # ---------------------------------------------------------------- demo

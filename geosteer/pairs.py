@@ -1,0 +1,232 @@
+"""Pair scoring: the head's fused score for given (query, candidate) pairs, with no first stage.
+
+`GeoSteerHead` retrieves: it picks each query's top-K candidates by cosine,
+re-scores and re-sorts them. Benchmarks of the "which caption fits this
+image better" kind (SugarCrepe, ARO, Winoground) instead fix the pairs in
+advance and compare their scores. `score_pairs` computes, for exactly the
+pairs asked for,
+
+    S(q, c) = (1 - λ)·s(q, c) + λ·A(q, c) + γ·R(q, c) + δ·C(q, c)
+
+with the head's stage functions (`part_cost`, `match`, `alignment`,
+`relation_score`, the β confuser penalty, the δ contrast
+`steering_contrast`): the same number the head gives a candidate it
+keeps, without the first stage, the candidate pool or sorting.
+
+Pair layout: `ids [Q, C]` int64 rows into the candidate side. Query q is
+scored against candidates `ids[q, 0..C-1]`; `ids=None` means every query
+against every candidate (C = N, column c = candidate c). One image against
+two captions is Q = 2 captions, C = 1 (`ids = [[0], [0]]`); a Winoground
+example is Q = 2 captions, C = 2 images. Ids may repeat within a row.
+
+What needs the candidate pool cannot be scored per pair and is refused:
+the query move (α > 0: its directions come from the pool's
+neighbourhoods) and neighbourhood mode (its sets are the pool's head and
+each candidate's kNN). The β penalty and the δ contrast are per candidate
+and are applied.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from geosteer.config import HeadConfig
+from geosteer.inputs import GallerySide, QuerySide, gallery_side, on_device, query_side, tensor, validate
+from geosteer.ops import checks
+from geosteer.ops.part_cost import pad_cost, part_cost
+from geosteer.ops.project import project
+from geosteer.stages.rerank import alignment, match
+from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steering_contrast
+from geosteer.stages.structure import relation_score
+
+
+class PairScores(NamedTuple):
+    """Per-pair terms of the fused score; every field is `[Q, C]` in the order of `ids` (no sorting)."""
+
+    scores: Tensor  # [Q, C] float32 fused S(q, c)
+    cosine: Tensor  # [Q, C] float32 s = q·c
+    steered: Tensor  # [Q, C] float32 q·c less the β penalty (= cosine when β = 0 or without negatives)
+    alignment: Tensor  # [Q, C] float32 A(q, c) (0 when λ = 0 and γ = 0)
+    structure: Tensor  # [Q, C] float32 R(q, c) (0 without γ, relations or boxes)
+    assignment: Tensor  # [Q, C, m] int64 candidate part matched to each query part, -1 = none
+    steering: Tensor  # [Q, C] float32 C(q, c), the δ contrast (0 when δ = 0 or without negatives)
+
+
+def score_pairs(
+    query: Tensor | QuerySide,
+    gallery: Tensor | GallerySide,
+    config: HeadConfig | None = None,
+    *,
+    ids: Tensor | None = None,
+    query_parts: Tensor | None = None,
+    query_parts_mask: Tensor | None = None,
+    gallery_parts: Tensor | None = None,
+    gallery_parts_mask: Tensor | None = None,
+    negatives: Tensor | None = None,
+    negatives_mask: Tensor | None = None,
+    positives: Tensor | None = None,
+    query_relations: Tensor | None = None,
+    gallery_part_boxes: Tensor | None = None,
+) -> PairScores:
+    """Score given (query, candidate) pairs with the head's fused score, no first stage.
+
+    Takes the head's inputs (a `QuerySide` / `GallerySide` or the keyword
+    tensors, same names and shapes as `GeoSteerHead.forward`) and which
+    pairs to score.
+
+    Args:
+        query: `[Q, D]` float, L2-normalised, or a whole `QuerySide`.
+        gallery: the candidates, `[N, D]` same dtype/device, L2-normalised,
+            or a whole `GallerySide`.
+        config: a `HeadConfig` (λ, γ, β, δ, matching, backend, solver are read;
+            k, neighbors and the first-stage knobs are not); default
+            `HeadConfig()`, as the head's.
+        ids: `[Q, C]` int64 (or int32) candidate rows in `[0, N)`, C >= 1:
+            row q lists the candidates query q is scored against; None = all
+            pairs (C = N, in gallery order).
+        query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
+        negatives, negatives_mask, positives, query_relations,
+        gallery_part_boxes: as in `GeoSteerHead.forward`.
+
+    Returns:
+        `PairScores`, each field `[Q, C]` (assignment `[Q, C, m]`, m = 1
+        without part matching), column c for candidate `ids[q, c]`. For a
+        pair the head keeps, the fields equal the head's `scores`,
+        `first_stage_scores`, `steered_scores`, `alignment`, `structure`,
+        `assignment`, `steering` (`tests/test_pairs.py`).
+
+    Raises:
+        TypeError: `config` is not a HeadConfig; `ids` is not an integer
+            tensor; the head's type errors (DESIGN §5).
+        ValueError: `config.alpha > 0` or neighbourhood mode (both need a
+            candidate pool); λ > 0 without both part sets; `ids` not
+            `[Q, C]` on the query's device or holding rows outside `[0, N)`;
+            the head's value errors (shapes, NaN/inf, norms, masks,
+            relations, boxes), naming the argument.
+
+    Cost: the part costs are `[Q, C, m, n]`; all pairs (`ids=None`) of a
+    large gallery are Q·N problems, so pass `ids` there.
+    """
+    if config is not None and not isinstance(config, HeadConfig):
+        raise TypeError(f"config must be a HeadConfig, got {type(config).__name__}")
+    cfg = config or HeadConfig()
+    if cfg.alpha > 0:
+        raise ValueError(
+            f"config.alpha={cfg.alpha}: the query move builds its directions from the candidate pool's "
+            "neighbourhoods, and pair scoring has no pool; use alpha=0 (beta, the confuser penalty, is per pair)"
+        )
+    q = query_side(query, query_parts=query_parts, query_parts_mask=query_parts_mask, negatives=negatives,
+                   negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
+    g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
+                     gallery_part_boxes=gallery_part_boxes)
+    parts_mode = _parts_mode(cfg, q, g)
+    rerank = cfg.lam > 0 or cfg.gamma > 0
+    # rerank only with part sets: validate's neighbourhood-mode checks do not apply to pairs.
+    flags = validate(cfg, q, g, None, parts_mode, rerank and parts_mode)
+    ids, id_flag = _pair_ids(ids, q.embeddings, g.embeddings.shape[0])
+    flags = flags + id_flag
+    query_emb = F.normalize(q.embeddings, dim=-1)  # as the head: a no-op on unit rows, kept for identical numbers
+    anchors = _anchors(query_emb, q) if (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None else None
+    if parts_mode and (rerank or anchors is not None):
+        flags = flags + checks.check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
+    cosine = project(g.embeddings, ids, query_emb[:, None, :], cfg.backend)[..., 0]
+    steered, contrast = cosine, torch.zeros_like(cosine)
+    if anchors is not None:
+        steered, contrast = _steering(cfg, cosine, anchors, g, parts_mode, ids)
+    align, structure = torch.zeros_like(cosine), torch.zeros_like(cosine)
+    cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
+    if rerank and parts_mode:
+        qp = F.normalize(q.parts, dim=-1)
+        qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
+        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
+        # The head's pad (pad_cost(n, n)), so ties between equal-cost matchings break as in the head.
+        cost = part_cost(qp, qmask, ids, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]), cfg.backend)
+        align, cols = alignment(cost, match(cost, cfg.matching, cfg.backend, cfg.solver), qmask.sum(dim=1))
+        if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
+            structure = relation_score(cols, ids, g.part_boxes, q.relations)
+    fused = (1.0 - cfg.lam) * steered + cfg.lam * align + cfg.gamma * structure + cfg.delta * contrast + flags
+    return PairScores(scores=fused, cosine=cosine, steered=steered, alignment=align, structure=structure,
+                      assignment=cols, steering=contrast)
+
+
+def _parts_mode(cfg: HeadConfig, q: QuerySide, g: GallerySide) -> bool:
+    """Whether the pairs are scored by part matching; refuses what needs a candidate pool."""
+    have_q, have_g = q.parts is not None, g.parts is not None
+    if cfg.mode == "neighbourhood" and (cfg.lam > 0 or cfg.gamma > 0):
+        raise ValueError(
+            "config.mode='neighbourhood' matches neighbourhoods of the candidate pool, and pair scoring has no pool; "
+            "use mode='parts' or 'auto' with query_parts [Q, m, D] and gallery_parts [N, n, D]"
+        )
+    if cfg.mode == "parts" and not (have_q and have_g):
+        raise ValueError("mode='parts' needs both query_parts [Q, m, D] and gallery_parts [N, n, D]")
+    if cfg.lam > 0 and not (have_q and have_g):
+        missing = "gallery_parts [N, n, D]" if have_q else "query_parts [Q, m, D]"
+        raise ValueError(
+            f"config.lam={cfg.lam}: pair scoring matches part sets and {missing} is missing "
+            "(neighbourhood mode needs a candidate pool); pass both part sets, or lam=0 for the cosine alone"
+        )
+    return cfg.mode != "neighbourhood" and have_q and have_g
+
+
+def _pair_ids(ids, query: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
+    """`ids` as `[Q, C]` int64 (all pairs when None) and its range-check flag."""
+    num_queries = query.shape[0]
+    if ids is None:
+        ids = torch.arange(num_items, device=query.device).expand(num_queries, num_items)
+        return ids, torch.zeros((), device=query.device)  # in range by construction
+    tensor("ids", ids, 2, "[Q, C]")
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"ids must be an int64 (or int32) tensor [Q, C] of candidate rows, got {ids.dtype}")
+    on_device("ids", ids, query)
+    if ids.shape[0] != num_queries or ids.shape[1] == 0:
+        raise ValueError(f"ids must have shape [Q={num_queries}, C] with C >= 1, got {list(ids.shape)}")
+    ids = ids.long()
+    return ids, checks.check_ids(ids, num_items, "ids")
+
+
+def _anchors(query: Tensor, q: QuerySide) -> tuple[Tensor, Tensor, Tensor]:
+    """(positives, negatives, negatives_mask) as the head pairs them.
+
+    Positives: the given ones, else the query parts when there is one per
+    negative, else q itself.
+    """
+    neg = F.normalize(q.negatives, dim=-1)
+    neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
+    if q.positives is not None:
+        pos = F.normalize(q.positives, dim=-1)
+    elif q.parts is not None and q.parts.shape[1] == neg.shape[1]:
+        pos = F.normalize(q.parts, dim=-1)
+    else:
+        pos = query[:, None, :]
+    return pos, neg, neg_mask
+
+
+def _steering(
+    cfg: HeadConfig, cosine: Tensor, anchors: tuple[Tensor, Tensor, Tensor], g: GallerySide, parts_mode: bool,
+    ids: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """q·c less the β confuser penalty, and the δ contrast C(q, c), both `[Q, C]` (the head's stage 1, α = 0).
+
+    Measured on the candidates' regions in parts mode, else on their pooled embeddings, as in the head.
+    """
+    pos, neg, neg_mask = anchors
+    gmask = None
+    if parts_mode:
+        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], ids.device)
+    steered, contrast = cosine, torch.zeros_like(cosine)
+    if cfg.beta > 0 and parts_mode:
+        steered = cosine - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, g.parts, gmask, cfg.backend)
+    elif cfg.beta > 0:
+        steered = cosine - cfg.beta * confuser_penalty(cosine, project(g.embeddings, ids, neg, cfg.backend), neg_mask)
+    if cfg.delta > 0:
+        contrast = steering_contrast(pos, neg, neg_mask, ids, g.embeddings, g.parts if parts_mode else None, gmask,
+                                     cfg.backend)
+    return steered, contrast
+
+
+def _all_true(shape, device) -> Tensor:
+    return torch.ones(tuple(shape), dtype=torch.bool, device=device)
