@@ -175,12 +175,18 @@ def query_inputs(
 
 
 def encoder_fingerprint(encoder) -> str:
-    """A short hash of the encoder's name and weights (keys the disk cache)."""
+    """A short hash of the encoder's name and weights (keys the disk cache, checks an index's encoder).
+
+    The weights' bytes are hashed, not a floating-point sum of them: a sum
+    depends on torch's thread count (torchrun starts ranks with one thread,
+    `geosteer index` uses every core), so the same model had two fingerprints.
+    """
     h = hashlib.sha1(encoder.name.encode())
     with torch.no_grad():
         for name, p in encoder.model.named_parameters():
             h.update(name.encode())
-            h.update(np.float64(p.detach().double().sum().item()).tobytes())
+            h.update(str(p.dtype).encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
