@@ -17,7 +17,14 @@ from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
 from geosteer.stages.rerank import alignment, match, neighbourhood_cost, neighbours_of
-from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steer_scores, steering_contrast
+from geosteer.stages.fuse import fused_score
+from geosteer.stages.steer import (
+    confuser_penalty,
+    region_confuser_penalty,
+    steer_scores,
+    steering_anchors,
+    steering_contrast,
+)
 from geosteer.stages.structure import relation_score
 
 #: The stages of one forward call, in order; a `stage_hook` sees each one it
@@ -136,7 +143,7 @@ class GeoSteerHead(nn.Module):
                        negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
         g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
                          gallery_part_boxes=gallery_part_boxes, gallery_neighbors=gallery_neighbors)
-        parts_mode = self._parts_mode(q.parts, g.parts)
+        parts_mode = uses_parts(cfg, q.parts, g.parts)
         rerank = cfg.lam > 0 or cfg.gamma > 0
         with self._stage("validate"):
             checks_ = validate(cfg, q, g, first_stage, parts_mode, rerank)
@@ -161,19 +168,7 @@ class GeoSteerHead(nn.Module):
         with self._stage("fuse"):
             if cols is None:
                 cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
-            fused = (1.0 - cfg.lam) * s + cfg.lam * align + cfg.gamma * structure + cfg.delta * contrast + checks_
-            scores, order = fused.sort(dim=1, descending=True, stable=True)
-            pick = lambda t: t.gather(1, order)  # noqa: E731
-            return HeadResult(
-                indices=pick(ids),
-                scores=scores,
-                first_stage_scores=pick(s0),
-                steered_scores=pick(s),
-                alignment=pick(align),
-                structure=pick(structure),
-                assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])),
-                steering=pick(contrast),
-            )
+            return ranked(cfg, ids, s0, s, align, structure, contrast, cols, checks_)
 
     def _stage(self, name: str) -> ContextManager:
         return contextlib.nullcontext() if self.stage_hook is None else self.stage_hook(name)
@@ -203,9 +198,7 @@ class GeoSteerHead(nn.Module):
         if q.negatives is None or (cfg.alpha == 0 and cfg.beta == 0):
             return s0
         with self._stage("steer"):
-            neg = F.normalize(q.negatives, dim=-1)
-            neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
-            pos = self._positives(query, q.parts, q.positives, neg.shape[1])
+            pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
             if cfg.alpha > 0:
                 s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, pool, cfg.alpha,
                                            cfg.backend, cfg.steer_design)
@@ -228,9 +221,7 @@ class GeoSteerHead(nn.Module):
         if q.negatives is None or not cfg.delta > 0:
             return torch.zeros_like(s0)
         with self._stage("steer"):
-            neg = F.normalize(q.negatives, dim=-1)
-            neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
-            pos = self._positives(query, q.parts, q.positives, neg.shape[1])
+            pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
             if regions is None:
                 return steering_contrast(pos, neg, neg_mask, ids, gallery, None, None, cfg.backend)
             gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(regions.parts.shape[:2], s0.device)
@@ -264,24 +255,48 @@ class GeoSteerHead(nn.Module):
         with self._stage("alignment"):
             return alignment(cost, cols, num_valid)
 
-    def _parts_mode(self, query_parts: Tensor | None, gallery_parts: Tensor | None) -> bool:
-        mode = self.config.mode
-        if mode == "neighbourhood":
-            return False
-        if mode == "parts" and (query_parts is None or gallery_parts is None):
-            raise ValueError("mode='parts' needs both query_parts [Q, m, D] and gallery_parts [N, n, D]")
-        if (query_parts is None) != (gallery_parts is None) and self.config.lam > 0:
-            missing = "gallery_parts [N, n, D]" if gallery_parts is None else "query_parts [Q, m, D]"
-            raise ValueError(f"part matching needs both part sets; {missing} is missing")
-        return query_parts is not None and gallery_parts is not None
-
-    def _positives(self, query: Tensor, query_parts: Tensor | None, positives: Tensor | None, num_neg: int) -> Tensor:
-        if positives is not None:
-            return F.normalize(positives, dim=-1)
-        if query_parts is not None and query_parts.shape[1] == num_neg:
-            return F.normalize(query_parts, dim=-1)
-        return query[:, None, :]
-
 
 def _all_true(shape, device) -> Tensor:
     return torch.ones(tuple(shape), dtype=torch.bool, device=device)
+
+
+def uses_parts(cfg: HeadConfig, query_parts: Tensor | None, gallery_parts: Tensor | None) -> bool:
+    """Whether a call matches part sets (parts mode) rather than neighbourhoods; refuses a half-given pair.
+
+    Raises:
+        ValueError: mode="parts" without both sets; λ > 0 with only one of them.
+    """
+    mode = cfg.mode
+    if mode == "neighbourhood":
+        return False
+    if mode == "parts" and (query_parts is None or gallery_parts is None):
+        raise ValueError("mode='parts' needs both query_parts [Q, m, D] and gallery_parts [N, n, D]")
+    if (query_parts is None) != (gallery_parts is None) and cfg.lam > 0:
+        missing = "gallery_parts [N, n, D]" if gallery_parts is None else "query_parts [Q, m, D]"
+        raise ValueError(f"part matching needs both part sets; {missing} is missing")
+    return query_parts is not None and gallery_parts is not None
+
+
+def ranked(
+    cfg: HeadConfig, ids: Tensor, s0: Tensor, steered: Tensor, align: Tensor, structure: Tensor, contrast: Tensor,
+    cols: Tensor, checks: Tensor,
+) -> HeadResult:
+    """Fuse the candidates' terms (`fused_score`) and sort them (stable): the head's last stage.
+
+    Args:
+        cfg: λ, γ, δ.
+        ids: `[Q, K]` candidate ids; s0, steered, align, structure, contrast `[Q, K]` float32.
+        cols: `[Q, K, m]` matched region per part (-1 = none).
+        checks: the value checks' zero scalar (added, so a compiler keeps them).
+
+    Returns:
+        The `HeadResult`, every field in final order.
+    """
+    fused = fused_score(cfg, steered, align, structure, contrast) + checks
+    scores, order = fused.sort(dim=1, descending=True, stable=True)
+    pick = lambda t: t.gather(1, order)  # noqa: E731
+    return HeadResult(
+        indices=pick(ids), scores=scores, first_stage_scores=pick(s0), steered_scores=pick(steered),
+        alignment=pick(align), structure=pick(structure),
+        assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])), steering=pick(contrast),
+    )

@@ -40,7 +40,8 @@ from geosteer.ops import checks
 from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
 from geosteer.stages.rerank import alignment, match
-from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steering_contrast
+from geosteer.stages.fuse import fused_score
+from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steering_anchors, steering_contrast
 from geosteer.stages.structure import relation_score
 
 
@@ -130,7 +131,9 @@ def score_pairs(
     ids, id_flag = _pair_ids(ids, q.embeddings, g.embeddings.shape[0])
     flags = flags + id_flag
     query_emb = F.normalize(q.embeddings, dim=-1)  # as the head: a no-op on unit rows, kept for identical numbers
-    anchors = _anchors(query_emb, q) if (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None else None
+    anchors = None
+    if (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None:
+        anchors = steering_anchors(query_emb, q.parts, q.positives, q.negatives, q.negatives_mask)
     if parts_mode and (rerank or anchors is not None):
         flags = flags + checks.check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
     cosine = project(g.embeddings, ids, query_emb[:, None, :], cfg.backend)[..., 0]
@@ -148,7 +151,7 @@ def score_pairs(
         align, cols = alignment(cost, match(cost, cfg.matching, cfg.backend, cfg.solver), qmask.sum(dim=1))
         if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
             structure = relation_score(cols, ids, g.part_boxes, q.relations)
-    fused = (1.0 - cfg.lam) * steered + cfg.lam * align + cfg.gamma * structure + cfg.delta * contrast + flags
+    fused = fused_score(cfg, steered, align, structure, contrast) + flags
     return PairScores(scores=fused, cosine=cosine, steered=steered, alignment=align, structure=structure,
                       assignment=cols, steering=contrast)
 
@@ -186,23 +189,6 @@ def _pair_ids(ids, query: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"ids must have shape [Q={num_queries}, C] with C >= 1, got {list(ids.shape)}")
     ids = ids.long()
     return ids, checks.check_ids(ids, num_items, "ids")
-
-
-def _anchors(query: Tensor, q: QuerySide) -> tuple[Tensor, Tensor, Tensor]:
-    """(positives, negatives, negatives_mask) as the head pairs them.
-
-    Positives: the given ones, else the query parts when there is one per
-    negative, else q itself.
-    """
-    neg = F.normalize(q.negatives, dim=-1)
-    neg_mask = q.negatives_mask if q.negatives_mask is not None else _all_true(neg.shape[:2], neg.device)
-    if q.positives is not None:
-        pos = F.normalize(q.positives, dim=-1)
-    elif q.parts is not None and q.parts.shape[1] == neg.shape[1]:
-        pos = F.normalize(q.parts, dim=-1)
-    else:
-        pos = query[:, None, :]
-    return pos, neg, neg_mask
 
 
 def _steering(

@@ -335,3 +335,32 @@ def steering_contrast(
         sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
     pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
     return anchor_contrast(pos_sims, neg_sims, negatives_mask)
+
+
+def steering_anchors(
+    query: Tensor, query_parts: Tensor | None, positives: Tensor | None, negatives: Tensor, negatives_mask: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The anchor pairs every steering term reads: (positives, negatives, negatives_mask), normalised.
+
+    Positives: the given ones; else the query parts when there is one per
+    negative (per-object pairs); else q itself, `[Q, 1, D]`, shared by every
+    negative.
+
+    Args:
+        query: `[Q, D]` unit queries; query_parts `[Q, m, D]` or None;
+            positives `[Q, u or 1, D]` or None; negatives `[Q, u, D]`;
+            negatives_mask `[Q, u]` bool or None (all valid).
+
+    Returns:
+        positives `[Q, u or 1, D]`, negatives `[Q, u, D]`, negatives_mask `[Q, u]`.
+    """
+    neg = F.normalize(negatives, dim=-1)
+    if negatives_mask is None:
+        negatives_mask = torch.ones(neg.shape[:2], dtype=torch.bool, device=neg.device)
+    if positives is not None:
+        pos = F.normalize(positives, dim=-1)
+    elif query_parts is not None and query_parts.shape[1] == neg.shape[1]:
+        pos = F.normalize(query_parts, dim=-1)
+    else:
+        pos = query[:, None, :]
+    return pos, neg, negatives_mask
