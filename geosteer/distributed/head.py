@@ -1,0 +1,354 @@
+"""`ShardedHead`: the geosteer head over a gallery split across ranks, with the single-process result.
+
+One call, every rank together (DESIGN §6, "exact scale-out"):
+
+1. queries: replicated, broadcast from one rank (serving) or gathered from
+   every rank (batch) — `geosteer.distributed.queries`;
+2. validate: each rank checks the queries and its own shard exactly as the
+   head does (`geosteer.inputs.validate`);
+3. first stage: each rank's top-K of its shard (exact or its FAISS index),
+   all-gathered as (score, global id) pairs, merged into the global top-K
+   pool (`geosteer.distributed.first_stage`);
+4. steering (α > 0): the query move reads the whole pool's embeddings, so
+   each query's *home* rank (queries split evenly) fetches its pool's K x D
+   rows from their owners (`Comm.exchange_rows`) and computes the steered
+   scores;
+5. re-rank: each rank scores the pool members it owns — confuser penalty β,
+   contrast δ, part cost, Hungarian assignment, alignment A, structure R —
+   with the same stage functions the head calls, on its `[Q, K]` layout
+   with the other ranks' candidates left out (`_blocks`; per candidate, so
+   the values are the head's);
+   neighbourhood mode first fetches the candidates' kNN sets and the pool
+   heads' rows from their owners;
+6. combine: one all-reduce of the per-candidate terms (each written by
+   exactly one rank, zeros elsewhere: the sum is exact), then every rank
+   fuses S = (1 - λ)·s + λ·A + γ·R + δ·C and sorts, as the head does.
+
+The local work of steps 1-6 runs inside `Comm.step`, so one rank's error is every rank's error.
+The mode rule, the anchor pairs and the fuse + sort are the head's own
+(`geosteer.head.uses_parts`, `geosteer.stages.steer.steering_anchors`,
+`geosteer.head.ranked`); tests/test_distributed.py holds the two to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from geosteer.config import HeadConfig
+from geosteer.distributed.first_stage import FIRST_STAGES, local_top, merge_candidates
+from geosteer.distributed.queries import distribute
+from geosteer.distributed.shard import ShardedGallery
+from geosteer.head import HeadResult, ranked, uses_parts
+from geosteer.inputs import GallerySide, QuerySide, validate
+from geosteer.ops import checks
+from geosteer.ops.part_cost import pad_cost, part_cost
+from geosteer.ops.project import project
+from geosteer.stages import steer as steer_stage
+from geosteer.stages.rerank import alignment_from_cost
+from geosteer.stages.steer import steering_anchors
+from geosteer.stages.structure import relation_score
+
+# Columns of the per-candidate terms buffer `[Q, K, 5 + w]` float64 (all
+# float32 or small-int values, so float64 carries them exactly).
+_S, _PENALTY, _ALIGN, _STRUCTURE, _CONTRAST, _COLS = range(6)
+
+
+@dataclass
+class _Plan:
+    """What one call computes, decided identically on every rank."""
+
+    parts_mode: bool
+    rerank: bool
+    num_cands: int  # K = min(k, N)
+    pool: int  # min(neighbors, K)
+    query: Tensor  # [Q, D] normalised
+    checks: Tensor  # float32 zero scalar (the value checks' sum, as the head adds it)
+    positives: Tensor | None  # [Q, u or 1, D]
+    negatives: Tensor | None  # [Q, u, D]
+    negatives_mask: Tensor | None  # [Q, u]
+    move: bool  # α > 0: the steered query (home ranks)
+    penalty: bool  # β > 0
+    contrast: bool  # δ > 0
+    structure: bool  # γ > 0 with relations and boxes
+    width: int  # columns of the matching (m, k or 1)
+
+
+class ShardedHead:
+    """The geosteer head over a `ShardedGallery`: what `GeoSteerHead` returns on the whole gallery.
+
+    Call it on every rank with the same config. Same ids in the same order
+    as `GeoSteerHead(config)(queries, whole_gallery)` up to float ties (the
+    shards' first-stage scores come from smaller matmuls, which may round
+    differently in the last bit); ties in the pool are broken by global id.
+
+    Args:
+        config: a `HeadConfig`; keyword arguments override its fields.
+    """
+
+    def __init__(self, config: HeadConfig | None = None, **overrides) -> None:
+        if config is not None and not isinstance(config, HeadConfig):
+            raise TypeError(f"config must be a HeadConfig, got {type(config).__name__}")
+        self.config = (config or HeadConfig()).replace(**overrides)
+
+    def __repr__(self) -> str:
+        return f"ShardedHead({self.config})"
+
+    def __call__(
+        self, queries: QuerySide | Tensor | None, gallery: ShardedGallery, *, source: str | int = "all",
+        first_stage: str = "auto",
+    ) -> HeadResult:
+        """Search the sharded gallery (a collective: every rank calls it).
+
+        Args:
+            queries: a `QuerySide` (or `[Q, D]` tensor) on the gallery's
+                device; None on the ranks that pass none (`source` a rank).
+            gallery: this rank's `ShardedGallery`.
+            source: "all" (every rank passes the same queries), "split"
+                (each its own slice of a batch, possibly empty) or a rank
+                (serving: only it passes queries, broadcast to the others).
+            first_stage: "auto" (the shard's FAISS index if it has one, else
+                exact), "exact" or "faiss".
+
+        Returns:
+            `HeadResult` (`[Q, K]` fields, K = min(k, N)): for "split" this
+            rank's own queries, else all of them, on every rank.
+
+        Raises:
+            RankValueError / RankTypeError (ValueError / TypeError) on every
+                rank: bad input on some rank (DESIGN §5 messages, naming it).
+            RankFailure on every rank: any other error on some rank.
+            CollectiveError: a collective timed out or lost a peer.
+        """
+        if not isinstance(gallery, ShardedGallery):
+            raise TypeError(f"gallery must be a ShardedGallery, got {type(gallery).__name__}")
+        comm, cfg = gallery.comm, self.config
+        q, start, stop = distribute(comm, queries, source)
+        g = gallery.local
+        with comm.step("validate"):
+            if first_stage not in FIRST_STAGES:
+                raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
+            plan = _plan(cfg, q, g, gallery.num_items)
+            use_faiss = first_stage == "faiss" or (first_stage == "auto" and gallery.faiss is not None)
+            if use_faiss and gallery.faiss is None:
+                raise ValueError("first_stage='faiss' but this shard has no FAISS index; call gallery.build_faiss() first")
+        with comm.step("first_stage"):
+            mine = local_top(cfg, plan.query, g.embeddings, gallery.offset, plan.num_cands,
+                             gallery.faiss if use_faiss else None)
+        gathered = comm.all_gather(mine, "first_stage")
+        with comm.step("merge"):
+            s0, ids = merge_candidates(gathered, plan.num_cands)
+            owner, rows = gallery.locate(ids)
+            home = torch.tensor_split(torch.arange(s0.shape[0], device=s0.device), comm.world_size)[comm.rank]
+            a, b = (int(home[0]), int(home[-1]) + 1) if home.numel() else (0, 0)
+            nbr_ids = _neighbourhood_ids(plan, g, ids, owner, rows, comm.rank) if not plan.parts_mode and plan.rerank else None
+            if plan.move:  # this rank's home queries' pool, each row asked for once
+                wanted, inverse = ids[a:b].reshape(-1).unique(return_inverse=True)
+        pool_rows = None
+        if plan.move:
+            pool_rows = comm.exchange_rows(g.embeddings, wanted, gallery.offsets, "steer")[inverse]
+        nbr_rows = None
+        if nbr_ids is not None:
+            nbr_rows = comm.exchange_rows(g.embeddings, nbr_ids, gallery.offsets, "neighbours")
+        with comm.step("rerank"):
+            terms = torch.zeros((*s0.shape, _COLS + plan.width), dtype=torch.float64, device=s0.device)
+            if plan.move:
+                _move(cfg, plan, s0, pool_rows, a, b, terms)
+            _owned(cfg, plan, q, g, s0, ids, owner, rows, comm.rank, nbr_ids, nbr_rows, terms)
+        comm.all_reduce_sum_(terms, "combine")
+        with comm.step("fuse"):
+            result = _fuse(cfg, plan, s0, ids, terms)
+        if source == "split":
+            result = HeadResult(*(None if f is None else f[start:stop] for f in result))
+        return result
+
+
+def _all_true(shape, device) -> Tensor:
+    return torch.ones(tuple(shape), dtype=torch.bool, device=device)
+
+
+def _plan(cfg: HeadConfig, q: QuerySide, g: GallerySide, num_items: int) -> _Plan:
+    """Validate the call on this rank's shard (the head's checks) and decide what it computes."""
+    parts_mode = uses_parts(cfg, q.parts, g.parts)
+    rerank = cfg.lam > 0 or cfg.gamma > 0
+    # The shard's kNN rows hold global ids: checked here against N, not by
+    # `validate` against the shard's N_r (hence rerank=False there: its only use).
+    flags = validate(cfg, q, dataclasses.replace(g, neighbors=None), None, parts_mode, False)
+    num_cands = min(cfg.k, num_items)
+    pool = min(cfg.neighbors, num_cands)
+    if not parts_mode and rerank:
+        graph = g.neighbors
+        if graph is None:
+            raise ValueError("neighbourhood mode on a sharded gallery needs its kNN graph (gallery neighbors, global "
+                             "ids): graph = geosteer.distributed.sharded_knn_graph(gallery, k); "
+                             "gallery = gallery.with_neighbors(graph)")
+        if not isinstance(graph, Tensor) or graph.dtype != torch.long or graph.ndim != 2:
+            raise ValueError(f"gallery_neighbors must be int64 [N_r, k'], got {getattr(graph, 'dtype', type(graph))}")
+        if graph.shape[1] < pool:
+            raise ValueError(f"gallery_neighbors has k'={graph.shape[1]} columns but neighbors={pool}")
+        flags = flags + checks.check_ids(graph, num_items, "gallery_neighbors")
+    query = F.normalize(q.embeddings, dim=-1)
+    pos = neg = neg_mask = None
+    if q.negatives is not None:
+        pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
+    has_neg = q.negatives is not None
+    structure = rerank and cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None
+    width = (q.parts.shape[1] if parts_mode else pool) if rerank else 1
+    return _Plan(parts_mode, rerank, num_cands, pool, query, flags, pos, neg, neg_mask, has_neg and cfg.alpha > 0,
+                 has_neg and cfg.beta > 0, has_neg and cfg.delta > 0, structure, width)
+
+
+def _neighbourhood_ids(plan: _Plan, g: GallerySide, ids: Tensor, owner: Tensor, rows: Tensor, rank: int) -> Tensor:
+    """Sorted distinct global ids whose rows neighbourhood mode needs here: owned candidates' kNN sets, their pool heads."""
+    mine = owner == rank
+    k = plan.pool
+    nbrs = g.neighbors[:, :k][rows[mine]]  # [M, k]
+    heads = ids[:, :k][mine.any(dim=1)]  # the queries with an owned candidate
+    return torch.cat([nbrs.reshape(-1), heads.reshape(-1)]).unique()
+
+
+def _move(cfg: HeadConfig, plan: _Plan, s0: Tensor, pool_rows: Tensor, a: int, b: int, terms: Tensor) -> None:
+    """The α query move for this rank's home queries `a:b` from their pool's rows; writes s (and the pooled β penalty)."""
+    if b <= a:
+        return
+    num, width = b - a, s0.shape[1]
+    table_ids = torch.arange(num * width, device=s0.device).reshape(num, width)
+    s, neg_sims = steer_stage.steer_scores(plan.query[a:b], pool_rows, table_ids, s0[a:b], plan.positives[a:b],
+                                           plan.negatives[a:b], plan.negatives_mask[a:b], plan.pool, cfg.alpha,
+                                           cfg.backend, cfg.steer_design)
+    terms[a:b, :, _S] = s.double()
+    if plan.penalty and not plan.parts_mode:
+        # As the head: with α > 0 the pooled penalty reuses the move's candidate-by-negative sims.
+        terms[a:b, :, _PENALTY] = steer_stage.confuser_penalty(s0[a:b], neg_sims, plan.negatives_mask[a:b]).double()
+
+
+#: Most padding slots a block of `_blocks` may carry, as a share of its owned candidates.
+MAX_PADDING = 0.25
+
+
+def _blocks(mine: Tensor, budget: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """This rank's pool members, query by query, in blocks `(queries [C], columns [C, k_c], valid [C, k_c])`.
+
+    Each query's owned columns come first; queries are sorted by how many
+    they own and grouped while the block's padding (to its largest count)
+    stays under `MAX_PADDING` of its candidates and its `C x k_c` slots
+    under `budget`: a rank owning 5 of one query's 50 candidates and 45 of
+    another's does not score 50 for both.
+    """
+    count = mine.sum(dim=1)
+    queries = count.argsort(stable=True)
+    queries = queries[count[queries] > 0]
+    cols = (~mine).to(torch.int8).argsort(dim=1, stable=True)  # owned columns first, in pool order
+    counts = count[queries].tolist()  # ascending
+    blocks, start = [], 0
+    while start < len(counts):
+        stop, owned = start + 1, counts[start]
+        while stop < len(counts):
+            slots = (stop + 1 - start) * counts[stop]
+            if slots > budget or slots > (1 + MAX_PADDING) * (owned + counts[stop]):
+                break
+            owned += counts[stop]
+            stop += 1
+        qs = queries[start:stop]
+        width = counts[stop - 1]
+        blocks.append((qs, cols[qs, :width], torch.arange(width, device=mine.device) < count[qs][:, None]))
+        start = stop
+    return blocks
+
+
+def _owned(
+    cfg: HeadConfig, plan: _Plan, q: QuerySide, g: GallerySide, s0: Tensor, ids: Tensor, owner: Tensor, rows: Tensor,
+    rank: int, nbr_ids: Tensor | None, nbr_rows: Tensor | None, terms: Tensor,
+) -> None:
+    """Score the pool members this rank owns; write their terms.
+
+    The owned candidates of a block of queries are scored as a `[C, k_c]`
+    batch (`_blocks`), the head's own `[Q, K]` layout with the other ranks'
+    candidates left out: every term is per candidate, so the values are the
+    head's. Padding slots repeat an owned candidate and are never written back.
+    """
+    checking = plan.parts_mode and (plan.rerank or ((cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None))
+    if not (checking or plan.penalty or plan.contrast or plan.rerank):
+        return
+    mine = owner == rank
+    if checking:  # once per call, each owned candidate once (as the head checks its candidates)
+        checks.check_rows(g.parts, g.parts_mask, rows[mine][None, :], "gallery_parts")
+    # The largest temporaries per candidate slot: its cost matrix (m x n or k x k), its boxes (4n), its
+    # region-by-anchor sims (n x J); the gathered rows go through `project` in its own chunks.
+    sets = g.parts.shape[1] if plan.parts_mode else plan.pool
+    anchors = 0 if plan.negatives is None else plan.positives.shape[1] + plan.negatives.shape[1]
+    per_candidate = sets * max(plan.width, 4, anchors)
+    gmask = qparts = qmask = None
+    if plan.parts_mode:
+        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], s0.device)
+        if plan.rerank:
+            qparts = F.normalize(q.parts, dim=-1)  # row by row: the same values as the head's [Q, m, D] call
+            qmask = q.parts_mask if q.parts_mask is not None else _all_true(qparts.shape[:2], qparts.device)
+    for qs, kcols, valid in _blocks(mine, max(1, cfg.chunk_elements // per_candidate)):
+        cand = rows[qs].gather(1, kcols)  # [C, k_c] rows of this shard
+        cand = torch.where(valid, cand, cand[:, :1])  # padding repeats the query's first owned candidate
+        at_q, at_k = qs[:, None].expand_as(kcols)[valid], kcols[valid]
+
+        def put(column: int, values: Tensor) -> None:
+            terms[at_q, at_k, column] = values[valid].double()
+
+        if plan.penalty or plan.contrast:
+            pos, neg, neg_mask = plan.positives[qs], plan.negatives[qs], plan.negatives_mask[qs]
+        if plan.penalty and plan.parts_mode:
+            put(_PENALTY, steer_stage.region_confuser_penalty(pos, neg, neg_mask, cand, g.parts, gmask, cfg.backend))
+        elif plan.penalty and not plan.move:
+            neg_sims = project(g.embeddings, cand, neg, cfg.backend)
+            put(_PENALTY, steer_stage.confuser_penalty(s0[qs].gather(1, kcols), neg_sims, neg_mask))
+        if plan.contrast:
+            put(_CONTRAST, steer_stage.steering_contrast(pos, neg, neg_mask, cand, g.embeddings,
+                                                         g.parts if plan.parts_mode else None, gmask, cfg.backend))
+        if not plan.rerank:
+            continue
+        if plan.parts_mode:
+            # pad_cost(n, n), as the head: one value per gallery.
+            cost = part_cost(qparts[qs], qmask[qs], cand, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]),
+                             cfg.backend)
+            num_valid = qmask[qs].sum(dim=1)
+        else:
+            cost, num_valid = _neighbourhood_cost(cfg, plan, g, ids[qs], cand, nbr_ids, nbr_rows)
+        align, cols = alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend, cfg.solver)
+        put(_ALIGN, align)
+        terms[at_q, at_k, _COLS:] = (cols[valid] + 1).double()
+        if plan.structure:
+            put(_STRUCTURE, relation_score(cols, cand, g.part_boxes, q.relations[qs]))
+
+
+def _neighbourhood_cost(
+    cfg: HeadConfig, plan: _Plan, g: GallerySide, pool: Tensor, cand: Tensor, nbr_ids: Tensor, nbr_rows: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """`neighbourhood_cost` over the fetched rows: cost `[C, k_c, k, k]`, valid parts `[C]`.
+
+    A_q = the query's k best pool items (`pool [C, K]` global ids), B_c = the
+    candidate's k nearest gallery items (its graph row; `cand [C, k_c]`);
+    C[i, j] = 1 - a_i · b_j, one `part_cost` call with each neighbour a
+    one-element set, as the head makes it.
+    """
+    k, (num, width) = plan.pool, cand.shape
+    where = lambda gids: torch.searchsorted(nbr_ids, gids.contiguous())  # noqa: E731 - rows of nbr_rows
+    anchors = nbr_rows[where(pool[:, :k])]  # [C, k, D]
+    nbrs = where(g.neighbors[:, :k][cand])  # [C, k_c, k]
+    valid_a = _all_true((num, k), anchors.device)
+    valid_b = _all_true((nbr_rows.shape[0], 1), anchors.device)
+    cost = part_cost(anchors, valid_a, nbrs.reshape(num, width * k), nbr_rows[:, None, :], valid_b, pad_cost(1, 1),
+                     cfg.backend)
+    return cost.reshape(num, width, k, k).transpose(-1, -2), torch.full((num,), k, device=anchors.device)
+
+
+def _fuse(cfg: HeadConfig, plan: _Plan, s0: Tensor, ids: Tensor, terms: Tensor) -> HeadResult:
+    """The head's fuse + sort over the combined terms."""
+    s = terms[..., _S].float() if plan.move else s0
+    if plan.penalty:
+        s = s - cfg.beta * terms[..., _PENALTY].float()
+    align, structure = terms[..., _ALIGN].float(), terms[..., _STRUCTURE].float()
+    contrast = terms[..., _CONTRAST].float()
+    cols = terms[..., _COLS:].long() - 1
+    return ranked(cfg, ids, s0, s, align, structure, contrast, cols, plan.checks)

@@ -1,0 +1,408 @@
+"""A gallery split across ranks: each rank holds one contiguous shard of rows, and the global ids.
+
+Rank r holds rows `offsets[r] .. offsets[r+1] - 1` of the gallery (global
+ids), in every field of the gallery side: embeddings `[N_r, D]`, parts
+`[N_r, n, D]`, parts mask `[N_r, n]`, part boxes `[N_r, n, 4]` and, for
+neighbourhood mode, kNN graph rows `[N_r, k']` holding *global* ids
+(`geosteer.distributed.sharded_knn_graph`).
+
+Three ways to make one, each a collective (every rank calls it):
+
+- `ShardedGallery.from_local(comm, shard)`: each rank passes its own rows;
+- `ShardedGallery.from_full(comm, gallery, sizes=None)`: every rank holds
+  the whole gallery (tests, small galleries) and keeps its slice (views);
+- `ShardedGallery.open(comm, path)`: on-disk shards, one index folder per
+  rank (`write_sharded_index`, or folders built separately and listed with
+  `write_shard_list`), or one index folder split by rows.
+
+At start-up the ranks compare what they hold and refuse to go on, on every
+rank, when it does not make one gallery (`ShardMismatch`): another encoder,
+D, region count n, format version, dtype, set of fields, device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from geosteer.distributed.comm import Comm
+from geosteer.distributed.faults import ShardMismatch
+from geosteer.inputs import GallerySide
+
+#: The file listing the shard folders of a sharded index, one per rank.
+SHARD_LIST = "shards.json"
+SHARD_LIST_FORMAT = "geosteer-sharded-index"
+SHARD_LIST_VERSION = 1
+#: Manifest fields every shard of one gallery must share (`open` compares them).
+MANIFEST_FIELDS: tuple[str, ...] = ("format", "version", "encoder", "fingerprint", "dim", "n", "regions", "dtype")
+_GALLERY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GallerySide))
+
+
+def shard_bounds(num_items: int, world_size: int, sizes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Row range `(start, stop)` of each rank's contiguous shard.
+
+    Args:
+        num_items: N, rows of the whole gallery.
+        world_size: W, number of ranks.
+        sizes: rows per rank (sums to N, each >= 1); default as even as
+            possible (the first N mod W ranks get one more).
+
+    Raises:
+        ValueError: N < W, or `sizes` of the wrong length, sum or sign.
+    """
+    if world_size < 1 or num_items < world_size:
+        raise ValueError(f"a gallery of N={num_items} rows cannot give each of {world_size} ranks a row")
+    if sizes is None:
+        base, extra = divmod(num_items, world_size)
+        sizes = [base + (1 if r < extra else 0) for r in range(world_size)]
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != world_size or sum(sizes) != num_items or min(sizes) < 1:
+        raise ValueError(f"sizes must hold {world_size} positive row counts summing to N={num_items}, got {sizes}")
+    bounds, start = [], 0
+    for s in sizes:
+        bounds.append((start, start + s))
+        start += s
+    return bounds
+
+
+def _slice(gallery: GallerySide, start: int, stop: int) -> GallerySide:
+    return GallerySide(**{f: (None if getattr(gallery, f) is None else getattr(gallery, f)[start:stop]) for f in _GALLERY_FIELDS})
+
+
+def _summary(gallery) -> dict:
+    """What the ranks compare about their shards (static metadata only)."""
+    if isinstance(gallery, Tensor):
+        gallery = GallerySide(gallery)
+    if not isinstance(gallery, GallerySide):
+        raise TypeError(f"gallery must be a GallerySide or an [N, D] tensor, got {type(gallery).__name__}")
+    emb = gallery.embeddings
+    if not isinstance(emb, Tensor) or emb.ndim != 2:
+        raise ValueError(f"gallery embeddings must be an [N, D] tensor, got {getattr(emb, 'shape', type(emb).__name__)}")
+    for f in _GALLERY_FIELDS:
+        t = getattr(gallery, f)
+        if t is not None and (not isinstance(t, Tensor) or t.ndim < 1 or t.shape[0] != emb.shape[0]):
+            raise ValueError(f"gallery.{f} must be a tensor with N={emb.shape[0]} rows, got {getattr(t, 'shape', type(t).__name__)}")
+    return {
+        "rows": int(emb.shape[0]), "dim": int(emb.shape[1]), "dtype": str(emb.dtype), "device": emb.device.type,
+        "n": None if gallery.parts is None else int(gallery.parts.shape[1]),
+        "fields": tuple(f for f in _GALLERY_FIELDS if getattr(gallery, f) is not None),
+        "neighbors": None if gallery.neighbors is None else int(gallery.neighbors.shape[1]),
+    }
+
+
+def _agree(summaries: list[dict], keys: Sequence[str], where: dict[int, str] | None = None, hint: str = "") -> None:
+    """Raise `ShardMismatch` (on every rank alike: all see the same list) where a key differs."""
+    for key in keys:
+        values = {r: s[key] for r, s in enumerate(summaries)}
+        if len({repr(v) for v in values.values()}) > 1:
+            raise ShardMismatch(key, values, where, hint)
+
+
+@dataclass
+class ShardedGallery:
+    """This rank's shard of a gallery split across the ranks of `comm`.
+
+    Attributes:
+        comm: the group (every rank holds one shard, in rank order).
+        local: this rank's rows as a `GallerySide` (neighbors, if any, hold global ids).
+        counts: rows of every rank's shard, in rank order.
+        paths: image file of each local row (shards opened from an index), else None.
+        faiss: a `FaissFirstStage` over the local embeddings (`build_faiss`), else None.
+    """
+
+    comm: Comm
+    local: GallerySide
+    counts: tuple[int, ...]
+    paths: tuple[str, ...] | None = None
+    faiss: object | None = None
+    _offsets: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def rank(self) -> int:
+        """This rank."""
+        return self.comm.rank
+
+    @property
+    def world_size(self) -> int:
+        """Ranks (= shards)."""
+        return self.comm.world_size
+
+    @property
+    def num_items(self) -> int:
+        """N, rows of the whole gallery."""
+        return sum(self.counts)
+
+    @property
+    def offset(self) -> int:
+        """Global id of this shard's first row."""
+        return sum(self.counts[: self.rank])
+
+    @property
+    def offsets(self) -> Tensor:
+        """`[W + 1]` int64: first global id of each shard, then N (on the shard's device)."""
+        if self._offsets is None:
+            starts = [0]
+            for c in self.counts:
+                starts.append(starts[-1] + c)
+            self._offsets = torch.tensor(starts, dtype=torch.long, device=self.local.embeddings.device)
+        return self._offsets
+
+    def locate(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(owner rank, row in the owner's shard) of global ids (any shape, int64)."""
+        owner = torch.bucketize(ids.contiguous(), self.offsets[1:-1], right=True)
+        return owner, ids - self.offsets[owner]
+
+    # -- construction (collectives)
+
+    @classmethod
+    def from_local(cls, comm: Comm, gallery: GallerySide | Tensor, *, paths: Sequence[str] | None = None) -> ShardedGallery:
+        """Each rank's own rows make the shards, in rank order (a collective).
+
+        Args:
+            comm: the group.
+            gallery: this rank's rows (a `GallerySide` or `[N_r, D]` tensor,
+                N_r >= 1); kNN graph rows, if given, must hold global ids.
+            paths: optional image file per row.
+
+        Raises:
+            ShardMismatch (a ValueError), on every rank: the shards differ in
+                D, dtype, n, fields, device or graph width.
+            RankFailure (ValueError kind), on every rank: a shard is not a
+                gallery (bad type or shapes), has no rows, or `paths` has the wrong length.
+        """
+        with comm.step("shards"):
+            summary = _summary(gallery)
+            if summary["rows"] < 1:
+                raise ValueError(f"rank {comm.rank}'s shard holds no rows; every rank needs at least one")
+            if paths is not None and len(paths) != summary["rows"]:
+                raise ValueError(f"paths holds {len(paths)} entries but the shard has {summary['rows']} rows")
+        summaries = comm.all_gather_object(summary, "shards")
+        _agree(summaries, ("dim", "dtype", "n", "fields", "device", "neighbors"))
+        local = gallery if isinstance(gallery, GallerySide) else GallerySide(gallery)
+        return cls(comm, local, tuple(s["rows"] for s in summaries), None if paths is None else tuple(paths))
+
+    @classmethod
+    def from_full(cls, comm: Comm, gallery: GallerySide | Tensor, sizes: Sequence[int] | None = None) -> ShardedGallery:
+        """Every rank holds the whole gallery and keeps its contiguous slice (views, no copy; a collective).
+
+        Args:
+            comm: the group.
+            gallery: the whole gallery, the same on every rank.
+            sizes: rows per rank (default: even; `shard_bounds`).
+        """
+        with comm.step("shards"):
+            g = gallery if isinstance(gallery, GallerySide) else GallerySide(gallery)
+            if not isinstance(g.embeddings, Tensor):
+                raise TypeError(f"gallery must be a GallerySide or an [N, D] tensor, got {type(gallery).__name__}")
+            start, stop = shard_bounds(g.embeddings.shape[0], comm.world_size, sizes)[comm.rank]
+            local = _slice(g, start, stop)
+        return cls.from_local(comm, local)
+
+    @classmethod
+    def open(cls, comm: Comm, path: str | os.PathLike | Sequence[str | os.PathLike], *, encoder=None) -> ShardedGallery:
+        """Open on-disk shards: each rank maps its own (a collective).
+
+        Args:
+            comm: the group.
+            path: a sharded index folder (holding `shards.json`: one shard
+                folder per rank, `write_sharded_index`), a list of index
+                folders (one per rank), or one index folder, whose rows are
+                then split evenly (each rank maps the whole file and reads
+                its rows; checksumming the embeddings reads them all once).
+            encoder: optional `ClipEncoder` or fingerprint, checked against
+                this rank's shard (pass it on the ranks that have one).
+
+        Raises:
+            ShardMismatch, on every rank: the shards' manifests disagree
+                (format, version, encoder, D, n, region method, dtype).
+            RankFailure (ValueError kind), on every rank: a folder that is
+                not an index, as many shards as ranks missing, a truncated or
+                corrupt shard, the wrong encoder.
+        """
+        from geosteer.index import Index
+
+        with comm.step("open"):
+            folders, split = shard_folders(path, comm.world_size)
+            folder = folders[comm.rank]
+            summary = manifest_summary(folder)
+        summaries = comm.all_gather_object(summary, "open")
+        _agree(summaries, MANIFEST_FIELDS, {r: str(f) for r, f in enumerate(folders)},
+               "build every shard with one encoder, region method and geosteer index format")
+        with comm.step("open"):
+            index = Index.open(folder, encoder=encoder)
+            gallery = index.gallery  # checks the embeddings' checksums
+            files = [str(p) for p in index.files]
+            if split:
+                start, stop = shard_bounds(len(index), comm.world_size)[comm.rank]
+                gallery, files = _slice(gallery, start, stop), files[start:stop]
+        return cls.from_local(comm, gallery, paths=files)
+
+    def with_neighbors(self, graph: Tensor) -> ShardedGallery:
+        """A copy whose local rows carry kNN graph rows `graph [N_r, k']` (global ids; `sharded_knn_graph`)."""
+        return dataclasses.replace(self, local=dataclasses.replace(self.local, neighbors=graph))
+
+    def build_faiss(self, kind: str = "ivf", **options) -> ShardedGallery:
+        """Build a FAISS index over this rank's embeddings for the first stage (a collective).
+
+        Args:
+            kind: "ivf", "hnsw" or "flat" (`FaissFirstStage.build`).
+            options: passed to `FaissFirstStage.build` (nlist, nprobe, ...),
+                the same on every rank (each shard gets its own lists).
+
+        Returns:
+            self, with `faiss` set.
+
+        Raises:
+            RankFailure, on every rank: faiss missing, or a rank's build failed.
+        """
+        from geosteer.stages.first_stage_faiss import FaissFirstStage
+
+        with self.comm.step("faiss"):
+            self.faiss = FaissFirstStage.build(self.local.embeddings, kind, **options)
+        return self
+
+    def paths_of(self, ids: Tensor) -> list[list[str | None]]:
+        """The image file of each global id in `ids [Q, k]` (a collective; every rank gets them all).
+
+        Shards without paths answer None.
+        """
+        owner, rows = self.locate(ids)
+        mine = {}
+        if self.paths is not None:
+            for gid, row in zip(ids[owner == self.rank].tolist(), rows[owner == self.rank].tolist()):
+                mine[gid] = self.paths[row]
+        found: dict[int, str] = {}
+        for part in self.comm.all_gather_object(mine, "paths"):
+            found.update(part)
+        return [[found.get(i) for i in row] for row in ids.tolist()]
+
+
+# ---------------------------------------------------------------- on disk
+
+
+def shard_folders(path, world_size: int) -> tuple[list[Path], bool]:
+    """The index folder of each rank, and whether they are one index split by rows.
+
+    Raises:
+        ValueError: `path` is neither a sharded index, a list of index
+            folders nor an index; or it holds another number of shards than ranks.
+    """
+    if isinstance(path, (list, tuple)):
+        folders = [Path(p).expanduser() for p in path]
+        if len(folders) != world_size:
+            raise ValueError(f"{len(folders)} shard folders given for {world_size} ranks; pass one per rank")
+        return folders, False
+    folder = Path(path).expanduser()
+    listing = folder / SHARD_LIST
+    if listing.is_file():
+        try:
+            spec = json.loads(listing.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{str(listing)!r} cannot be read: {e}") from None
+        if not isinstance(spec, dict) or spec.get("format") != SHARD_LIST_FORMAT or spec.get("version") != SHARD_LIST_VERSION:
+            raise ValueError(f"{str(listing)!r} is not a {SHARD_LIST_FORMAT} version {SHARD_LIST_VERSION} shard list")
+        shards = [folder / s for s in spec.get("shards", [])]
+        if len(shards) != world_size:
+            raise ValueError(f"sharded index {str(folder)!r} holds {len(shards)} shards but the group has {world_size} "
+                             f"ranks; launch one rank per shard (torchrun --nproc-per-node {len(shards)} ...)")
+        return shards, False
+    if (folder / "manifest.json").is_file():
+        return [folder] * world_size, world_size > 1
+    raise ValueError(f"{str(folder)!r} is neither an index (manifest.json) nor a sharded index ({SHARD_LIST})")
+
+
+def manifest_summary(folder: str | os.PathLike) -> dict:
+    """The fields of an index manifest that every shard must share (`MANIFEST_FIELDS`), read from its JSON.
+
+    Raises:
+        ValueError: no readable manifest.
+    """
+    path = Path(folder) / "manifest.json"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"shard {str(folder)!r} has no readable manifest.json ({e}); is it an index folder?") from None
+    enc = m.get("encoder") or {}
+    return {"format": m.get("format"), "version": m.get("version"), "encoder": enc.get("name"),
+            "fingerprint": enc.get("fingerprint"), "dim": m.get("dim"), "n": m.get("n"), "regions": m.get("regions"),
+            "dtype": m.get("dtype"), "count": m.get("count")}
+
+
+def write_shard_list(out: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> Path:
+    """Write `out/shards.json` listing index folders (one per rank, in rank order) as one sharded index.
+
+    Use it for shards built separately (`geosteer index` per machine). Folders
+    under `out` are recorded relative to it.
+
+    Returns:
+        The shard list's path.
+
+    Raises:
+        ValueError: no folder, or one that is not a finished index.
+    """
+    base = Path(out).expanduser()
+    if not folders:
+        raise ValueError("folders must list at least one index folder")
+    entries = []
+    for f in folders:
+        p = Path(f).expanduser()
+        if not (p / "manifest.json").is_file():
+            raise ValueError(f"shard {str(p)!r} is not a finished index (no manifest.json)")
+        try:
+            entries.append(p.resolve().relative_to(base.resolve()).as_posix())
+        except ValueError:
+            entries.append(str(p.resolve()))
+    base.mkdir(parents=True, exist_ok=True)
+    listing = base / SHARD_LIST
+    tmp = listing.with_name(f"{SHARD_LIST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"format": SHARD_LIST_FORMAT, "version": SHARD_LIST_VERSION, "shards": entries}, indent=1) + "\n")
+    os.replace(tmp, listing)
+    return listing
+
+
+def write_sharded_index(
+    gallery: GallerySide,
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    num_shards: int,
+    *,
+    encoder,
+    sizes: Sequence[int] | None = None,
+    **options,
+) -> Path:
+    """Write a `GallerySide` as `num_shards` index folders plus `shards.json` (one process).
+
+    Shard r is `out/shard-0000r`, an ordinary index (`geosteer.index.write_index`)
+    of rows `shard_bounds(N, num_shards, sizes)[r]`.
+
+    Args:
+        gallery: embeddings, parts, parts_mask and part_boxes (float32), as `write_index` takes.
+        paths: one image path per row.
+        out: a new or empty folder.
+        num_shards: shards (= ranks that will open it).
+        encoder: as `write_index` (a `ClipEncoder` or (name, fingerprint)).
+        sizes: rows per shard (default even).
+        options: more `write_index` keywords (regions, root, metadata, ...).
+
+    Returns:
+        `out`.
+    """
+    from geosteer.index import write_index
+
+    if len(paths) != gallery.embeddings.shape[0]:
+        raise ValueError(f"paths holds {len(paths)} entries but gallery has N={gallery.embeddings.shape[0]} rows")
+    base = Path(out).expanduser()
+    folders = []
+    for r, (start, stop) in enumerate(shard_bounds(gallery.embeddings.shape[0], num_shards, sizes)):
+        folder = base / f"shard-{r:05d}"
+        write_index(_slice(gallery, start, stop), list(paths[start:stop]), folder, encoder=encoder, **options)
+        folders.append(folder)
+    write_shard_list(base, folders)
+    return base

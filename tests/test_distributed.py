@@ -1,0 +1,338 @@
+"""The sharded gallery (geosteer.distributed) against the single-process head, on 2 and 3 CPU ranks.
+
+Ranks are real processes on gloo over 127.0.0.1. Spawning costs seconds, so
+one spawn per world size runs every case (tests/distributed_workers.py) and
+each test reads its case's results; the spawn's time lands on the first
+test that asks for it. Every spawn is bounded (`SPAWN_TIMEOUT_S`) and killed
+past it. A few tests run in this process (one-rank group, pure helpers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed_workers as workers
+from geosteer import GallerySide, GeoSteerHead, HeadConfig, QuerySide
+from geosteer.distributed import (
+    RankFailure,
+    RankValueError,
+    ShardedGallery,
+    ShardedHead,
+    ShardMismatch,
+    init_distributed,
+    shard_bounds,
+    write_shard_list,
+    write_sharded_index,
+)
+from geosteer.distributed.first_stage import merge_candidates
+from geosteer.distributed.head import _blocks
+from geosteer.distributed.queries import layout, pack, unpack
+from geosteer.index import write_index
+
+HAS_FAISS = importlib.util.find_spec("faiss") is not None
+
+REPO = Path(__file__).resolve().parent.parent
+SPAWN_TIMEOUT_S = 120.0
+COMMON = ["parts_masks", "steer", "relations", "everything_q1", "k_over_n", "pooled", "neighbourhood", "faiss", "index",
+          "rank_fails", "bad_queries", "mismatch"]
+CASES = {2: [*COMMON, "docs_example", "timeout"], 3: COMMON}  # timeout last: it breaks its group on purpose
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def image_paths(num: int, root: Path) -> list[str]:
+    return [str(root / f"img{i:03d}.png") for i in range(num)]
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory) -> dict:
+    """Sharded indexes on disk for 2 and 3 ranks: a good one, one with another encoder, one of another version."""
+    base = tmp_path_factory.mktemp("sharded")
+    _, gal = workers.problem(9)
+    paths = image_paths(40, base / "images")
+    ctx = {}
+    for world in (2, 3):
+        sizes = workers.sizes_for(world, 40)
+        good = write_sharded_index(gal, paths, base / f"index{world}", world, encoder=("tiny", "fp-a"), sizes=sizes)
+        ctx[f"index{world}"] = str(good)
+        folders = []
+        for r, (a, b) in enumerate(shard_bounds(40, world, sizes)):
+            part = GallerySide(gal.embeddings[a:b], parts=gal.parts[a:b], parts_mask=gal.parts_mask[a:b],
+                               part_boxes=gal.part_boxes[a:b])
+            folders.append(write_index(part, paths[a:b], base / f"enc{world}" / f"s{r}",
+                                       encoder=("tiny", "fp-a" if r == 0 else "fp-b")).path)
+        ctx[f"bad_encoder{world}"] = str(write_shard_list(base / f"enc{world}", folders).parent)
+        old = base / f"version{world}"
+        shutil.copytree(good, old)
+        manifest = old / "shard-00001" / "manifest.json"
+        m = json.loads(manifest.read_text())
+        m["version"] = 2
+        manifest.write_text(json.dumps(m))
+        ctx[f"bad_version{world}"] = str(old)
+    return ctx
+
+
+def spawn(world: int, cases: list[str], ctx: dict, out: Path) -> dict[str, list[dict]]:
+    """Run `cases` on `world` ranks; {case: [result of rank 0, rank 1, ...]}."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = mp.start_processes(workers.run, args=(world, free_port(), cases, str(out), ctx), nprocs=world, join=False,
+                               start_method="spawn")
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    try:
+        while not procs.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{world} ranks did not finish {cases} in {SPAWN_TIMEOUT_S:.0f} s")
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.kill()
+    results = {}
+    for case in cases:
+        files = [out / f"{case}.rank{r}.json" for r in range(world)]
+        results[case] = [json.loads(f.read_text()) if f.exists() else {"crashed": "no result written"} for f in files]
+    return results
+
+
+@pytest.fixture(scope="module")
+def spawned(indexes, tmp_path_factory) -> dict:
+    """{world: {case: per-rank results}}, spawned on first use."""
+    cache: dict[int, dict] = {}
+
+    def get(world: int) -> dict:
+        if world not in cache:
+            cache[world] = spawn(world, CASES[world], indexes, tmp_path_factory.mktemp(f"ranks{world}"))
+        return cache[world]
+
+    return get
+
+
+def results(spawned, world: int, case: str) -> list[dict]:
+    per_rank = spawned(world)[case]
+    for r, res in enumerate(per_rank):
+        assert "crashed" not in res, f"rank {r} crashed in {case!r}: {res.get('crashed')}\n{res.get('traceback', '')}"
+    return per_rank
+
+
+def assert_same_as_head(res: dict, atol: float = 2e-7) -> None:
+    assert res["shape"] == res["expected_shape"], res
+    assert res["indices_equal"], f"ids differ from the single-process head: {res}"
+    assert res["assignment_equal"], res
+    assert max(res["max_diff"].values()) <= atol, res["max_diff"]
+
+
+WORLDS = pytest.mark.parametrize("world", [2, 3])
+
+
+@WORLDS
+def test_parts_mode_with_masks_uneven_shards_equals_the_head(spawned, world):
+    for res in results(spawned, world, "parts_masks"):
+        assert_same_as_head(res)
+        assert_same_as_head(res["small_blocks"])
+        assert res["alignment_nonzero"]
+
+
+@WORLDS
+def test_steering_alpha_and_beta_served_from_rank_0_equals_the_head(spawned, world):
+    for res in results(spawned, world, "steer"):
+        assert_same_as_head(res)
+        assert res["steered_differs"], "the case must move the query"
+
+
+@WORLDS
+def test_relations_with_a_batch_split_across_ranks_equal_the_head(spawned, world):
+    per_rank = results(spawned, world, "relations")
+    for res in per_rank:
+        assert_same_as_head(res)
+    assert any(res["structure_nonzero"] for res in per_rank), "γ must act somewhere"
+    assert [res["shape"][0] for res in per_rank] == ([0, 7] if world == 2 else [2, 0, 5])
+
+
+@WORLDS
+def test_one_query_with_every_term_on_equals_the_head(spawned, world):
+    for res in results(spawned, world, "everything_q1"):
+        assert_same_as_head(res)
+        assert res["shape"][0] == 1 and res["steered_differs"]
+
+
+@WORLDS
+def test_k_larger_than_every_shard_and_than_n(spawned, world):
+    for res in results(spawned, world, "k_over_n"):
+        assert_same_as_head(res)
+        assert res["shape"] == [6, 13]
+
+
+@WORLDS
+def test_pooled_steering_without_region_sets(spawned, world):
+    for res in results(spawned, world, "pooled"):
+        assert_same_as_head(res["move"])
+        assert_same_as_head(res["penalty"])  # a [M, 1, u] projection instead of [Q, K, u]: last-bit rounding
+
+
+@WORLDS
+def test_neighbourhood_mode_with_the_sharded_knn_graph(spawned, world):
+    for res in results(spawned, world, "neighbourhood"):
+        assert res["graph_equal"], "sharded_knn_graph differs from knn_graph"
+        assert_same_as_head(res)
+        assert "RankValueError" in res["no_graph_error"] and "sharded_knn_graph" in res["no_graph_error"]
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss is not installed (pip install 'geosteer[faiss]')")
+@WORLDS
+def test_faiss_ivf_per_shard_merged(spawned, world):
+    for res in results(spawned, world, "faiss"):
+        assert_same_as_head(res["ivf"])  # = the head fed the shards' IVF candidates
+        assert_same_as_head(res["flat"])  # = the exact head
+
+
+@WORLDS
+def test_shards_opened_from_a_sharded_index_on_disk(spawned, world):
+    for res in results(spawned, world, "index"):
+        assert_same_as_head(res)
+        assert res["paths_ok"]
+
+
+@WORLDS
+def test_a_failing_rank_makes_every_rank_raise_naming_it(spawned, world):
+    bad = world - 1
+    for res in results(spawned, world, "rank_fails"):
+        assert res["is_rank_failure"] and res["is_value_error"], res
+        assert list(res["failures"]) == [str(bad)]
+        assert f"on rank {bad} of {world}" in res["error"] and "gallery_parts contains NaN" in res["error"]
+        assert res["seconds"] < 5
+
+
+@WORLDS
+def test_bad_queries_on_one_rank_raise_the_heads_value_error_everywhere(spawned, world):
+    for res in results(spawned, world, "bad_queries"):
+        assert res["is_value_error"] and "query contains NaN" in res["error"], res
+
+
+@WORLDS
+def test_mismatched_shards_are_refused_at_start_up(spawned, world):
+    for res in results(spawned, world, "mismatch"):
+        assert res["dim"]["mismatch"] and res["dim"]["field"] == "dim", res["dim"]
+        assert res["encoder"]["mismatch"] and res["encoder"]["field"] in ("encoder", "fingerprint"), res["encoder"]
+        assert "fp-b" in res["encoder"]["error"] or "fingerprint" in res["encoder"]["error"]
+        assert res["version"]["mismatch"] and res["version"]["field"] == "version", res["version"]
+        assert "shard-00001" in res["version"]["error"]
+        assert res["empty"]["value_error"] and "holds no rows" in res["empty"]["error"], res["empty"]
+
+
+def test_the_docs_example_runs_as_written(spawned):
+    for res in results(spawned, 2, "docs_example"):
+        assert_same_as_head(res)
+        assert len(res["top_paths"]) == 5 and all(p.endswith(".png") for p in res["top_paths"])
+
+
+def test_a_rank_that_never_joins_makes_the_others_time_out(spawned):
+    waiting, absent = results(spawned, 2, "timeout")
+    assert absent["skipped_call"]
+    assert waiting["collective"], waiting
+    assert "timeout" in waiting["error"] and waiting["seconds"] < workers.SHORT_TIMEOUT_S + 5, waiting
+
+
+def test_the_torchrun_entry_prints_the_heads_ranking(indexes, tmp_path):
+    q, gal = workers.problem(9)  # the gallery `indexes` wrote
+    qfile = tmp_path / "q.pt"
+    torch.save({k: v for k, v in vars(q).items() if v is not None}, qfile)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "geosteer.distributed.search", indexes["index2"],
+           "--queries-file", str(qfile), "-k", "4", "--threads", "1", "--json", "--timeout", "30"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    cfg = HeadConfig(**out["config"])
+    expected = GeoSteerHead(cfg)(q, gal)
+    assert out["ranks"] == 2 and out["images"] == 40
+    for row, want in zip(out["queries"], expected.indices[:, :4].tolist()):
+        assert [hit["id"] for hit in row["results"]] == want
+        assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["results"])
+
+
+# ---------------------------------------------------------------- in this process
+
+
+@pytest.fixture
+def one_rank():
+    comm = init_distributed("gloo", timeout_s=10)
+    yield comm
+    comm.close()
+
+
+def test_one_rank_runs_the_same_code_as_a_single_process(one_rank):
+    q, gal = workers.problem(14)
+    cfg = HeadConfig(k=10, lam=0.5, alpha=0.3, beta=1.0, gamma=0.3, mode="parts")
+    got = ShardedHead(cfg)(q, ShardedGallery.from_local(one_rank, gal))
+    want = GeoSteerHead(cfg)(q, gal)
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.scores, want.scores)
+    assert one_rank.stats.total_seconds() > 0 and "first_stage/all_gather" in one_rank.stats.seconds
+    with pytest.raises(RankValueError, match="query contains NaN") as info:
+        ShardedHead(k=5)(torch.full((1, 16), float("nan")), ShardedGallery.from_local(one_rank, GallerySide(gal.embeddings)))
+    assert isinstance(info.value, ValueError) and isinstance(info.value, RankFailure)
+    with pytest.raises(TypeError, match="ShardedGallery"):
+        ShardedHead(cfg)(q, gal)
+
+
+def test_merge_keeps_the_best_k_breaking_ties_by_global_id():
+    # rank 0: ids 0, 1; rank 1: ids 5, 6 (padding -inf); scores tie across ranks
+    gathered = torch.tensor([[[[0.9, 1.0], [0.5, 0.0]]], [[[0.9, 5.0], [float("-inf"), -1.0]]]], dtype=torch.float64)
+    scores, ids = merge_candidates(gathered, 3)
+    assert ids.tolist() == [[1, 5, 0]]
+    torch.testing.assert_close(scores, torch.tensor([[0.9, 0.9, 0.5]]))
+
+
+def test_blocks_cover_every_owned_candidate_once_with_bounded_padding():
+    g = torch.Generator().manual_seed(0)
+    mine = torch.rand(40, 12, generator=g) < torch.linspace(0.05, 0.95, 40)[:, None]
+    for budget in (1, 7, 50, 10_000):
+        seen = torch.zeros_like(mine, dtype=torch.long)
+        for qs, cols, valid in _blocks(mine, budget):
+            assert valid[:, 0].all() and cols.shape == valid.shape == (qs.numel(), cols.shape[1])
+            assert qs.numel() == 1 or valid.numel() <= max(budget, 1.25 * valid.sum())
+            seen[qs[:, None].expand_as(cols)[valid], cols[valid]] += 1
+        assert torch.equal(seen, mine.long())
+
+
+def test_shard_bounds():
+    assert shard_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert shard_bounds(10, 2, [3, 7]) == [(0, 3), (3, 10)]
+    with pytest.raises(ValueError, match="sizes"):
+        shard_bounds(10, 2, [5, 4])
+    with pytest.raises(ValueError, match="cannot give"):
+        shard_bounds(2, 3)
+
+
+def test_queries_pack_and_unpack_byte_for_byte():
+    q, _ = workers.problem(15, num_queries=3)
+    num, fields = layout(q)
+    back = unpack(pack(q), fields)
+    for name, value in vars(q).items():
+        assert (value is None and getattr(back, name) is None) or torch.equal(value, getattr(back, name))
+    assert num == 3 and unpack(pack(QuerySide(q.embeddings[:0])), layout(QuerySide(q.embeddings[:0]))[1]).embeddings.shape == (0, 16)
+
+
+def test_rank_failure_messages_name_the_ranks():
+    one = RankFailure("rerank", {1: "ValueError: bad"}, 3)
+    assert "on rank 1 of 3: ValueError: bad" in str(one)
+    every = RankFailure("validate", {0: "ValueError: x", 1: "ValueError: x"}, 2)
+    assert "on every rank (2 of 2)" in str(every)
+    some = RankFailure("merge", {0: "KeyError: a", 2: "OSError: b"}, 3)
+    assert "on ranks 0, 2 of 3" in str(some) and "rank 2: OSError: b" in str(some)
+    assert "rank 1 has 24" in str(ShardMismatch("dim", {0: 16, 1: 24}))
