@@ -153,9 +153,11 @@ class GeoSteerHead(nn.Module):
         with self._stage("first_stage"):
             s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands)
             steering = (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None
-            if parts_mode and (rerank or steering):
+            if parts_mode and steering and not rerank:
                 # gallery_parts is read in the candidates' rows only: those are
-                # checked (finite, L2-normalised where valid); eager, before any is read.
+                # checked (finite, L2-normalised where valid). With re-ranking,
+                # part_cost checks them on its own read of the same rows
+                # (`unit_check`): a separate pass cost as much as part_cost itself.
                 checks_ = checks_ + check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
         s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
         contrast = self._contrast(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0)
@@ -240,7 +242,7 @@ class GeoSteerHead(nn.Module):
                 # pad_cost(n, n) >= pad_cost(m, n): as valid for every m, and one value
                 # per gallery, so torch.compile(dynamic=True) does not recompile per m.
                 pad = pad_cost(g.parts.shape[1], g.parts.shape[1])
-                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend)
+                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend, "gallery_parts")
                 num_valid = qmask.sum(dim=1)
             else:
                 k = pool

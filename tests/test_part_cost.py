@@ -154,12 +154,38 @@ def test_numba_kernel_matches_reference(shape, threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     inputs = make_inputs(shape, torch.float32, seed=3)
     assert dispatch.resolve(cost_mod.SPEC, "auto", inputs[0].device, (torch.float32,)) == "numba"
-    got = cost_mod.part_cost_numba(*inputs)
+    got, no_norms = cost_mod.part_cost_numba(*inputs)
     want = part_cost_reference(*inputs)
+    assert no_norms is None
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     pad = inputs[-1]
     assert torch.equal(got == pad, want == pad)  # the same pairs masked
+    # The norms taken on the way equal the reference's, and the costs do not change.
+    got2, norms = cost_mod.part_cost_numba(*inputs, want_norms=True)
+    want_norms = torch.empty(norms.shape)
+    part_cost_reference(*inputs, norms=want_norms)
+    ids, gallery_parts = inputs[2], inputs[3]
+    assert torch.equal(got2, got)
+    torch.testing.assert_close(norms, gallery_parts[ids].norm(dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(want_norms, norms, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_unit_check_refuses_a_candidates_unnormalised_part_and_exempts_masked_ones(backend):
+    query_parts, query_mask, ids, gallery_parts, gallery_mask, pad = make_inputs((2, 3, 2, 3, 8, 6), torch.float32)
+    gallery_parts = torch.nn.functional.normalize(gallery_parts, dim=-1)
+    gallery_mask = torch.ones_like(gallery_mask)
+    args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend)
+    torch.ops.geosteer.part_cost(*args, "gallery_parts")  # unit rows pass
+    scaled = gallery_parts.clone()
+    scaled[ids[1, 2], 1] *= 3.0
+    with pytest.raises(ValueError, match=r"gallery_parts rows must be L2-normalised \(norms 1.000000 to 3.00"):
+        torch.ops.geosteer.part_cost(query_parts, query_mask, ids, scaled, gallery_mask, pad, backend, "gallery_parts")
+    torch.ops.geosteer.part_cost(query_parts, query_mask, ids, scaled, gallery_mask, pad, backend)  # no check asked
+    masked = gallery_mask.clone()
+    masked[ids[1, 2], 1] = False  # padding may hold anything finite
+    torch.ops.geosteer.part_cost(query_parts, query_mask, ids, scaled, masked, pad, backend, "gallery_parts")
 
 
 @needs_numba

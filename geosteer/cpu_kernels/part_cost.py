@@ -26,8 +26,13 @@ PARALLEL_MIN_WORK = 1 << 22
 
 
 @numba.njit(**_JIT)
-def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, out, start, stop):  # noqa: ANN001
-    """Fill `out[start:stop]` (`[Q, K, m, n]`) with `1 - a_i·b_j`, or `pad` where masked."""
+def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, out, norms, want_norms, start, stop):  # noqa: ANN001
+    """Fill `out[start:stop]` (`[Q, K, m, n]`) with `1 - a_i·b_j`, or `pad` where masked.
+
+    With `want_norms`, also `norms[q, k, j] = ‖b_j‖` of each candidate part
+    (`[Q, K, n]`), read again while the row is still in L1: the head's
+    unit-norm check of the candidates' rows without a second pass over them.
+    """
     num_cands = ids.shape[1]
     num_parts = query_parts.shape[1]
     num_regions = gallery_parts.shape[1]
@@ -60,6 +65,12 @@ def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, o
                         s += query_parts[q, i, d] * gallery_parts[c, j, d]
                     out[q, k, i, j] = one - s
                     i += 1
+                if want_norms:
+                    ss = np.float32(0.0)
+                    for d in range(dim):
+                        g = gallery_parts[c, j, d]
+                        ss += g * g
+                    norms[q, k, j] = np.sqrt(ss)
                 if not gallery_mask[c, j]:
                     for i in range(num_parts):
                         out[q, k, i, j] = pad
@@ -77,8 +88,9 @@ def part_cost(
     gallery_mask: np.ndarray,
     pad: float,
     threads: int = 1,
-) -> np.ndarray:
-    """Costs `[Q, K, m, n]` float32 (see `geosteer.ops.part_cost.part_cost_reference`).
+    want_norms: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Costs `[Q, K, m, n]` float32 (see `geosteer.ops.part_cost.part_cost_reference`), and part norms.
 
     Args:
         query_parts: `[Q, m, D]` C-contiguous float32.
@@ -88,12 +100,17 @@ def part_cost(
         gallery_mask: `[N, n]` bool.
         pad: cost of a masked pair.
         threads: worker threads (the compiled loop releases the GIL).
+        want_norms: also return `‖b‖` of every candidate part, `[Q, K, n]` float32.
+
+    Returns:
+        (cost, norms or None).
     """
     num_queries, num_cands = ids.shape
     num_parts, num_regions = query_parts.shape[1], gallery_parts.shape[1]
     out = np.empty((num_queries, num_cands, num_parts, num_regions), dtype=np.float32)
+    norms = np.empty((num_queries, num_cands, num_regions) if want_norms else (1, 1, 1), dtype=np.float32)
     work = out.size * query_parts.shape[2]
-    args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, np.float32(pad), out)
+    args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, np.float32(pad), out, norms, want_norms)
     threads = threads if work >= PARALLEL_MIN_WORK else 1
     run_in_row_chunks(lambda start, stop: _cost_rows(*args, start, stop), num_queries, threads)
-    return out
+    return out, (norms if want_norms else None)

@@ -178,6 +178,21 @@ def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Te
     return _zero(parts)
 
 
+def check_unit_norms(norms: Tensor, valid: Tensor, dtype: torch.dtype, name: str) -> None:
+    """Raise `ValueError` unless every `valid` entry of `norms` is 1 within `UNIT_TOLERANCE[dtype]`.
+
+    For norms a kernel took on its way (`geosteer::part_cost` with
+    `unit_check`): the candidates' rows, with the message `check_rows` gives.
+
+    Args:
+        norms: `[...]` float32 row norms; valid: the same shape, bool.
+        dtype: the rows' dtype (its tolerance); name: the argument, for the message.
+    """
+    kept = norms[valid]
+    if kept.numel() and not bool(((kept - 1.0).abs() <= UNIT_TOLERANCE[dtype]).all()):
+        _raise_not_unit(name, kept, f" in the candidates' rows that {name}_mask keeps")
+
+
 @check_rows.register_fake
 def _(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Tensor:
     return parts.new_empty((), dtype=torch.float32)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from geosteer import cpu_kernels
+from geosteer.ops import checks
 from geosteer.ops.dispatch import KernelSpec, check_ids_in_range, resolve, same_device
 
 SPEC = KernelSpec("geosteer::part_cost", triton=True, numba=(torch.float32,))
@@ -42,6 +43,7 @@ def part_cost_reference(
     gallery_mask: Tensor,
     pad: float,
     chunk_elements: int = 1 << 20,
+    norms: Tensor | None = None,
 ) -> Tensor:
     """Plain-torch gather + cost, chunked over queries.
 
@@ -57,6 +59,8 @@ def part_cost_reference(
         gallery_mask: `[N, n]` bool.
         pad: cost written where either part is masked.
         chunk_elements: most gathered elements (`rows * K * n * D`) held at once.
+        norms: optional `[Q, K, n]` float32 filled with `‖b‖` of each
+            candidate part, from the gathered block (no second gather).
 
     Returns:
         cost `[Q, K, m, n]` float32.
@@ -72,6 +76,8 @@ def part_cost_reference(
         block_ids = ids[start:stop].reshape(-1)
         cand_parts = gallery_parts.index_select(0, block_ids).to(compute_dtype)  # [r*K, n, D]
         cand_parts = cand_parts.view(stop - start, num_cands * num_regions, dim)
+        if norms is not None:
+            norms[start:stop] = torch.linalg.vector_norm(cand_parts, dim=-1).view(stop - start, num_cands, num_regions)
         sim = torch.bmm(cand_parts, query_parts[start:stop].to(compute_dtype).transpose(1, 2))  # [r, K*n, m]
         sim = sim.view(stop - start, num_cands, num_regions, num_parts).transpose(-1, -2)
         valid = query_mask[start:stop, None, :, None] & gallery_mask.index_select(0, block_ids).view(
@@ -90,6 +96,7 @@ def part_cost(
     gallery_mask: Tensor,
     pad: float,
     backend: str,
+    unit_check: str = "",
 ) -> Tensor:
     """Costs `[Q, K, m, n]` float32 between query parts and candidates' parts.
 
@@ -101,29 +108,43 @@ def part_cost(
         gallery_mask: `[N, n]` bool.
         pad: cost of a masked pair (see `pad_cost`).
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        unit_check: the argument's name (the head: "gallery_parts") to also
+            check that every valid candidate part is L2-normalised, from
+            norms taken while the rows are read for the costs (numba, torch;
+            the Triton path runs `checks.check_rows`); "" = no such check.
 
     Raises:
-        ValueError: unknown `backend`, or a gathered candidate part holds
+        ValueError: unknown `backend`; a gathered candidate part holds
             NaN/inf (checked on the costs, far cheaper than scanning all of
-            `gallery_parts`).
+            `gallery_parts`); with `unit_check`, a valid candidate part that
+            is not unit-norm.
         BackendUnavailable: backend="triton" where the Triton kernel cannot run.
     """
     impl = resolve(SPEC, backend, query_parts.device, (query_parts.dtype, gallery_parts.dtype))
     args = (query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
+    norms = None
     if impl == "triton":
         cost = part_cost_triton(*args)
+        if unit_check:
+            checks.check_rows(gallery_parts, gallery_mask, ids, unit_check)
     elif impl == "numba" and gallery_parts.is_contiguous():
-        cost = part_cost_numba(*args)
+        cost, norms = part_cost_numba(*args, want_norms=bool(unit_check))
     else:
-        cost = part_cost_reference(*args)
-    check_cost_finite(cost)
+        if unit_check:
+            norms = torch.empty(*ids.shape, gallery_parts.shape[1], dtype=torch.float32, device=ids.device)
+        cost = part_cost_reference(*args, norms=norms)
+    check_cost_finite(cost, unit_check or "gallery_parts")
+    if norms is not None:
+        checks.check_unit_norms(norms, gallery_mask.index_select(0, ids.reshape(-1)).view(norms.shape),
+                                gallery_parts.dtype, unit_check)
     return cost
 
 
 def part_cost_numba(
-    query_parts: Tensor, query_mask: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_mask: Tensor, pad: float
-) -> Tensor:
-    """The numba kernel on CPU float32 tensors (same contract as `part_cost_reference`).
+    query_parts: Tensor, query_mask: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_mask: Tensor, pad: float,
+    want_norms: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """The numba kernel on CPU float32 tensors: cost (as `part_cost_reference`) and, with `want_norms`, `[Q, K, n]` norms.
 
     Raises:
         ValueError: an id outside `[0, N)` (the compiled loop does not check).
@@ -133,7 +154,8 @@ def part_cost_numba(
         t.detach().contiguous().numpy()
         for t in (query_parts, query_mask, ids.long(), gallery_parts, gallery_mask)
     ]
-    return torch.from_numpy(cpu_kernels.load("part_cost").part_cost(*arrays, pad, torch.get_num_threads()))
+    cost, norms = cpu_kernels.load("part_cost").part_cost(*arrays, pad, torch.get_num_threads(), want_norms)
+    return torch.from_numpy(cost), None if norms is None else torch.from_numpy(norms)
 
 
 def part_cost_triton(
@@ -147,14 +169,14 @@ def part_cost_triton(
     return launch(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad)
 
 
-def check_cost_finite(cost: Tensor) -> None:
+def check_cost_finite(cost: Tensor, name: str = "gallery_parts") -> None:
     """A non-finite cost can only come from a non-finite candidate part."""
     if cost.numel() and not bool(torch.isfinite(cost).all()):
-        raise ValueError("gallery_parts contains NaN or inf entries in the candidates' rows; embeddings must be finite")
+        raise ValueError(f"{name} contains NaN or inf entries in the candidates' rows; embeddings must be finite")
 
 
 @part_cost.register_fake
-def _(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend):
+def _(query_parts, query_mask, ids, gallery_parts, gallery_mask, pad, backend, unit_check=""):
     return query_parts.new_empty(
         ids.shape[0], ids.shape[1], query_parts.shape[1], gallery_parts.shape[1], dtype=torch.float32
     )
