@@ -15,16 +15,9 @@ from geosteer.inputs import GallerySide, QuerySide, gallery_side, num_candidates
 from geosteer.ops.checks import check_rows
 from geosteer.ops.first_stage import first_stage as exact_first_stage
 from geosteer.ops.part_cost import pad_cost, part_cost
-from geosteer.ops.project import project
 from geosteer.stages.rerank import alignment, match, neighbourhood_cost, neighbours_of
 from geosteer.stages.fuse import fused_score
-from geosteer.stages.steer import (
-    confuser_penalty,
-    region_confuser_penalty,
-    steer_scores,
-    steering_anchors,
-    steering_contrast,
-)
+from geosteer.stages.steer import anchor_terms, steer_scores, steering_anchors
 from geosteer.stages.structure import relation_score
 
 #: The stages of one forward call, in order; a `stage_hook` sees each one it
@@ -56,7 +49,7 @@ class GeoSteerHead(nn.Module):
     and returns the top-K re-ranked by
     `S = (1 - λ)·s + λ·A + γ·R + δ·C` where `s` is the (steered) cosine and
     C the per-object contrast toward the positive anchors and away from the
-    negatives (`geosteer.stages.steer.steering_contrast`). K is
+    negatives (`geosteer.stages.steer.anchor_terms`). K is
     `min(config.k, N)`: a gallery smaller than k gives results of N columns.
 
     Args:
@@ -159,8 +152,7 @@ class GeoSteerHead(nn.Module):
                 # part_cost checks them on its own read of the same rows
                 # (`unit_check`): a separate pass cost as much as part_cost itself.
                 checks_ = checks_ + check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
-        s = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
-        contrast = self._contrast(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0)
+        s, contrast = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
         align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
         if rerank:
             align, cols = self._align(query_emb, q, g, ids, parts_mode, pool)
@@ -189,45 +181,32 @@ class GeoSteerHead(nn.Module):
     def _steer(
         self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor,
         pool: int,
-    ) -> Tensor:
-        """Stage 1: steered scores q'·c `[Q, K]`, less the β confuser penalty.
+    ) -> tuple[Tensor, Tensor]:
+        """Stage 1: steered scores q'·c less the β confuser penalty, and the δ contrast C(q, c), both `[Q, K]`.
 
-        With region sets (`regions`, parts mode) the penalty is measured per
-        object on the regions (`region_confuser_penalty`), else on the
-        pooled embeddings (`confuser_penalty`).
+        With region sets (`regions`, parts mode) the penalty and the contrast
+        are measured per object on the regions, else on the pooled
+        embeddings (`anchor_terms`: one projection serves both).
         """
         cfg = self.config
-        if q.negatives is None or (cfg.alpha == 0 and cfg.beta == 0):
-            return s0
+        zero = torch.zeros_like(s0)
+        if q.negatives is None or not (cfg.alpha > 0 or cfg.beta > 0 or cfg.delta > 0):
+            return s0, zero
         with self._stage("steer"):
             pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
+            s, neg_sims = s0, None
             if cfg.alpha > 0:
                 s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, pool, cfg.alpha,
                                            cfg.backend, cfg.steer_design)
-            elif regions is None:
-                s, neg_sims = s0, project(gallery, ids, neg, cfg.backend)
-            else:
-                s = s0
-            if cfg.beta > 0 and regions is not None:
-                gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(regions.parts.shape[:2], s0.device)
-                s = s - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, regions.parts, gmask, cfg.backend)
-            elif cfg.beta > 0:
-                s = s - cfg.beta * confuser_penalty(s0, neg_sims, neg_mask)
-            return s
-
-    def _contrast(
-        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor
-    ) -> Tensor:
-        """The δ term C(q, c) `[Q, K]` (`steering_contrast`): per object, on the regions in parts mode."""
-        cfg = self.config
-        if q.negatives is None or not cfg.delta > 0:
-            return torch.zeros_like(s0)
-        with self._stage("steer"):
-            pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
-            if regions is None:
-                return steering_contrast(pos, neg, neg_mask, ids, gallery, None, None, cfg.backend)
-            gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(regions.parts.shape[:2], s0.device)
-            return steering_contrast(pos, neg, neg_mask, ids, gallery, regions.parts, gmask, cfg.backend)
+            parts = gmask = None
+            if regions is not None:
+                parts = regions.parts
+                gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(parts.shape[:2], s0.device)
+            penalty, contrast = anchor_terms(pos, neg, neg_mask, ids, gallery, parts, gmask, s0, cfg.beta > 0,
+                                             cfg.delta > 0, cfg.backend, neg_sims)
+            if penalty is not None:
+                s = s - cfg.beta * penalty
+            return s, zero if contrast is None else contrast
 
     def _align(
         self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool, pool: int

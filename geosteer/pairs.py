@@ -41,7 +41,7 @@ from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
 from geosteer.stages.rerank import alignment, match
 from geosteer.stages.fuse import fused_score
-from geosteer.stages.steer import confuser_penalty, region_confuser_penalty, steering_anchors, steering_contrast
+from geosteer.stages.steer import anchor_terms, steering_anchors
 from geosteer.stages.structure import relation_score
 
 
@@ -203,15 +203,10 @@ def _steering(
     gmask = None
     if parts_mode:
         gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], ids.device)
-    steered, contrast = cosine, torch.zeros_like(cosine)
-    if cfg.beta > 0 and parts_mode:
-        steered = cosine - cfg.beta * region_confuser_penalty(pos, neg, neg_mask, ids, g.parts, gmask, cfg.backend)
-    elif cfg.beta > 0:
-        steered = cosine - cfg.beta * confuser_penalty(cosine, project(g.embeddings, ids, neg, cfg.backend), neg_mask)
-    if cfg.delta > 0:
-        contrast = steering_contrast(pos, neg, neg_mask, ids, g.embeddings, g.parts if parts_mode else None, gmask,
-                                     cfg.backend)
-    return steered, contrast
+    penalty, contrast = anchor_terms(pos, neg, neg_mask, ids, g.embeddings, g.parts if parts_mode else None, gmask,
+                                     cosine, cfg.beta > 0, cfg.delta > 0, cfg.backend)
+    steered = cosine if penalty is None else cosine - cfg.beta * penalty
+    return steered, torch.zeros_like(cosine) if contrast is None else contrast
 
 
 def _all_true(shape, device) -> Tensor:

@@ -47,7 +47,6 @@ from geosteer.head import HeadResult, ranked, uses_parts
 from geosteer.inputs import GallerySide, QuerySide, validate
 from geosteer.ops import checks
 from geosteer.ops.part_cost import pad_cost, part_cost
-from geosteer.ops.project import project
 from geosteer.stages import steer as steer_stage
 from geosteer.stages.rerank import alignment_from_cost
 from geosteer.stages.steer import steering_anchors
@@ -296,16 +295,17 @@ def _owned(
         def put(column: int, values: Tensor) -> None:
             terms[at_q, at_k, column] = values[valid].double()
 
-        if plan.penalty or plan.contrast:
-            pos, neg, neg_mask = plan.positives[qs], plan.negatives[qs], plan.negatives_mask[qs]
-        if plan.penalty and plan.parts_mode:
-            put(_PENALTY, steer_stage.region_confuser_penalty(pos, neg, neg_mask, cand, g.parts, gmask, cfg.backend))
-        elif plan.penalty and not plan.move:
-            neg_sims = project(g.embeddings, cand, neg, cfg.backend)
-            put(_PENALTY, steer_stage.confuser_penalty(s0[qs].gather(1, kcols), neg_sims, neg_mask))
-        if plan.contrast:
-            put(_CONTRAST, steer_stage.steering_contrast(pos, neg, neg_mask, cand, g.embeddings,
-                                                         g.parts if plan.parts_mode else None, gmask, cfg.backend))
+        # With α > 0 the pooled penalty was taken by `_move`, from the move's own sims (as the head).
+        penalty_here = plan.penalty and (plan.parts_mode or not plan.move)
+        if penalty_here or plan.contrast:
+            penalty, contrast = steer_stage.anchor_terms(
+                plan.positives[qs], plan.negatives[qs], plan.negatives_mask[qs], cand, g.embeddings,
+                g.parts if plan.parts_mode else None, gmask, s0[qs].gather(1, kcols), penalty_here, plan.contrast,
+                cfg.backend)
+            if penalty is not None:
+                put(_PENALTY, penalty)
+            if contrast is not None:
+                put(_CONTRAST, contrast)
         if not plan.rerank:
             continue
         if plan.parts_mode:

@@ -196,8 +196,7 @@ def steer_scores(
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
     # One projection for both anchor sets: the candidate rows are read once.
-    sims = project(gallery, ids, torch.cat([positives, negatives.to(positives.dtype)], dim=1), backend)
-    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
+    pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, None, None, backend)
     raw, usable = raw_directions(gallery, ids, positives, negatives, pos_sims, neg_sims, neighbors, design)
     query32 = query.float()
     dirs = orthogonal_directions(query32, raw, negatives_mask & usable)
@@ -275,11 +274,86 @@ def region_confuser_penalty(
     Returns:
         `[Q, K]` float32 >= 0.
     """
-    # One pass over the candidates' regions for both anchor sets.
-    anchors = torch.cat([positives, negatives.to(positives.dtype)], dim=1)
-    sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
-    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
+    pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, None, gallery_parts, gallery_parts_mask, backend)
     return confuser_penalty(pos_sims, neg_sims, negatives_mask)
+
+
+def candidate_anchor_sims(
+    positives: Tensor,
+    negatives: Tensor,
+    ids: Tensor,
+    gallery: Tensor | None,
+    gallery_parts: Tensor | None,
+    gallery_parts_mask: Tensor | None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Each candidate's similarity to every positive and negative anchor, in one projection.
+
+    With region sets, the candidate's best valid region (`region_anchor_sims`);
+    without them (`gallery_parts` None), its pooled embedding c·a.
+
+    Args:
+        positives: `[Q, J or 1, D]`; negatives `[Q, J, D]`.
+        ids: `[Q, K]` candidates; gallery `[N, D]` (read only without regions).
+        gallery_parts: `[N, n, D]` or None; gallery_parts_mask `[N, n]`.
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+
+    Returns:
+        pos_sims `[Q, K, J or 1]`, neg_sims `[Q, K, J]`, float32.
+    """
+    anchors = torch.cat([positives, negatives.to(positives.dtype)], dim=1)
+    if gallery_parts is None:
+        sims = project(gallery, ids, anchors, backend).float()
+    else:
+        sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
+    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
+    return pos_sims, neg_sims
+
+
+def anchor_terms(
+    positives: Tensor,
+    negatives: Tensor,
+    negatives_mask: Tensor,
+    ids: Tensor,
+    gallery: Tensor,
+    gallery_parts: Tensor | None,
+    gallery_parts_mask: Tensor | None,
+    first_scores: Tensor,
+    penalty: bool,
+    contrast: bool,
+    backend: str = "auto",
+    negative_sims: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The β confuser penalty and the δ contrast of every candidate, from one pass over its anchors.
+
+    The head, `geosteer.score_pairs` and the sharded head all take both
+    terms here. With region sets both are per object on the regions
+    (`region_confuser_penalty`, `anchor_contrast`); without, the penalty
+    compares the confusers with the query's own score `first_scores`
+    (`confuser_penalty`) and the contrast uses the pooled embeddings.
+
+    Args:
+        positives, negatives, negatives_mask: the anchor pairs (`steering_anchors`).
+        ids: `[Q, K]` candidates; gallery `[N, D]`.
+        gallery_parts: `[N, n, D]` or None (pooled); gallery_parts_mask `[N, n]`.
+        first_scores: `[Q, K]` q·c (read by the pooled penalty only).
+        penalty, contrast: which terms to compute.
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        negative_sims: `[Q, K, J]` pooled c·u_j already at hand (the α move's),
+            spares the pooled penalty's projection.
+
+    Returns:
+        (penalty `[Q, K]` or None, contrast `[Q, K]` or None), float32.
+    """
+    regions = gallery_parts is not None
+    if regions or contrast:
+        pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
+                                                   gallery_parts_mask, backend)
+    elif penalty:  # pooled penalty alone: the positive is the query's own score
+        neg_sims = negative_sims if negative_sims is not None else project(gallery, ids, negatives, backend)
+    pen = confuser_penalty(pos_sims if regions else first_scores, neg_sims, negatives_mask) if penalty else None
+    con = anchor_contrast(pos_sims, neg_sims, negatives_mask) if contrast else None
+    return pen, con
 
 
 def anchor_contrast(pos_sims: Tensor, neg_sims: Tensor, negatives_mask: Tensor) -> Tensor:
@@ -328,13 +402,8 @@ def steering_contrast(
     Returns:
         `[Q, K]` float32.
     """
-    anchors = torch.cat([positives, negatives.to(positives.dtype)], dim=1)
-    if gallery_parts is None:
-        sims = project(gallery, ids, anchors, backend).float()
-    else:
-        sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
-    pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
-    return anchor_contrast(pos_sims, neg_sims, negatives_mask)
+    return anchor_contrast(*candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
+                                                  gallery_parts_mask, backend), negatives_mask)
 
 
 def steering_anchors(
