@@ -134,7 +134,7 @@ def score_pairs(
     anchors = None
     if (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None:
         anchors = steering_anchors(query_emb, q.parts, q.positives, q.negatives, q.negatives_mask)
-    if parts_mode and (rerank or anchors is not None):
+    if parts_mode and anchors is not None and not rerank:  # with re-ranking, part_cost checks the rows it reads
         flags = flags + checks.check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
     cosine = project(g.embeddings, ids, query_emb[:, None, :], cfg.backend)[..., 0]
     steered, contrast = cosine, torch.zeros_like(cosine)
@@ -147,7 +147,8 @@ def score_pairs(
         qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
         gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
         # The head's pad (pad_cost(n, n)), so ties between equal-cost matchings break as in the head.
-        cost = part_cost(qp, qmask, ids, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]), cfg.backend)
+        cost = part_cost(qp, qmask, ids, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]), cfg.backend,
+                         "gallery_parts")
         align, cols = alignment(cost, match(cost, cfg.matching, cfg.backend, cfg.solver), qmask.sum(dim=1))
         if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
             structure = relation_score(cols, ids, g.part_boxes, q.relations)

@@ -169,6 +169,17 @@ def test_nan_in_a_scored_candidates_parts_is_caught(sides):
         score_pairs(q, bad, CONFIGS["default"], ids=torch.full((Q, 1), 7, dtype=torch.long))
 
 
+
+@pytest.mark.parametrize("name", ["default", "steer"])  # re-ranking (part_cost checks) and β alone (check_rows)
+def test_an_unnormalised_part_of_a_scored_candidate_is_refused(sides, name):
+    queries, gallery = sides
+    parts = gallery.parts.clone()
+    parts[7, 0] *= 3.0  # row 0 is valid in every item
+    bad = GallerySide(gallery.embeddings, parts=parts, parts_mask=gallery.parts_mask, part_boxes=gallery.part_boxes)
+    score_pairs(queries, bad, CONFIGS[name], ids=torch.zeros(Q, 1, dtype=torch.long))  # row 7 is never read
+    with pytest.raises(ValueError, match=r"gallery_parts rows must be L2-normalised \(norms 1.000000 to 3.00"):
+        score_pairs(queries, bad, CONFIGS[name], ids=torch.full((Q, 1), 7, dtype=torch.long))
+
 def test_exported_where_the_library_can_reach_it():
     import geosteer.pairs
 

@@ -270,7 +270,8 @@ def _owned(
     candidates left out: every term is per candidate, so the values are the
     head's. Padding slots repeat an owned candidate and are never written back.
     """
-    checking = plan.parts_mode and (plan.rerank or ((cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None))
+    # With re-ranking, part_cost checks the candidates' rows on its own read of them (as the head).
+    checking = plan.parts_mode and not plan.rerank and (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None
     if not (checking or plan.penalty or plan.contrast or plan.rerank):
         return
     mine = owner == rank
@@ -311,7 +312,7 @@ def _owned(
         if plan.parts_mode:
             # pad_cost(n, n), as the head: one value per gallery.
             cost = part_cost(qparts[qs], qmask[qs], cand, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]),
-                             cfg.backend)
+                             cfg.backend, "gallery_parts")
             num_valid = qmask[qs].sum(dim=1)
         else:
             cost, num_valid = _neighbourhood_cost(cfg, plan, g, ids[qs], cand, nbr_ids, nbr_rows)
