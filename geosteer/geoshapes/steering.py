@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geosteer import GallerySide, GeoSteerHead, HeadConfig, QuerySide
+from geosteer.encoders.parts import with_article
 from geosteer.geoshapes.index import SplitIndex, SplitIndexer
 from geosteer.geoshapes.scenes import COLOURS, SHAPES, Scene, object_phrase, random_scene
 from geosteer.geoshapes.splits import Split
@@ -60,7 +61,7 @@ class Request:
     @property
     def query(self) -> str:
         """The original query text: "a star", "a red shape"."""
-        return _article(self.shape) if self.colour is None else _article(f"{self.colour} shape")
+        return with_article(self.shape) if self.colour is None else with_article(f"{self.colour} shape")
 
     @property
     def toward(self) -> str:
@@ -88,10 +89,6 @@ class Request:
     def satisfied(self, scene: Scene) -> bool:
         """The scene satisfies query and request: one object carries both attributes."""
         return any(o.label == self._label(self.want) for o in scene.objects)
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def all_requests() -> list[Request]:
