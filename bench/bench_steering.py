@@ -37,8 +37,7 @@ METRIC_NAMES = ("p10", "p50", "ndcg10", "rel10")
 
 
 def _mean_over(tasks, name: str, strength: float) -> dict[str, float]:
-    per_seed = [st.metrics(st.rank(t, name, strength), t) for t in tasks]
-    return {m: statistics.fmean(r[m] for r in per_seed) for m in METRIC_NAMES}
+    return {m: v["mean"] for m, v in _summary(tasks, name, strength).items()}
 
 
 def _summary(tasks, name: str, strength: float) -> dict:
@@ -57,7 +56,6 @@ def _pooled(tasks, name: str, strength: float) -> dict[str, torch.Tensor]:
 
 def run(cache_dir: str | None, size: int) -> dict:
     """Index the seeds, choose strengths on validation, report test."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     indexer = SplitIndexer(load_clip("demo"), families=("masked",), progress=True, cache_dir=cache_dir)
     val = [st.build_task(indexer, s, size) for s in VALIDATION_SEEDS]
     test = [st.build_task(indexer, s, size) for s in TEST_SEEDS]

@@ -198,13 +198,6 @@ def _cosine(query: Tensor, gallery: Tensor, k: int) -> Tensor:
     return (F.normalize(query, dim=-1) @ gallery.T).topk(k, dim=1).indices
 
 
-def _pool(task: SteeringTask) -> tuple[Tensor, Tensor]:
-    q = task.texts([r.query for r in task.requests])
-    scores = q @ task.index.images.T
-    top = scores.topk(min(POOL, scores.shape[1]), dim=1)
-    return top.values, top.indices
-
-
 def rank(task: SteeringTask, name: str, strength: float, k: int = 50) -> Tensor:
     """`[R, k]` gallery ids the method returns for every request, best first."""
     reqs, gallery = task.requests, task.index.images
@@ -218,7 +211,7 @@ def rank(task: SteeringTask, name: str, strength: float, k: int = 50) -> Tensor:
     if name == "additive-contrast":
         return _cosine(q + strength * (t - u), gallery, k)
     if name == "alpha-qe":
-        _, ids = _pool(task)
+        ids = _cosine(q, gallery, min(POOL, gallery.shape[0]))  # the original query's pool
         near = (gallery[ids] @ t[:, :, None]).squeeze(-1).topk(10, dim=1).indices  # [R, 10] positions in the pool
         mean = gallery[ids.gather(1, near)].mean(dim=1)
         return _cosine(q + strength * mean, gallery, k)
