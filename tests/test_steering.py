@@ -170,3 +170,17 @@ def test_controllability_on_a_small_gallery_with_the_demo_model():
     assert steered[-1]["p10"] >= none["p10"] + 30, (none, steered)
     assert steered[-1]["ndcg10"] >= none["ndcg10"] - 2, (none, steered)
     assert steered[0]["p10"] <= steered[1]["p10"] <= steered[2]["p10"]  # the knob acts monotonically here
+
+
+def test_anchor_terms_reads_nothing_when_neither_term_is_asked(monkeypatch):
+    """The α move alone calls anchor_terms with both terms off: no projection of the regions may run."""
+    from geosteer.stages import steer as steer_stage
+
+    kw = _inputs()
+    calls = []
+    monkeypatch.setattr(steer_stage, "candidate_anchor_sims", lambda *a, **k: calls.append(a))
+    ids = torch.arange(N).repeat(Q, 1)
+    pos, neg, mask = steer_stage.steering_anchors(kw["query"], None, kw["positives"], kw["negatives"], kw["negatives_mask"])
+    assert steer_stage.anchor_terms(pos, neg, mask, ids, kw["gallery"], kw["gallery_parts"], kw["gallery_parts_mask"],
+                                    torch.zeros(Q, N), False, False) == (None, None)
+    assert calls == []

@@ -345,6 +345,8 @@ def anchor_terms(
     Returns:
         (penalty `[Q, K]` or None, contrast `[Q, K]` or None), float32.
     """
+    if not (penalty or contrast):
+        return None, None
     regions = gallery_parts is not None
     if regions or contrast:
         pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
