@@ -24,7 +24,7 @@
 #
 # Needs python3 with torch, triton, numpy, scipy, pytest, hypothesis and
 # torch-linear-assignment (tqdm, matplotlib, faiss optional), and geosteer
-# installed: its geosteer.kernels lives in kernels/ and exists only in an
+# installed: its geosteer.kernels lives in kernels/geosteer_kernels/ and exists only in an
 # install (setup.cfg's package_dir). The script stops at once, with one line,
 # when `import geosteer.kernels` fails.
 #   on this machine:  pip install -e .

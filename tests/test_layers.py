@@ -1,7 +1,7 @@
 """The layer rule, read from the source: the library never imports the application.
 
 - Library: every module of `geosteer/` except the application's, plus
-  `kernels/` (installed as `geosteer.kernels`).
+  `kernels/geosteer_kernels/` (installed as `geosteer.kernels`).
 - Application: `geosteer.geoshapes.*` (GeoShapes, eval, demo, demo-model
   training), `geosteer.photos.*` (the real-photo benchmark),
   `geosteer.commands.*` (index / search / serve over your own images) and
@@ -34,20 +34,20 @@ class Module:
 
 
 def module_name(path: Path, root: Path) -> str:
-    """`geosteer/ops/assign.py` -> `geosteer.ops.assign`; `kernels/x.py` -> `geosteer.kernels.x`."""
+    """`geosteer/ops/assign.py` -> `geosteer.ops.assign`; `kernels/geosteer_kernels/x.py` -> `geosteer.kernels.x`."""
     rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[0] == "kernels":
-        parts = ["geosteer", *parts]
+        parts = ["geosteer", "kernels", *parts[2:]]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
 def scan(root: Path) -> dict[str, Module]:
-    """Every module under `root/geosteer` and `root/kernels` with its imports."""
+    """Every module under `root/geosteer` and `root/kernels/geosteer_kernels` with its imports."""
     modules: dict[str, Module] = {}
-    for top in ("geosteer", "kernels"):
+    for top in ("geosteer", "kernels/geosteer_kernels"):
         for path in sorted((root / top).rglob("*.py")):
             name = module_name(path, root)
             mod = Module(name, str(path.relative_to(root)), path.name == "__init__.py")
@@ -175,14 +175,14 @@ BASE = {
     "geosteer/geoshapes/__init__.py": "",
     "geosteer/geoshapes/eval.py": "from geosteer import run\n",
     "geosteer/cli.py": "",
-    "kernels/__init__.py": "",
+    "kernels/geosteer_kernels/__init__.py": "",
 }
 
 
 @pytest.mark.parametrize("rel, text, expect", [
     ("geosteer/head.py", "def run():\n    from geosteer.geoshapes import eval\n", "imports application module geosteer.geoshapes.eval"),
     ("geosteer/head.py", "import geosteer.geoshapes.eval\n", "imports application module geosteer.geoshapes.eval"),
-    ("kernels/k.py", "from ..geoshapes.eval import x\n", "imports application module geosteer.geoshapes.eval"),
+    ("kernels/geosteer_kernels/k.py", "from ..geoshapes.eval import x\n", "imports application module geosteer.geoshapes.eval"),
     ("geosteer/head.py", "import importlib\nM = importlib.import_module('geosteer.geoshapes.eval')\n", "names application module"),
     ("geosteer/geoshapes/eval.py", "from geosteer._private import X\n", "imports private geosteer._private"),
     ("geosteer/geoshapes/eval.py", "from geosteer.head import _helper\n", "imports private geosteer.head._helper"),
