@@ -39,6 +39,9 @@ class HeadResult(NamedTuple):
     structure: Tensor  # [Q, K] float32 R(q, c) (0 without relations)
     assignment: Tensor  # [Q, K, m] int64 region matched to each query part, -1 = none
     steering: Tensor | None = None  # [Q, K] float32 C(q, c), the δ term (0 when δ = 0)
+    # [Q, K] int64: each result's position in the first-stage (cosine) order, 0 = the
+    # first stage's best; `indices.gather(1, first_stage_rank.argsort(1))` is the cosine top-K.
+    first_stage_rank: Tensor | None = None
 
 
 class GeoSteerHead(nn.Module):
@@ -266,7 +269,8 @@ def ranked(
 
     Args:
         cfg: λ, γ, δ.
-        ids: `[Q, K]` candidate ids; s0, steered, align, structure, contrast `[Q, K]` float32.
+        ids: `[Q, K]` candidate ids in first-stage order (s0 descending); s0, steered, align, structure,
+            contrast `[Q, K]` float32.
         cols: `[Q, K, m]` matched region per part (-1 = none).
         checks: the value checks' zero scalar (added, so a compiler keeps them).
 
@@ -280,4 +284,5 @@ def ranked(
         indices=pick(ids), scores=scores, first_stage_scores=pick(s0), steered_scores=pick(steered),
         alignment=pick(align), structure=pick(structure),
         assignment=cols.gather(1, order[..., None].expand(-1, -1, cols.shape[-1])), steering=pick(contrast),
+        first_stage_rank=order,  # the candidates came in first-stage order
     )

@@ -49,6 +49,17 @@ def test_result_shapes_and_order():
     assert all(len(set(row.tolist())) == 7 for row in result.indices)
 
 
+def test_first_stage_rank_recovers_the_cosine_top_k():
+    data = random_parts_problem(num_items=60)
+    result = GeoSteerHead(k=9, lam=0.7)(**data)
+    expected = (data["query"] @ data["gallery"].T).topk(9, dim=1)  # computed apart from the head
+    assert result.first_stage_rank.dtype == torch.long and result.first_stage_rank.shape == (12, 9)
+    by_cosine = result.first_stage_rank.argsort(dim=1)
+    assert torch.equal(result.indices.gather(1, by_cosine), expected.indices)
+    torch.testing.assert_close(result.first_stage_scores.gather(1, by_cosine), expected.values)
+    assert not torch.equal(result.first_stage_rank, torch.arange(9).expand(12, 9))  # re-ranking moved something
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_binding_rerank_fixes_what_cosine_cannot(seed):
     problem = binding_problem(seed=seed)
