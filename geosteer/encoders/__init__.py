@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import importlib
 
-from geosteer.encoders.clip import ClipEncoder, as_rgb_image, export_local_dir, load_clip, load_demo_model
+from geosteer.encoders.clip import (
+    ClipEncoder,
+    WeightsUnavailable,
+    as_rgb_image,
+    export_local_dir,
+    load_clip,
+    load_demo_model,
+)
 
 # name -> submodule that defines it; imported on first access.
 _LAZY = {
@@ -28,7 +35,7 @@ _LAZY = {
     "region_sets": "regions",
 }
 
-__all__ = ["ClipEncoder", "as_rgb_image", "export_local_dir", "load_clip", "load_demo_model", *_LAZY]
+__all__ = ["ClipEncoder", "WeightsUnavailable", "as_rgb_image", "export_local_dir", "load_clip", "load_demo_model", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -7,8 +7,10 @@ L2-normalised `[N, D]` float32 embeddings, batched, on the encoder's device.
 Sources, all through `open_clip.create_model_and_transforms`:
 
 - `load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")`: a built-in
-  architecture with a pretrained tag (downloads once, needs a network) or a
-  local checkpoint file (`pretrained="/path/to/weights.pt"`);
+  architecture with a pretrained tag (downloads once, needs a network; a tag
+  neither in the local cache nor reachable is refused at once with
+  `WeightsUnavailable`, not after open_clip's retries) or a local checkpoint
+  file (`pretrained="/path/to/weights.pt"`);
 - `load_clip("local-dir:/path/folder")` (or just an existing folder): an
   `open_clip_config.json` plus one weights file, open_clip's folder schema;
 - `load_clip("hf-hub:org/repo")`: open_clip's Hub schema (network);
@@ -34,8 +36,10 @@ import json
 import numbers
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -60,6 +64,12 @@ _MINILM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spec
 # The checkpoint name open_clip's local-dir schema looks for first.
 _LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+#: Seconds to wait for the weights' host before calling a tag unavailable.
+CONNECT_TIMEOUT_S = 3.0
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """A pretrained tag whose weights are not in the local cache and cannot be downloaded now (offline)."""
 
 # ---------------------------------------------------------------- images
 
@@ -90,10 +100,12 @@ class ClipEncoder:
         preprocess: PIL image -> `[3, H, W]` float tensor (the model's own
             inference transform: resize, centre crop, normalise).
         tokenizer: `list[str]` -> `[N, L]` int64 token ids.
-        name: what it was loaded from.
+        name: what it was loaded from (`load_clip`'s `name_or_path`).
         device: where the model lives and where embeddings are returned.
         open_clip_config: the `open_clip_config.json` content it was built
             from, when known (the demo model); `export_local_dir` needs it.
+        pretrained: `load_clip`'s `pretrained` (a tag or checkpoint file), so
+            that `load_clip(encoder.name, encoder.pretrained)` loads it again.
     """
 
     def __init__(
@@ -104,6 +116,7 @@ class ClipEncoder:
         name: str,
         device: torch.device | str = "cpu",
         open_clip_config: dict | None = None,
+        pretrained: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.preprocess = preprocess
@@ -111,6 +124,7 @@ class ClipEncoder:
         self.name = name
         self.device = torch.device(device)
         self.open_clip_config = open_clip_config
+        self.pretrained = pretrained
 
     def __repr__(self) -> str:
         return f"ClipEncoder(name={self.name!r}, embed_dim={self.embed_dim}, image_size={self.image_size}, device={self.device})"
@@ -247,7 +261,9 @@ def load_clip(
     Raises:
         TypeError / ValueError: a bad argument (unknown architecture or tag,
             a checkpoint file passed as `name_or_path`, ...).
-        FileNotFoundError: a folder, config or weights file that does not exist.
+        FileNotFoundError: a folder, config or weights file that does not exist;
+            `WeightsUnavailable` (a FileNotFoundError) for a pretrained tag that
+            is neither cached nor downloadable now.
     """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise TypeError(f"name_or_path must be a non-empty str, got {name_or_path!r}")
@@ -294,13 +310,15 @@ def load_clip(
             hint = f"; did you mean one of {close}?" if close else "; see open_clip.list_models()"
             raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder, 'demo' or 'bridge'{hint}")
         _check_pretrained(name, pretrained)
+        if not os.path.isfile(pretrained):
+            _check_tag_available(name, pretrained)
 
     with quiet_transformers():
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=device, precision=precision
         )
         tokenizer = open_clip.get_tokenizer(name)
-    return ClipEncoder(model, preprocess, tokenizer, name=name_or_path, device=device)
+    return ClipEncoder(model, preprocess, tokenizer, name=name_or_path, device=device, pretrained=pretrained)
 
 
 def load_demo_model(device: torch.device | str = "cpu", precision: str = "fp32") -> ClipEncoder:
@@ -526,6 +544,58 @@ def _check_pretrained(name: str, pretrained: str | None) -> None:
     if os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
         raise FileNotFoundError(f"pretrained checkpoint file not found: {pretrained}")
     raise ValueError(f"pretrained {pretrained!r} is neither a tag of {name!r} ({tags}) nor an existing file")
+
+
+def _tag_source(name: str, tag: str) -> tuple[list[str], str]:
+    """Where open_clip would take a tag's weights from: (local files it would use if present, the host it downloads from).
+
+    Mirrors `open_clip.pretrained.download_pretrained`: the Hugging Face Hub
+    when the tag has an `hf_hub` entry (the safetensors twin first), else its URL.
+    """
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), tag) or {}
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        stem = filename.rsplit(".", 1)[0]
+        names = [f"{stem}.safetensors", filename]
+        if filename == "open_clip_pytorch_model.bin":
+            names.insert(0, "open_clip_model.safetensors")
+        found = [try_to_load_from_cache(repo, n) for n in names]
+        return [f for f in found if isinstance(f, str)], urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+    url = cfg.get("url", "")
+    local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlsplit(url).path)
+    return ([str(local)] if url and local.is_file() else []), urlsplit(url).hostname or ""
+
+
+def _reachable(host: str) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _check_tag_available(name: str, tag: str) -> None:
+    """Refuse at once a tag that is neither cached nor downloadable (open_clip would retry for about a minute).
+
+    Raises:
+        WeightsUnavailable: naming the tag, why, and what to pass instead.
+    """
+    cached, host = _tag_source(name, tag)
+    if cached:
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not host or not _reachable(host):
+        why = "HF_HUB_OFFLINE is set" if offline else f"{host or 'its host'} cannot be reached"
+        raise WeightsUnavailable(
+            f"the weights of pretrained tag {tag!r} for {name!r} are not in the local cache and {why}; download "
+            f"them once with a network (load_clip({name!r}, pretrained={tag!r})), or pass a checkpoint file "
+            f"as pretrained (or use 'demo' / 'bridge', which ship their weights)")
 
 
 def _masks_padding(model: nn.Module) -> bool:
