@@ -26,6 +26,9 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+__all__ = ["cpu_name", "device_name", "environment", "module_version"]
+
+
 def module_version(module: str) -> str | None:
     """`module.__version__`, "unknown" without one, None when it does not import."""
     try:

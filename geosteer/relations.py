@@ -23,6 +23,9 @@ WORDS: dict[str, str] = {
 GEOMETRY: dict[str, tuple[int, int]] = {"left_of": (0, 1), "right_of": (0, -1), "above": (1, 1), "below": (1, -1)}
 
 
+__all__ = ["GEOMETRY", "OPPOSITE", "RELATIONS", "WORDS", "relation_id"]
+
+
 def relation_id(name: str) -> int:
     """The type id of relation `name`.
 

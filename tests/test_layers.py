@@ -9,7 +9,9 @@
 
 The library imports no application module (not even inside a function, nor
 by a module-name string); the application imports only the library's public
-names (no `_private` module or name); the import graph has no cycle.
+names: no `_private` module or name, and every name it imports from a library
+module is in the `__all__` of that module or of a library package holding it
+(dunders such as `__version__` aside); the import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -31,6 +33,33 @@ class Module:
     is_package: bool
     imports: list[tuple[str, str | None, int]] = field(default_factory=list)  # (module, name or None, line)
     strings: list[tuple[str, int]] = field(default_factory=list)  # string constants naming geosteer modules
+    exports: set[str] | None = None  # its `__all__`, None when it defines none
+
+
+def exported(tree: ast.Module) -> set[str] | None:
+    """A module's `__all__` read from its source: a list / tuple of strings, `*NAME` of a module-level literal allowed."""
+    literals = {node.targets[0].id: node.value for node in tree.body
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)}
+    if "__all__" not in literals:
+        return None
+    names: set[str] = set()
+
+    def collect(value: ast.expr) -> None:
+        if isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+            for item in value.elts:
+                if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                    names.add(item.value)
+                elif isinstance(item, ast.Starred) and isinstance(item.value, ast.Name) and item.value.id in literals:
+                    collect(literals[item.value.id])
+                else:
+                    raise ValueError(f"__all__ holds {ast.dump(item)}: only strings and *LITERAL are read")
+        elif isinstance(value, ast.Dict):
+            names.update(k.value for k in value.keys if isinstance(k, ast.Constant))
+        else:
+            raise ValueError(f"__all__ is {ast.dump(value)}: write it as a list of strings")
+
+    collect(literals["__all__"])
+    return names
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -52,7 +81,9 @@ def scan(root: Path) -> dict[str, Module]:
             name = module_name(path, root)
             mod = Module(name, str(path.relative_to(root)), path.name == "__init__.py")
             package = name if mod.is_package else name.rpartition(".")[0]
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            tree = ast.parse(path.read_text(), str(path))
+            mod.exports = exported(tree)
+            for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
                     mod.imports += [(alias.name, None, node.lineno) for alias in node.names]
                 elif isinstance(node, ast.ImportFrom):
@@ -108,6 +139,35 @@ def layer_violations(modules: dict[str, Module]) -> list[str]:
     return bad
 
 
+def unexported_imports(modules: dict[str, Module]) -> list[str]:
+    """Application imports of library names that no `__all__` declares public.
+
+    `from geosteer.x.y import n` needs `n` in the `__all__` of `geosteer.x.y`,
+    `geosteer.x` or `geosteer`; importing a library module itself needs it to
+    define `__all__` (what it offers) or its package's `__all__` to list it.
+    """
+    bad = []
+    for mod in modules.values():
+        if not in_layer(mod.name, APPLICATION):
+            continue
+        for target, name, line in targets(mod, modules):
+            if in_layer(target, APPLICATION) or (name is not None and name.startswith("__") and name.endswith("__")):
+                continue
+            parts = target.split(".")
+            chain = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+            if name is None:
+                parent, _, last = target.rpartition(".")
+                ok = target in modules and modules[target].exports is not None or (
+                    parent in modules and last in (modules[parent].exports or ()))
+            else:
+                ok = any(c in modules and name in (modules[c].exports or ()) for c in chain)
+            if not ok:
+                what = f"{target}.{name}" if name else target
+                bad.append(f"{mod.path}:{line}: application module {mod.name} imports {what}, which no __all__ of "
+                           f"{', '.join(chain)} declares public")
+    return bad
+
+
 def cycles(modules: dict[str, Module]) -> list[list[str]]:
     """Strongly connected components of more than one module (or a module importing itself)."""
     graph = {m: sorted({t for t, _, _ in targets(mod, modules) if t in modules}) for m, mod in modules.items()}
@@ -154,6 +214,10 @@ def test_library_never_imports_the_application():
     assert layer_violations(scan(REPO)) == []
 
 
+def test_the_application_imports_only_what_the_library_exports():
+    assert unexported_imports(scan(REPO)) == []
+
+
 def test_no_import_cycles():
     assert cycles(scan(REPO)) == []
 
@@ -169,7 +233,7 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 
 BASE = {
-    "geosteer/__init__.py": "from geosteer.head import run\n",
+    "geosteer/__init__.py": "from geosteer.head import run\n__all__ = ['run']\n",
     "geosteer/head.py": "def run(): pass\n",
     "geosteer/_private.py": "X = 1\n",
     "geosteer/geoshapes/__init__.py": "",
@@ -193,6 +257,20 @@ def test_a_broken_rule_is_reported(tmp_path, rel, text, expect):
     _write(tmp_path, {rel: text})
     found = layer_violations(scan(tmp_path))
     assert any(expect in v for v in found), found
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("from geosteer.head import helper\n", "imports geosteer.head.helper, which no __all__"),
+    ("from geosteer import helper\n", "imports geosteer.helper, which no __all__"),
+    ("import geosteer.head\n", "imports geosteer.head, which no __all__"),
+])
+def test_an_import_no_all_declares_is_reported(tmp_path, text, expect):
+    _write(tmp_path, {**BASE, "geosteer/head.py": "def run(): pass\ndef helper(): pass\n"})
+    _write(tmp_path, {"geosteer/geoshapes/extra.py": "from geosteer.head import run\nfrom geosteer import __version__\n"})
+    assert unexported_imports(scan(tmp_path)) == []  # `run` is in the package's __all__; dunders pass
+    _write(tmp_path, {"geosteer/geoshapes/extra.py": text})
+    found = unexported_imports(scan(tmp_path))
+    assert len(found) == 1 and expect in found[0], found
 
 
 def test_a_cycle_is_reported(tmp_path):

@@ -68,6 +68,14 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 CONNECT_TIMEOUT_S = 3.0
 
 
+__all__ = [
+    "BRIDGE", "CONNECT_TIMEOUT_S", "ClipEncoder", "DEMO", "DEMO_CONFIG", "DEMO_DIR", "DEMO_METRICS", "DEMO_WEIGHTS",
+    "MINILM_HUB_ID", "WeightsUnavailable", "as_rgb_image", "check_positive_int", "check_texts", "demo_model_cfg",
+    "export_local_dir", "load_bridge", "load_clip", "load_demo_from", "load_demo_model", "minilm_path",
+    "quiet_transformers", "trim_padding",
+]
+
+
 class WeightsUnavailable(FileNotFoundError):
     """A pretrained tag whose weights are not in the local cache and cannot be downloaded now (offline)."""
 

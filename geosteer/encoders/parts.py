@@ -74,6 +74,9 @@ def _singular(word: str) -> str:
     return word
 
 
+__all__ = ["CONJUNCTIONS", "PREFIXES", "RELATION_PHRASES", "query_parts", "split_parts", "with_article"]
+
+
 def with_article(phrase: str) -> str:
     """Prefix "a"/"an" to a bare noun phrase."""
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase

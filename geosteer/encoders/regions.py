@@ -85,6 +85,14 @@ GRID_SCALES: tuple[tuple[int, float, float], ...] = ((2, 0.6, 0.4), (3, 0.4, 0.3
 COMPONENT_PAD = 0.15
 
 
+__all__ = [
+    "Box", "COMPONENT_PAD", "FAMILIES", "GRID_SCALES", "METHODS", "PHOTO_FAMILIES", "SEGMENT_DEDUPE_IOU",
+    "SEGMENT_MAX_AREA", "SEGMENT_MIN_AREA", "SEGMENT_PIXELS", "SEGMENT_SCALES", "background_colour", "check_method",
+    "component_boxes", "crop_regions", "family_boxes", "family_regions", "grid_boxes", "halves_boxes",
+    "masked_regions", "pad_boxes", "propose_regions", "region_crops", "region_sets", "segment_boxes",
+]
+
+
 def _as_array(image: ImageLike, name: str = "image") -> np.ndarray:
     """`[H, W, 3]` uint8 pixels of any image `as_rgb_image` takes (an array of those as it is)."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.size:
