@@ -6,22 +6,21 @@ import contextlib
 from collections.abc import Callable
 from typing import ContextManager, NamedTuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geosteer.config import HeadConfig
 from geosteer.inputs import GallerySide, QuerySide, gallery_side, num_candidates, query_side, validate
-from geosteer.ops.checks import check_rows
 from geosteer.ops.first_stage import first_stage as exact_first_stage
-from geosteer.ops.part_cost import pad_cost, part_cost
-from geosteer.stages.rerank import alignment, match, neighbourhood_cost, neighbours_of
+from geosteer.stages.candidates import candidate_terms, moved_scores, uses_parts
 from geosteer.stages.fuse import fused_score
-from geosteer.stages.steer import anchor_terms, steer_scores, steering_anchors
-from geosteer.stages.structure import relation_score
+from geosteer.stages.rerank import neighbourhood_cost, neighbours_of
+from geosteer.stages.steer import steering_anchors
 
 #: The stages of one forward call, in order; a `stage_hook` sees each one it
 #: runs (validate, first_stage and fuse always; the others when configured).
+#: "steer" is entered twice when both run: the α query move, then the β / δ
+#: terms of the candidates (`geosteer.stages.candidates.candidate_terms`).
 STAGES: tuple[str, ...] = ("validate", "first_stage", "steer", "cost", "assign", "alignment", "structure", "fuse")
 
 #: `stage_hook(name)` returns a context manager wrapped around stage `name`.
@@ -148,24 +147,21 @@ class GeoSteerHead(nn.Module):
             pool = min(cfg.neighbors, num_cands)
         with self._stage("first_stage"):
             s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands)
-            steering = (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None
-            if parts_mode and steering and not rerank:
-                # gallery_parts is read in the candidates' rows only: those are
-                # checked (finite, L2-normalised where valid). With re-ranking,
-                # part_cost checks them on its own read of the same rows
-                # (`unit_check`): a separate pass cost as much as part_cost itself.
-                checks_ = checks_ + check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
-        s, contrast = self._steer(query_emb, q, g if parts_mode else None, g.embeddings, ids, s0, pool)
-        align, structure, cols = torch.zeros_like(s0), torch.zeros_like(s0), None
-        if rerank:
-            align, cols = self._align(query_emb, q, g, ids, parts_mode, pool)
-            if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
-                with self._stage("structure"):
-                    structure = relation_score(cols, ids, g.part_boxes, q.relations)
+        anchors = None
+        if q.negatives is not None and (cfg.alpha > 0 or cfg.beta > 0 or cfg.delta > 0):
+            anchors = steering_anchors(query_emb, q.parts, q.positives, q.negatives, q.negatives_mask)
+        s = s0
+        if anchors is not None and cfg.alpha > 0:
+            with self._stage("steer"):
+                s = moved_scores(cfg, query_emb, g.embeddings, ids, s0, anchors, pool, parts_mode)
+        terms = candidate_terms(cfg, q, g, ids, s0, anchors, parts_mode=parts_mode, rerank=rerank,
+                                neighbourhood_cost=lambda: self._neighbourhood_cost(g, ids, pool),
+                                stage=self.stage_hook)
+        if terms.penalty is not None:
+            s = s - cfg.beta * terms.penalty
         with self._stage("fuse"):
-            if cols is None:
-                cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
-            return ranked(cfg, ids, s0, s, align, structure, contrast, cols, checks_)
+            return ranked(cfg, ids, s0, s, terms.alignment, terms.structure, terms.contrast, terms.assignment,
+                          checks_ + terms.checks)
 
     def _stage(self, name: str) -> ContextManager:
         return contextlib.nullcontext() if self.stage_hook is None else self.stage_hook(name)
@@ -181,84 +177,14 @@ class GeoSteerHead(nn.Module):
         top = scores.float().topk(num_cands, dim=1, sorted=True)  # external order need not be sorted
         return top.values, ids.long().gather(1, top.indices)
 
-    def _steer(
-        self, query: Tensor, q: QuerySide, regions: GallerySide | None, gallery: Tensor, ids: Tensor, s0: Tensor,
-        pool: int,
-    ) -> tuple[Tensor, Tensor]:
-        """Stage 1: steered scores q'·c less the β confuser penalty, and the δ contrast C(q, c), both `[Q, K]`.
-
-        With region sets (`regions`, parts mode) the penalty and the contrast
-        are measured per object on the regions, else on the pooled
-        embeddings (`anchor_terms`: one projection serves both).
-        """
+    def _neighbourhood_cost(self, g: GallerySide, ids: Tensor, k: int) -> Tensor:
+        """Neighbourhood mode's cost `[Q, K, k, k]`: q's k best pool items vs each candidate's k nearest items."""
         cfg = self.config
-        zero = torch.zeros_like(s0)
-        if q.negatives is None or not (cfg.alpha > 0 or cfg.beta > 0 or cfg.delta > 0):
-            return s0, zero
-        with self._stage("steer"):
-            pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
-            s, neg_sims = s0, None
-            if cfg.alpha > 0:
-                s, neg_sims = steer_scores(query, gallery, ids, s0, pos, neg, neg_mask, pool, cfg.alpha,
-                                           cfg.backend, cfg.steer_design)
-            parts = gmask = None
-            if regions is not None:
-                parts = regions.parts
-                gmask = regions.parts_mask if regions.parts_mask is not None else _all_true(parts.shape[:2], s0.device)
-            penalty, contrast = anchor_terms(pos, neg, neg_mask, ids, gallery, parts, gmask, s0, cfg.beta > 0,
-                                             cfg.delta > 0, cfg.backend, neg_sims)
-            if penalty is not None:
-                s = s - cfg.beta * penalty
-            return s, zero if contrast is None else contrast
-
-    def _align(
-        self, query: Tensor, q: QuerySide, g: GallerySide, ids: Tensor, parts_mode: bool, pool: int
-    ) -> tuple[Tensor, Tensor]:
-        """Stage 2: alignment A(q, c) `[Q, K]` and the matched region per part `[Q, K, m]`."""
-        cfg = self.config
-        with self._stage("cost"):
-            if parts_mode:
-                qp = F.normalize(q.parts, dim=-1)
-                qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
-                gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
-                # pad_cost(n, n) >= pad_cost(m, n): as valid for every m, and one value
-                # per gallery, so torch.compile(dynamic=True) does not recompile per m.
-                pad = pad_cost(g.parts.shape[1], g.parts.shape[1])
-                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend, "gallery_parts")
-                num_valid = qmask.sum(dim=1)
-            else:
-                k = pool
-                if g.neighbors is None:
-                    nbrs = neighbours_of(g.embeddings, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
-                else:
-                    nbrs = g.neighbors[:, :k][ids]
-                cost = neighbourhood_cost(g.embeddings, ids, nbrs, k, cfg.backend)
-                num_valid = torch.full((query.shape[0],), k, device=query.device)
-        with self._stage("assign"):
-            cols = match(cost, cfg.matching, cfg.backend, cfg.solver)
-        with self._stage("alignment"):
-            return alignment(cost, cols, num_valid)
-
-
-def _all_true(shape, device) -> Tensor:
-    return torch.ones(tuple(shape), dtype=torch.bool, device=device)
-
-
-def uses_parts(cfg: HeadConfig, query_parts: Tensor | None, gallery_parts: Tensor | None) -> bool:
-    """Whether a call matches part sets (parts mode) rather than neighbourhoods; refuses a half-given pair.
-
-    Raises:
-        ValueError: mode="parts" without both sets; λ > 0 with only one of them.
-    """
-    mode = cfg.mode
-    if mode == "neighbourhood":
-        return False
-    if mode == "parts" and (query_parts is None or gallery_parts is None):
-        raise ValueError("mode='parts' needs both query_parts [Q, m, D] and gallery_parts [N, n, D]")
-    if (query_parts is None) != (gallery_parts is None) and cfg.lam > 0:
-        missing = "gallery_parts [N, n, D]" if gallery_parts is None else "query_parts [Q, m, D]"
-        raise ValueError(f"part matching needs both part sets; {missing} is missing")
-    return query_parts is not None and gallery_parts is not None
+        if g.neighbors is None:
+            nbrs = neighbours_of(g.embeddings, ids, k, cfg.chunk_elements, cfg.backend, cfg.screen)
+        else:
+            nbrs = g.neighbors[:, :k][ids]
+        return neighbourhood_cost(g.embeddings, g.embeddings[ids[:, :k]], nbrs, cfg.backend)
 
 
 def ranked(

@@ -8,10 +8,11 @@ pairs asked for,
 
     S(q, c) = (1 - λ)·s(q, c) + λ·A(q, c) + γ·R(q, c) + δ·C(q, c)
 
-with the head's stage functions (`part_cost`, `match`, `alignment`,
-`relation_score`, the β confuser penalty, the δ contrast
-`steering_contrast`): the same number the head gives a candidate it
-keeps, without the first stage, the candidate pool or sorting.
+with the head's own per-candidate function
+(`geosteer.stages.candidates.candidate_terms`: the β confuser penalty, the
+δ contrast, part cost, matching, alignment, structure) and its fuse: the
+same number the head gives a candidate it keeps, without the first stage,
+the candidate pool or sorting.
 
 Pair layout: `ids [Q, C]` int64 rows into the candidate side. Query q is
 scored against candidates `ids[q, 0..C-1]`; `ids=None` means every query
@@ -37,12 +38,10 @@ from torch import Tensor
 from geosteer.config import HeadConfig
 from geosteer.inputs import GallerySide, QuerySide, gallery_side, on_device, query_side, tensor, validate
 from geosteer.ops import checks
-from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
-from geosteer.stages.rerank import alignment, match
+from geosteer.stages.candidates import candidate_terms, uses_parts
 from geosteer.stages.fuse import fused_score
-from geosteer.stages.steer import anchor_terms, steering_anchors
-from geosteer.stages.structure import relation_score
+from geosteer.stages.steer import steering_anchors
 
 
 class PairScores(NamedTuple):
@@ -124,56 +123,21 @@ def score_pairs(
                    negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
     g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
                      gallery_part_boxes=gallery_part_boxes)
-    parts_mode = _parts_mode(cfg, q, g)
-    rerank = cfg.lam > 0 or cfg.gamma > 0
-    # rerank only with part sets: validate's neighbourhood-mode checks do not apply to pairs.
-    flags = validate(cfg, q, g, None, parts_mode, rerank and parts_mode)
+    parts_mode = uses_parts(cfg, q.parts, g.parts, pool=False)
+    rerank = (cfg.lam > 0 or cfg.gamma > 0) and parts_mode  # γ > 0 alone without part sets: nothing to match
+    # validate's neighbourhood-mode checks do not apply to pairs (rerank only with part sets).
+    flags = validate(cfg, q, g, None, parts_mode, rerank)
     ids, id_flag = _pair_ids(ids, q.embeddings, g.embeddings.shape[0])
-    flags = flags + id_flag
     query_emb = F.normalize(q.embeddings, dim=-1)  # as the head: a no-op on unit rows, kept for identical numbers
     anchors = None
     if (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None:
         anchors = steering_anchors(query_emb, q.parts, q.positives, q.negatives, q.negatives_mask)
-    if parts_mode and anchors is not None and not rerank:  # with re-ranking, part_cost checks the rows it reads
-        flags = flags + checks.check_rows(g.parts, g.parts_mask, ids, "gallery_parts")
     cosine = project(g.embeddings, ids, query_emb[:, None, :], cfg.backend)[..., 0]
-    steered, contrast = cosine, torch.zeros_like(cosine)
-    if anchors is not None:
-        steered, contrast = _steering(cfg, cosine, anchors, g, parts_mode, ids)
-    align, structure = torch.zeros_like(cosine), torch.zeros_like(cosine)
-    cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
-    if rerank and parts_mode:
-        qp = F.normalize(q.parts, dim=-1)
-        qmask = q.parts_mask if q.parts_mask is not None else _all_true(qp.shape[:2], qp.device)
-        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], qp.device)
-        # The head's pad (pad_cost(n, n)), so ties between equal-cost matchings break as in the head.
-        cost = part_cost(qp, qmask, ids, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]), cfg.backend,
-                         "gallery_parts")
-        align, cols = alignment(cost, match(cost, cfg.matching, cfg.backend, cfg.solver), qmask.sum(dim=1))
-        if cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None:
-            structure = relation_score(cols, ids, g.part_boxes, q.relations)
-    fused = fused_score(cfg, steered, align, structure, contrast) + flags
-    return PairScores(scores=fused, cosine=cosine, steered=steered, alignment=align, structure=structure,
-                      assignment=cols, steering=contrast)
-
-
-def _parts_mode(cfg: HeadConfig, q: QuerySide, g: GallerySide) -> bool:
-    """Whether the pairs are scored by part matching; refuses what needs a candidate pool."""
-    have_q, have_g = q.parts is not None, g.parts is not None
-    if cfg.mode == "neighbourhood" and (cfg.lam > 0 or cfg.gamma > 0):
-        raise ValueError(
-            "config.mode='neighbourhood' matches neighbourhoods of the candidate pool, and pair scoring has no pool; "
-            "use mode='parts' or 'auto' with query_parts [Q, m, D] and gallery_parts [N, n, D]"
-        )
-    if cfg.mode == "parts" and not (have_q and have_g):
-        raise ValueError("mode='parts' needs both query_parts [Q, m, D] and gallery_parts [N, n, D]")
-    if cfg.lam > 0 and not (have_q and have_g):
-        missing = "gallery_parts [N, n, D]" if have_q else "query_parts [Q, m, D]"
-        raise ValueError(
-            f"config.lam={cfg.lam}: pair scoring matches part sets and {missing} is missing "
-            "(neighbourhood mode needs a candidate pool); pass both part sets, or lam=0 for the cosine alone"
-        )
-    return cfg.mode != "neighbourhood" and have_q and have_g
+    terms = candidate_terms(cfg, q, g, ids, cosine, anchors, parts_mode=parts_mode, rerank=rerank)
+    steered = cosine if terms.penalty is None else cosine - cfg.beta * terms.penalty
+    fused = fused_score(cfg, steered, terms.alignment, terms.structure, terms.contrast) + flags + id_flag + terms.checks
+    return PairScores(scores=fused, cosine=cosine, steered=steered, alignment=terms.alignment,
+                      structure=terms.structure, assignment=terms.assignment, steering=terms.contrast)
 
 
 def _pair_ids(ids, query: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
@@ -190,25 +154,3 @@ def _pair_ids(ids, query: Tensor, num_items: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"ids must have shape [Q={num_queries}, C] with C >= 1, got {list(ids.shape)}")
     ids = ids.long()
     return ids, checks.check_ids(ids, num_items, "ids")
-
-
-def _steering(
-    cfg: HeadConfig, cosine: Tensor, anchors: tuple[Tensor, Tensor, Tensor], g: GallerySide, parts_mode: bool,
-    ids: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """q·c less the β confuser penalty, and the δ contrast C(q, c), both `[Q, C]` (the head's stage 1, α = 0).
-
-    Measured on the candidates' regions in parts mode, else on their pooled embeddings, as in the head.
-    """
-    pos, neg, neg_mask = anchors
-    gmask = None
-    if parts_mode:
-        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], ids.device)
-    penalty, contrast = anchor_terms(pos, neg, neg_mask, ids, g.embeddings, g.parts if parts_mode else None, gmask,
-                                     cosine, cfg.beta > 0, cfg.delta > 0, cfg.backend)
-    steered = cosine if penalty is None else cosine - cfg.beta * penalty
-    return steered, torch.zeros_like(cosine) if contrast is None else contrast
-
-
-def _all_true(shape, device) -> Tensor:
-    return torch.ones(tuple(shape), dtype=torch.bool, device=device)

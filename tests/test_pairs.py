@@ -180,6 +180,82 @@ def test_an_unnormalised_part_of_a_scored_candidate_is_refused(sides, name):
     with pytest.raises(ValueError, match=r"gallery_parts rows must be L2-normalised \(norms 1.000000 to 3.00"):
         score_pairs(queries, bad, CONFIGS[name], ids=torch.full((Q, 1), 7, dtype=torch.long))
 
+def _by_hand(queries, gallery, ids, s0):
+    """Loops over (query, candidate): alignment by SciPy's assignment, penalty and contrast on regions and pooled."""
+    from scipy.optimize import linear_sum_assignment
+
+    pos, neg = queries.parts.double(), queries.negatives.double()  # one negative per part: the parts are the positives
+    out = {k: torch.zeros(ids.shape, dtype=torch.float64) for k in ("align", "pen", "con", "pooled_pen", "pooled_con")}
+    cols = torch.full((*ids.shape, M), -1)
+    for q in range(ids.shape[0]):
+        valid_parts = queries.parts_mask[q].nonzero()[:, 0]
+        for c, i in enumerate(ids[q].tolist()):
+            valid_regions = gallery.parts_mask[i].nonzero()[:, 0]
+            regions = gallery.parts[i, valid_regions].double()
+            sim = (queries.parts[q, valid_parts].double() @ regions.T).numpy()
+            rows, picked = linear_sum_assignment(sim, maximize=True)
+            out["align"][q, c] = sim[rows, picked].sum() / len(valid_parts)
+            cols[q, c, valid_parts[rows]] = valid_regions[picked]
+            best_p, best_u = (regions @ pos[q].T).amax(0), (regions @ neg[q].T).amax(0)  # [M]
+            out["pen"][q, c] = (best_u - best_p).clamp_min(0).max()
+            out["con"][q, c] = (best_p - best_u).mean()
+            item = gallery.embeddings[i].double()
+            out["pooled_pen"][q, c] = ((neg[q] @ item).max() - s0[q, c].double()).clamp_min(0)
+            out["pooled_con"][q, c] = (pos[q] @ item - neg[q] @ item).mean()
+    return out, cols
+
+
+def test_candidate_terms_match_a_computation_by_hand(sides):
+    """The one per-candidate function (the head's, score_pairs', the sharded head's) against loops and SciPy."""
+    from geosteer.stages.candidates import candidate_terms, moved_scores
+    from geosteer.stages.steer import steering_anchors
+
+    queries, gallery = sides
+    ids = torch.randint(0, N, (Q, 5), generator=torch.Generator().manual_seed(3))
+    s0 = (queries.embeddings[:, None, :] * gallery.embeddings[ids]).sum(-1)
+    anchors = steering_anchors(queries.embeddings, queries.parts, None, queries.negatives, None)
+    want, want_cols = _by_hand(queries, gallery, ids, s0)
+    close = lambda got, key: torch.testing.assert_close(got.double(), want[key], atol=1e-5, rtol=0)  # noqa: E731
+
+    cfg = HeadConfig(lam=0.5, beta=2.0, delta=0.5)
+    regions = candidate_terms(cfg, queries, gallery, ids, s0, anchors, parts_mode=True, rerank=True)
+    for got, key in ((regions.alignment, "align"), (regions.penalty, "pen"), (regions.contrast, "con")):
+        close(got, key)
+    assert torch.equal(regions.assignment, want_cols) and regions.structure.abs().sum() == 0  # γ = 0
+    pooled = candidate_terms(cfg, queries, gallery, ids, s0, anchors, parts_mode=False, rerank=False)
+    close(pooled.penalty, "pooled_pen")
+    close(pooled.contrast, "pooled_con")
+    assert not pooled.alignment.any() and (pooled.assignment == -1).all() and pooled.assignment.shape == (Q, 5, 1)
+
+    # With α > 0 the pooled penalty is the move's: moved_scores takes it, candidate_terms leaves it out.
+    moving = cfg.replace(alpha=0.5)
+    assert candidate_terms(moving, queries, gallery, ids, s0, anchors, parts_mode=False, rerank=False).penalty is None
+    close(candidate_terms(moving, queries, gallery, ids, s0, anchors, parts_mode=True, rerank=False).penalty, "pen")
+    pool = torch.arange(N).repeat(Q, 1)[:, :10]
+    pool_s0 = queries.embeddings @ gallery.embeddings[:10].T
+    moved = moved_scores(moving, queries.embeddings, gallery.embeddings, pool, pool_s0, anchors, 3, False)
+    plain = moved_scores(moving.replace(beta=0.0), queries.embeddings, gallery.embeddings, pool, pool_s0, anchors, 3, False)
+    gap = ((gallery.embeddings[:10] @ queries.negatives.transpose(1, 2)).amax(-1) - pool_s0).clamp_min(0)  # [Q, 10]
+    torch.testing.assert_close(moved, plain - 2.0 * gap, atol=1e-5, rtol=0)
+    assert torch.equal(moved_scores(moving, queries.embeddings, gallery.embeddings, pool, pool_s0, anchors, 3, True), plain)
+
+    # Neighbourhood mode: the caller's cost hook, k sets of one each; A = (1/k) Σ over the best matching of 1 - cost.
+    cost = torch.tensor([[0.9, 0.1], [0.2, 0.4]]).expand(Q, 5, 2, 2).contiguous()
+    hooked = candidate_terms(HeadConfig(lam=0.5), queries, gallery, ids, s0, None, parts_mode=False, rerank=True,
+                             neighbourhood_cost=lambda: cost)
+    torch.testing.assert_close(hooked.alignment, torch.full((Q, 5), (0.8 + 0.9) / 2))
+    assert (hooked.assignment == torch.tensor([1, 0])).all()
+
+    # Steering without re-ranking reads the candidates' regions: their rows (and only theirs) are checked.
+    bad = gallery.parts.clone()
+    bad[N - 1, 0] *= 3.0
+    broken = GallerySide(gallery.embeddings, parts=bad, parts_mask=gallery.parts_mask)
+    assert ids.max() < N - 1
+    candidate_terms(cfg, queries, broken, ids, s0, anchors, parts_mode=True, rerank=False)
+    with pytest.raises(ValueError, match="gallery_parts rows must be L2-normalised"):
+        candidate_terms(cfg, queries, broken, ids.clamp_min(N - 1), s0, anchors, parts_mode=True, rerank=False)
+
+
 def test_exported_where_the_library_can_reach_it():
     import geosteer.pairs
 

@@ -7,7 +7,7 @@ from tiny_encoder import TinyEncoder
 
 from geosteer import GallerySide, GeoSteerHead, HeadConfig, QuerySide
 from geosteer.index import Indexer
-from geosteer.stages.steer import anchor_contrast, steering_contrast
+from geosteer.stages.steer import anchor_contrast, anchor_terms
 
 Q, N, M, NR, D, U = 3, 20, 2, 4, 8, 2
 
@@ -63,16 +63,17 @@ def test_delta_without_region_sets_uses_the_pooled_embedding():
     torch.testing.assert_close(res.scores, res.first_stage_scores + res.steering, atol=1e-5, rtol=0)
 
 
-def test_steering_contrast_masks_and_a_shared_positive():
+def test_anchor_contrast_masks_and_a_shared_positive():
     kw = _inputs()
     ids = torch.arange(N).repeat(Q, 1)
     one = kw["positives"][:, :1]
-    got = steering_contrast(one, kw["negatives"], kw["negatives_mask"], ids, kw["gallery"], kw["gallery_parts"],
-                            kw["gallery_parts_mask"])
+    unused = torch.zeros(Q, N)  # first_scores: read by the pooled penalty only
+    _, got = anchor_terms(one, kw["negatives"], kw["negatives_mask"], ids, kw["gallery"], kw["gallery_parts"],
+                          kw["gallery_parts_mask"], unused, False, True)
     kw2 = dict(kw, positives=one.expand(-1, U, -1))
     torch.testing.assert_close(got, _region_contrast_by_hand(kw2, ids), atol=1e-5, rtol=0)
     none_valid = torch.zeros(Q, U, dtype=torch.bool)
-    zero = steering_contrast(one, kw["negatives"], none_valid, ids, kw["gallery"], None, None)
+    _, zero = anchor_terms(one, kw["negatives"], none_valid, ids, kw["gallery"], None, None, unused, False, True)
     assert torch.equal(zero, torch.zeros(Q, N))
 
 

@@ -15,9 +15,9 @@ One call, every rank together (DESIGN §6, "exact scale-out"):
    scores;
 5. re-rank: each rank scores the pool members it owns — confuser penalty β,
    contrast δ, part cost, Hungarian assignment, alignment A, structure R —
-   with the same stage functions the head calls, on its `[Q, K]` layout
-   with the other ranks' candidates left out (`_blocks`; per candidate, so
-   the values are the head's);
+   with the function the head calls (`geosteer.stages.candidates.candidate_terms`),
+   on its `[Q, K]` layout with the other ranks' candidates left out
+   (`_blocks`; per candidate, so the values are the head's);
    neighbourhood mode first fetches the candidates' kNN sets and the pool
    heads' rows from their owners;
 6. combine: one all-reduce of the per-candidate terms (each written by
@@ -25,9 +25,10 @@ One call, every rank together (DESIGN §6, "exact scale-out"):
    fuses S = (1 - λ)·s + λ·A + γ·R + δ·C and sorts, as the head does.
 
 The local work of steps 1-6 runs inside `Comm.step`, so one rank's error is every rank's error.
-The mode rule, the anchor pairs and the fuse + sort are the head's own
-(`geosteer.head.uses_parts`, `geosteer.stages.steer.steering_anchors`,
-`geosteer.head.ranked`); tests/test_distributed.py holds the two to the same result.
+The mode rule, the anchor pairs, the query move and the fuse + sort are the
+head's own (`geosteer.stages.candidates.uses_parts`, `steering_anchors`,
+`moved_scores`, `geosteer.head.ranked`); tests/test_distributed.py holds the
+two to the same result.
 """
 
 from __future__ import annotations
@@ -43,14 +44,12 @@ from geosteer.config import HeadConfig
 from geosteer.distributed.first_stage import FIRST_STAGES, local_top, merge_candidates
 from geosteer.distributed.queries import distribute
 from geosteer.distributed.shard import ShardedGallery
-from geosteer.head import HeadResult, ranked, uses_parts
+from geosteer.head import HeadResult, ranked
 from geosteer.inputs import GallerySide, QuerySide, validate
 from geosteer.ops import checks
-from geosteer.ops.part_cost import pad_cost, part_cost
-from geosteer.stages import steer as steer_stage
-from geosteer.stages.rerank import alignment_from_cost
+from geosteer.stages.candidates import candidate_terms, moved_scores, uses_parts
+from geosteer.stages.rerank import neighbourhood_cost
 from geosteer.stages.steer import steering_anchors
-from geosteer.stages.structure import relation_score
 
 # Columns of the per-candidate terms buffer `[Q, K, 5 + w]` float64 (all
 # float32 or small-int values, so float64 carries them exactly).
@@ -73,7 +72,6 @@ class _Plan:
     move: bool  # α > 0: the steered query (home ranks)
     penalty: bool  # β > 0
     contrast: bool  # δ > 0
-    structure: bool  # γ > 0 with relations and boxes
     width: int  # columns of the matching (m, k or 1)
 
 
@@ -166,10 +164,6 @@ class ShardedHead:
         return result
 
 
-def _all_true(shape, device) -> Tensor:
-    return torch.ones(tuple(shape), dtype=torch.bool, device=device)
-
-
 def _plan(cfg: HeadConfig, q: QuerySide, g: GallerySide, num_items: int) -> _Plan:
     """Validate the call on this rank's shard (the head's checks) and decide what it computes."""
     parts_mode = uses_parts(cfg, q.parts, g.parts)
@@ -195,10 +189,9 @@ def _plan(cfg: HeadConfig, q: QuerySide, g: GallerySide, num_items: int) -> _Pla
     if q.negatives is not None:
         pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
     has_neg = q.negatives is not None
-    structure = rerank and cfg.gamma > 0 and q.relations is not None and g.part_boxes is not None
     width = (q.parts.shape[1] if parts_mode else pool) if rerank else 1
     return _Plan(parts_mode, rerank, num_cands, pool, query, flags, pos, neg, neg_mask, has_neg and cfg.alpha > 0,
-                 has_neg and cfg.beta > 0, has_neg and cfg.delta > 0, structure, width)
+                 has_neg and cfg.beta > 0, has_neg and cfg.delta > 0, width)
 
 
 def _neighbourhood_ids(plan: _Plan, g: GallerySide, ids: Tensor, owner: Tensor, rows: Tensor, rank: int) -> Tensor:
@@ -211,18 +204,14 @@ def _neighbourhood_ids(plan: _Plan, g: GallerySide, ids: Tensor, owner: Tensor, 
 
 
 def _move(cfg: HeadConfig, plan: _Plan, s0: Tensor, pool_rows: Tensor, a: int, b: int, terms: Tensor) -> None:
-    """The α query move for this rank's home queries `a:b` from their pool's rows; writes s (and the pooled β penalty)."""
+    """The α query move for this rank's home queries `a:b` from their pool's rows; writes s (less a pooled β penalty)."""
     if b <= a:
         return
     num, width = b - a, s0.shape[1]
     table_ids = torch.arange(num * width, device=s0.device).reshape(num, width)
-    s, neg_sims = steer_stage.steer_scores(plan.query[a:b], pool_rows, table_ids, s0[a:b], plan.positives[a:b],
-                                           plan.negatives[a:b], plan.negatives_mask[a:b], plan.pool, cfg.alpha,
-                                           cfg.backend, cfg.steer_design)
+    anchors = (plan.positives[a:b], plan.negatives[a:b], plan.negatives_mask[a:b])
+    s = moved_scores(cfg, plan.query[a:b], pool_rows, table_ids, s0[a:b], anchors, plan.pool, plan.parts_mode)
     terms[a:b, :, _S] = s.double()
-    if plan.penalty and not plan.parts_mode:
-        # As the head: with α > 0 the pooled penalty reuses the move's candidate-by-negative sims.
-        terms[a:b, :, _PENALTY] = steer_stage.confuser_penalty(s0[a:b], neg_sims, plan.negatives_mask[a:b]).double()
 
 
 #: Most padding slots a block of `_blocks` may carry, as a share of its owned candidates.
@@ -263,85 +252,54 @@ def _owned(
     cfg: HeadConfig, plan: _Plan, q: QuerySide, g: GallerySide, s0: Tensor, ids: Tensor, owner: Tensor, rows: Tensor,
     rank: int, nbr_ids: Tensor | None, nbr_rows: Tensor | None, terms: Tensor,
 ) -> None:
-    """Score the pool members this rank owns; write their terms.
+    """Score the pool members this rank owns (`candidate_terms`); write their terms.
 
     The owned candidates of a block of queries are scored as a `[C, k_c]`
     batch (`_blocks`), the head's own `[Q, K]` layout with the other ranks'
     candidates left out: every term is per candidate, so the values are the
     head's. Padding slots repeat an owned candidate and are never written back.
     """
-    # With re-ranking, part_cost checks the candidates' rows on its own read of them (as the head).
-    checking = plan.parts_mode and not plan.rerank and (cfg.beta > 0 or cfg.delta > 0) and q.negatives is not None
-    if not (checking or plan.penalty or plan.contrast or plan.rerank):
+    if not (plan.penalty or plan.contrast or plan.rerank):
         return
     mine = owner == rank
-    if checking:  # once per call, each owned candidate once (as the head checks its candidates)
-        checks.check_rows(g.parts, g.parts_mask, rows[mine][None, :], "gallery_parts")
     # The largest temporaries per candidate slot: its cost matrix (m x n or k x k), its boxes (4n), its
     # region-by-anchor sims (n x J); the gathered rows go through `project` in its own chunks.
     sets = g.parts.shape[1] if plan.parts_mode else plan.pool
-    anchors = 0 if plan.negatives is None else plan.positives.shape[1] + plan.negatives.shape[1]
-    per_candidate = sets * max(plan.width, 4, anchors)
-    gmask = qparts = qmask = None
-    if plan.parts_mode:
-        gmask = g.parts_mask if g.parts_mask is not None else _all_true(g.parts.shape[:2], s0.device)
-        if plan.rerank:
-            qparts = F.normalize(q.parts, dim=-1)  # row by row: the same values as the head's [Q, m, D] call
-            qmask = q.parts_mask if q.parts_mask is not None else _all_true(qparts.shape[:2], qparts.device)
+    anchors = None if plan.negatives is None else (plan.positives, plan.negatives, plan.negatives_mask)
+    per_candidate = sets * max(plan.width, 4, 0 if anchors is None else anchors[0].shape[1] + anchors[1].shape[1])
     for qs, kcols, valid in _blocks(mine, max(1, cfg.chunk_elements // per_candidate)):
         cand = rows[qs].gather(1, kcols)  # [C, k_c] rows of this shard
         cand = torch.where(valid, cand, cand[:, :1])  # padding repeats the query's first owned candidate
         at_q, at_k = qs[:, None].expand_as(kcols)[valid], kcols[valid]
+        block = candidate_terms(
+            cfg, _query_rows(q, qs), g, cand, s0[qs].gather(1, kcols),
+            None if anchors is None else tuple(x[qs] for x in anchors), parts_mode=plan.parts_mode, rerank=plan.rerank,
+            neighbourhood_cost=lambda: _neighbourhood_cost(cfg, plan, g, ids[qs], cand, nbr_ids, nbr_rows))
+        for column, values in ((_PENALTY, block.penalty), (_ALIGN, block.alignment), (_STRUCTURE, block.structure),
+                               (_CONTRAST, block.contrast)):
+            if values is not None:
+                terms[at_q, at_k, column] = values[valid].double()
+        if plan.rerank:
+            terms[at_q, at_k, _COLS:] = (block.assignment[valid] + 1).double()
 
-        def put(column: int, values: Tensor) -> None:
-            terms[at_q, at_k, column] = values[valid].double()
 
-        # With α > 0 the pooled penalty was taken by `_move`, from the move's own sims (as the head).
-        penalty_here = plan.penalty and (plan.parts_mode or not plan.move)
-        if penalty_here or plan.contrast:
-            penalty, contrast = steer_stage.anchor_terms(
-                plan.positives[qs], plan.negatives[qs], plan.negatives_mask[qs], cand, g.embeddings,
-                g.parts if plan.parts_mode else None, gmask, s0[qs].gather(1, kcols), penalty_here, plan.contrast,
-                cfg.backend)
-            if penalty is not None:
-                put(_PENALTY, penalty)
-            if contrast is not None:
-                put(_CONTRAST, contrast)
-        if not plan.rerank:
-            continue
-        if plan.parts_mode:
-            # pad_cost(n, n), as the head: one value per gallery.
-            cost = part_cost(qparts[qs], qmask[qs], cand, g.parts, gmask, pad_cost(g.parts.shape[1], g.parts.shape[1]),
-                             cfg.backend, "gallery_parts")
-            num_valid = qmask[qs].sum(dim=1)
-        else:
-            cost, num_valid = _neighbourhood_cost(cfg, plan, g, ids[qs], cand, nbr_ids, nbr_rows)
-        align, cols = alignment_from_cost(cost, num_valid, cfg.matching, cfg.backend, cfg.solver)
-        put(_ALIGN, align)
-        terms[at_q, at_k, _COLS:] = (cols[valid] + 1).double()
-        if plan.structure:
-            put(_STRUCTURE, relation_score(cols, cand, g.part_boxes, q.relations[qs]))
+def _query_rows(q: QuerySide, rows: Tensor) -> QuerySide:
+    """The queries `rows` of `q` (every field that is given)."""
+    return QuerySide(*(None if t is None else t[rows] for t in (getattr(q, f.name) for f in dataclasses.fields(q))))
 
 
 def _neighbourhood_cost(
     cfg: HeadConfig, plan: _Plan, g: GallerySide, pool: Tensor, cand: Tensor, nbr_ids: Tensor, nbr_rows: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """`neighbourhood_cost` over the fetched rows: cost `[C, k_c, k, k]`, valid parts `[C]`.
+) -> Tensor:
+    """`neighbourhood_cost` over the fetched rows: cost `[C, k_c, k, k]`.
 
     A_q = the query's k best pool items (`pool [C, K]` global ids), B_c = the
-    candidate's k nearest gallery items (its graph row; `cand [C, k_c]`);
-    C[i, j] = 1 - a_i · b_j, one `part_cost` call with each neighbour a
-    one-element set, as the head makes it.
+    candidate's k nearest gallery items (its graph row; `cand [C, k_c]`),
+    both looked up in the fetched rows `nbr_rows` (sorted global ids `nbr_ids`).
     """
-    k, (num, width) = plan.pool, cand.shape
+    k = plan.pool
     where = lambda gids: torch.searchsorted(nbr_ids, gids.contiguous())  # noqa: E731 - rows of nbr_rows
-    anchors = nbr_rows[where(pool[:, :k])]  # [C, k, D]
-    nbrs = where(g.neighbors[:, :k][cand])  # [C, k_c, k]
-    valid_a = _all_true((num, k), anchors.device)
-    valid_b = _all_true((nbr_rows.shape[0], 1), anchors.device)
-    cost = part_cost(anchors, valid_a, nbrs.reshape(num, width * k), nbr_rows[:, None, :], valid_b, pad_cost(1, 1),
-                     cfg.backend)
-    return cost.reshape(num, width, k, k).transpose(-1, -2), torch.full((num,), k, device=anchors.device)
+    return neighbourhood_cost(nbr_rows, nbr_rows[where(pool[:, :k])], where(g.neighbors[:, :k][cand]), cfg.backend)
 
 
 def _fuse(cfg: HeadConfig, plan: _Plan, s0: Tensor, ids: Tensor, terms: Tensor) -> HeadResult:

@@ -27,14 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from geosteer import GeoSteerHead, HeadConfig, HeadResult, get_config
+from geosteer import GallerySide, GeoSteerHead, HeadConfig, HeadResult, QuerySide, get_config, score_pairs
 from geosteer.environment import environment
 from geosteer.geoshapes.index import SplitIndex, SplitIndexer
 from geosteer.geoshapes.scenes import COLOURS, SHAPES, object_boxes
 from geosteer.geoshapes.splits import SPLITS, TEST_SEEDS
 from geosteer.geoshapes.vocabulary import LABEL_PHRASES
-from geosteer.ops.part_cost import pad_cost, part_cost
-from geosteer.stages.rerank import alignment_from_cost
 
 #: The methods `geosteer eval` reports, in table order.
 METHOD_NAMES: tuple[str, ...] = ("cosine", "rerank", "rerank-max", "steer", "rerank+steer")
@@ -151,10 +149,10 @@ def diagnostics(index: SplitIndex, methods: Sequence[Method]) -> dict[str, float
         if regions is not None:
             gp, gm, _ = index.regions(regions)
             ids = torch.tensor([[t, *hs] + [t] * (max(map(len, hard)) - len(hs)) for t, hs in zip(sp.targets, hard)])
-            qp, qm = q.parts, q.parts_mask
             with torch.inference_mode():
-                cost = part_cost(qp, qm, ids, gp, gm, pad_cost(qp.shape[1], gp.shape[1]), "torch")
-                align, _ = alignment_from_cost(cost, qm.sum(1), "hungarian", "torch")
+                align = score_pairs(QuerySide(q.embeddings, parts=q.parts, parts_mask=q.parts_mask),
+                                    GallerySide(index.images, parts=gp, parts_mask=gm),
+                                    HeadConfig(lam=1.0, backend="torch"), ids=ids).alignment
             ok = [all(align[i, 0] > align[i, 1 + j] for j in range(len(hs))) for i, hs in enumerate(hard) if hs]
             out["regions_beat_hard"] = sum(ok) / len(ok)
     regions = next((m.regions for m in methods if m.uses_parts), None)

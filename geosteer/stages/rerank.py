@@ -1,8 +1,9 @@
 """Part matching (DESIGN §1, stage 2): costs between sets, the matching, the alignment.
 
-The head runs these as separate stages (`geosteer.head.STAGES`): the cost
-op, `match` (the batched solver), then `alignment`. Neighbourhood mode's
-sets come from the gallery's kNN graph (`knn_graph`, `neighbours_of`).
+`geosteer.stages.candidates.candidate_terms` runs these as separate stages
+(`geosteer.head.STAGES`): the cost op, `match` (the batched solver), then
+`alignment`. Neighbourhood mode's sets come from the gallery's kNN graph
+(`knn_graph`, `neighbours_of`) and `neighbourhood_cost` measures them.
 """
 
 from __future__ import annotations
@@ -56,13 +57,6 @@ def alignment(cost: Tensor, cols: Tensor, num_valid_parts: Tensor) -> tuple[Tens
     cols = torch.where(real, cols, torch.full_like(cols, -1))
     total = torch.where(real, 1.0 - matched, torch.zeros_like(matched)).sum(dim=-1)
     return total / num_valid_parts.to(total.dtype)[:, None], cols
-
-
-def alignment_from_cost(
-    cost: Tensor, num_valid_parts: Tensor, matching: str, backend: str = "auto", solver: str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """`match`, then `alignment`: A(q, c) `[Q, K]` and the matching `[Q, K, m]`."""
-    return alignment(cost, match(cost, matching, backend, solver), num_valid_parts)
 
 
 def knn_graph(
@@ -144,26 +138,27 @@ def neighbours_of(gallery: Tensor, ids: Tensor, k: int, chunk_elements: int, bac
     return top.gather(1, order)[:, :k].reshape(*ids.shape, k)
 
 
-def neighbourhood_cost(gallery: Tensor, ids: Tensor, neighbours: Tensor, k: int, backend: str) -> Tensor:
+def neighbourhood_cost(table: Tensor, anchors: Tensor, neighbours: Tensor, backend: str) -> Tensor:
     """Costs between q's kNN set and each candidate's kNN set (neighbourhood mode).
 
-    A_q is q's `k` nearest gallery items (pool positions 0..k-1: the pool is
-    sorted by first-stage score); B_c is c's `k` nearest gallery items.
+    A_q is q's k best pool items (the head of its first-stage pool); B_c is
+    candidate c's k nearest gallery items. The head reads both from the
+    gallery; the sharded head from the rows it fetched from their owners.
 
     Args:
-        gallery: `[N, D]`.
-        ids: `[Q, K]` candidate pool, best first.
-        neighbours: `[Q, K, k]` gallery ids of each candidate's neighbours.
-        k: neighbourhood size.
+        table: `[R, D]` the rows `neighbours` index (the gallery, or fetched rows).
+        anchors: `[Q, k, D]` A_q.
+        neighbours: `[Q, C, k]` int64 rows of `table`: B_c of each candidate.
+        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
 
     Returns:
-        cost `[Q, K, k, k]` float32, `C[q, c, i, j] = 1 - a_i · b_{c,j}`.
+        cost `[Q, C, k, k]` float32, `C[q, c, i, j] = 1 - a_i · b_{c,j}`.
     """
-    num_queries, num_cands = ids.shape
-    anchors = gallery[ids[:, :k]]  # [Q, k, D]
-    valid_a = torch.ones(num_queries, k, dtype=torch.bool, device=gallery.device)
-    valid_b = torch.ones(gallery.shape[0], 1, dtype=torch.bool, device=gallery.device)
-    # Each neighbour is a one-element "part set" of the gallery, so the
-    # gather+cost op serves here too: [Q, K*k, k, 1] -> [Q, K, k(i), k(j)].
-    cost = part_cost(anchors, valid_a, neighbours.reshape(num_queries, num_cands * k), gallery[:, None, :], valid_b, pad_cost(1, 1), backend)
+    num_queries, num_cands, k = neighbours.shape
+    valid_a = torch.ones(num_queries, k, dtype=torch.bool, device=table.device)
+    valid_b = torch.ones(table.shape[0], 1, dtype=torch.bool, device=table.device)
+    # Each neighbour is a one-element "part set" of the table, so the
+    # gather+cost op serves here too: [Q, C*k, k, 1] -> [Q, C, k(i), k(j)].
+    cost = part_cost(anchors, valid_a, neighbours.reshape(num_queries, num_cands * k), table[:, None, :], valid_b,
+                     pad_cost(1, 1), backend)
     return cost.reshape(num_queries, num_cands, k, k).transpose(-1, -2)

@@ -6,12 +6,16 @@ what the query asks for; a negative anchor u_j: one of its confusers, e.g.
 
 **The confuser penalty β** demotes a candidate that fits a confuser better
 than the query. With region sets (the head's parts mode) it is measured per
-object on the candidate's regions, `region_confuser_penalty`:
-β · max_j relu(r(c, u_j) - r(c, p_j)), r = the best region's similarity. On
-the pooled embedding (`confuser_penalty`: β · relu(max_j c·u_j - c·q)) the
-same contrast is near chance on GeoShapes, because a scene embedding barely
-separates a scene from its pentagon/hexagon or colour-swapped twin; regions
-do (bench/tune_defaults.py measures both).
+object on the candidate's regions: β · max_j relu(r(c, u_j) - r(c, p_j)),
+r = the best region's similarity (`candidate_anchor_sims`, then
+`confuser_penalty` in its paired form). On the pooled embedding
+(`confuser_penalty`: β · relu(max_j c·u_j - c·q)) the same contrast is near
+chance on GeoShapes, because a scene embedding barely separates a scene
+from its pentagon/hexagon or colour-swapped twin; regions do
+(bench/tune_defaults.py measures both). `anchor_terms` gives the penalty
+and the δ contrast of every candidate from one projection; the head, pair
+scoring and the sharded head reach it through
+`geosteer.stages.candidates.candidate_terms`.
 
 **The query move α**: each pair gives a direction d_j; how d_j is built is
 the *design*:
@@ -33,7 +37,7 @@ q' = normalise(q + α Σ_j d_j) and every candidate is re-scored with q'.
 
 **The request term δ** re-ranks the pool toward what the user asks for and
 away from its confuser, per object: δ · mean_j r(c, p_j) - r(c, u_j)
-(`steering_contrast`). It is the lever that controls result sets
+(`anchor_contrast`, through `anchor_terms`). It is the lever that controls result sets
 (docs/steering.md): the query move α works in the pooled space, which
 cannot bind "red" to "star".
 """
@@ -248,36 +252,6 @@ def region_anchor_sims(
     return sims.masked_fill(~valid, float("-inf")).amax(dim=2)
 
 
-def region_confuser_penalty(
-    positives: Tensor,
-    negatives: Tensor,
-    negatives_mask: Tensor,
-    ids: Tensor,
-    gallery_parts: Tensor,
-    gallery_parts_mask: Tensor,
-    backend: str = "auto",
-) -> Tensor:
-    """The confuser penalty measured on regions: max_j relu(r(c, u_j) - r(c, p_j)).
-
-    r(c, a) is the similarity of candidate c's best region to anchor a. A
-    candidate is demoted when, for some pair j, one of its regions fits the
-    confuser u_j ("a red hexagon", "a blue pentagon") better than any of its
-    regions fits what the query asks for (p_j: "a red pentagon"). Measured
-    on the pooled embedding this contrast is near chance on GeoShapes (the
-    scene embedding barely tells a scene from its twin); on regions it is
-    the local, per-object evidence that does.
-
-    Args:
-        positives: `[Q, J, D]` or `[Q, 1, D]`; negatives `[Q, J, D]`; negatives_mask `[Q, J]`.
-        ids: `[Q, K]`; gallery_parts `[N, n, D]`; gallery_parts_mask `[N, n]`.
-
-    Returns:
-        `[Q, K]` float32 >= 0.
-    """
-    pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, None, gallery_parts, gallery_parts_mask, backend)
-    return confuser_penalty(pos_sims, neg_sims, negatives_mask)
-
-
 def candidate_anchor_sims(
     positives: Tensor,
     negatives: Tensor,
@@ -322,14 +296,17 @@ def anchor_terms(
     penalty: bool,
     contrast: bool,
     backend: str = "auto",
-    negative_sims: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """The β confuser penalty and the δ contrast of every candidate, from one pass over its anchors.
 
-    The head, `geosteer.score_pairs` and the sharded head all take both
-    terms here. With region sets both are per object on the regions
-    (`region_confuser_penalty`, `anchor_contrast`); without, the penalty
-    compares the confusers with the query's own score `first_scores`
+    Every scorer of candidates takes both terms here
+    (`geosteer.stages.candidates.candidate_terms`). With region sets both
+    are per object on the regions: r(c, a) is the similarity of candidate
+    c's best valid region to anchor a, so "a red star" vs "an orange star"
+    is decided by the star's own region; the penalty is
+    max_j relu(r(c, u_j) - r(c, p_j)) (`confuser_penalty`, paired form) and
+    the contrast `anchor_contrast`. Without region sets the penalty compares
+    the confusers with the query's own score `first_scores`
     (`confuser_penalty`) and the contrast uses the pooled embeddings.
 
     Args:
@@ -339,8 +316,6 @@ def anchor_terms(
         first_scores: `[Q, K]` q·c (read by the pooled penalty only).
         penalty, contrast: which terms to compute.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
-        negative_sims: `[Q, K, J]` pooled c·u_j already at hand (the α move's),
-            spares the pooled penalty's projection.
 
     Returns:
         (penalty `[Q, K]` or None, contrast `[Q, K]` or None), float32.
@@ -352,7 +327,7 @@ def anchor_terms(
         pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
                                                    gallery_parts_mask, backend)
     elif penalty:  # pooled penalty alone: the positive is the query's own score
-        neg_sims = negative_sims if negative_sims is not None else project(gallery, ids, negatives, backend)
+        neg_sims = project(gallery, ids, negatives, backend)
     pen = confuser_penalty(pos_sims if regions else first_scores, neg_sims, negatives_mask) if penalty else None
     con = anchor_contrast(pos_sims, neg_sims, negatives_mask) if contrast else None
     return pen, con
@@ -375,37 +350,6 @@ def anchor_contrast(pos_sims: Tensor, neg_sims: Tensor, negatives_mask: Tensor) 
     valid = negatives_mask[:, None, :].float()
     diff = (pos_sims.float() - neg_sims.float()) * valid
     return diff.sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
-
-
-def steering_contrast(
-    positives: Tensor,
-    negatives: Tensor,
-    negatives_mask: Tensor,
-    ids: Tensor,
-    gallery: Tensor,
-    gallery_parts: Tensor | None,
-    gallery_parts_mask: Tensor | None,
-    backend: str = "auto",
-) -> Tensor:
-    """The δ steering term C(q, c) (`anchor_contrast`) of every candidate.
-
-    With region sets, sim(c, a) is the best region's similarity to anchor a
-    (`region_anchor_sims`): "a red star" vs "an orange star" is decided by
-    the star's own region, not by a red object elsewhere in the scene.
-    Without them, the pooled embedding c·a.
-
-    Args:
-        positives: `[Q, J, D]` or `[Q, 1, D]` unit anchors ("toward");
-            negatives `[Q, J, D]` ("away"); negatives_mask `[Q, J]`.
-        ids: `[Q, K]` candidate pool; gallery `[N, D]`.
-        gallery_parts: `[N, n, D]` or None; gallery_parts_mask `[N, n]`.
-        backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
-
-    Returns:
-        `[Q, K]` float32.
-    """
-    return anchor_contrast(*candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
-                                                  gallery_parts_mask, backend), negatives_mask)
 
 
 def steering_anchors(
