@@ -413,6 +413,51 @@ def test_public_names():
 
 
 # --------------------------------------------------------------------------
+# The CUDA routing rule (CUDA_ROUTES), run here on CPU tensors with the device query faked
+
+
+@pytest.mark.parametrize("impl, rows, capability, backend, route", [
+    pytest.param("triton", 4, (9, 0), "auto", "triton_dp", marks=needs_interpreter),
+    ("triton", 7, (9, 0), "auto", "tla"),
+    ("triton", 7, (7, 5), "auto", "cpu"),  # torch-linear-assignment's kernel needs 8.0: the reference's route
+    ("torch", 6, (9, 0), "torch", "torch_dp"),
+    ("torch", 7, (9, 0), "torch", "cpu"),
+])
+def test_cuda_routes_run_the_documented_solver(monkeypatch, impl, rows, capability, backend, route):
+    """min(W, T) <= 6: a subset DP (Triton or torch); above: torch-linear-assignment's kernel (>= 8.0) or the CPU."""
+    from geosteer.ops import dispatch
+
+    ran = []
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            ran.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    spied = [("tla", assign_mod, "_solve_tla"), ("torch_dp", assign_mod, "_dp_chunked"), ("cpu", assign_mod, "_solve_cpu")]
+    if HAS_TRITON:
+        from geosteer.kernels import assign as triton_assign
+
+        spied.append(("triton_dp", triton_assign, "assign_dp_triton"))
+    for name, module, attr in spied:
+        monkeypatch.setattr(module, attr, spy(name, getattr(module, attr)))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    pytest.importorskip("torch_linear_assignment")
+    cost = torch.rand(5, rows, rows + 2, generator=torch.Generator().manual_seed(rows))
+    if capability < (8, 0):
+        with pytest.warns(RuntimeWarning, match="needs capability >= 8.0"):
+            cols = assign_mod._solve_cuda(cost, backend, impl)
+        with pytest.raises(assign_mod.BackendUnavailable, match="backend='triton' cannot run"):
+            assign_mod._solve_cuda(cost, "triton", impl)
+    else:
+        cols = assign_mod._solve_cuda(cost, backend, impl)
+    assert ran[0] == route
+    check_matching(cost, cols)
+
+
+# --------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 
 

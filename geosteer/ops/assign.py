@@ -7,24 +7,27 @@ for rows left unmatched when W > T; +inf marks a forbidden edge; NaN or -inf
 is invalid; a problem with no finite matching of all min(W, T) rows is an
 error. Ties may pick a different (equally cheap) matching than SciPy.
 
-Algorithms (the rule is measured; numbers at `_GPU_DP_MAX_ROWS` and in the
-README's solver table):
+Algorithms. Two rules pick one: `geosteer.ops.dispatch.resolve` picks the
+implementation from `backend` and the device (as for every op), then, on
+CUDA, `CUDA_ROUTES` picks the solver from that implementation and the
+problem size r = min(W, T) (`GPU_DP_MAX_ROWS`):
 
-| device, implementation (`geosteer.ops.dispatch`) | shape (r = min(W, T)) | algorithm |
+| device, implementation (`resolve`) | shape | algorithm (`CUDA_ROUTES` on CUDA) |
 |---|---|---|
 | CPU, numba ("auto") | any | compiled shortest augmenting paths over the batch (`geosteer.cpu_kernels.assign`) |
 | CPU, reference ("torch", or no numba) | any | SciPy per problem |
-| CUDA, Triton ("auto", "triton") | r <= 6 | subset-DP Triton kernel (`geosteer.kernels.assign`) |
-| CUDA, Triton, capability >= 8.0 | r > 6 | torch-linear-assignment's Triton kernel |
-| CUDA, reference ("torch", or "auto" where Triton cannot run) | r <= 6 | subset DP in torch ops on the GPU (`assign_dp_reference`) |
-| CUDA, reference | r > 6 | the CPU path, and back |
+| CUDA, Triton ("auto", "triton") | r <= 6 | `"triton_dp"`: subset-DP Triton kernel (`geosteer.kernels.assign`) |
+| CUDA, Triton | r > 6 | `"tla"`: torch-linear-assignment's Triton kernel; it needs capability >= 8.0 (below it: `BackendUnavailable` for "triton", the reference's route with a one-time warning for "auto") |
+| CUDA, reference ("torch", or "auto" where Triton cannot run) | r <= 6 | `"torch_dp"`: subset DP in torch ops on the GPU (`assign_dp_reference`) |
+| CUDA, reference | r > 6 | `"cpu"`: the CPU path, and back |
 
 `solver="tla"` (`HeadConfig.solver`) runs torch-linear-assignment's
 `batch_linear_assignment` instead, on every device: the peer the benchmarks
 compare with, inside the same op so the head still compiles.
 
-Why this CPU rule (measured on the 2-core CI machine, under load, one
-thread): augmenting paths in numba beat a numba subset DP (a prototype, not
+The CPU rule is measured; the GPU threshold r <= 6 is not yet
+(`GPU_DP_MAX_ROWS`). Why this CPU rule (measured on the 2-core CI machine,
+under load, one thread): augmenting paths in numba beat a numba subset DP (a prototype, not
 kept) at every shape, 21.5 vs 42.4 ms on 51,200 x 4x16, 4.4 vs 165 ms on
 4,096 x 8x8, 94 ms vs 12.7 s on 51,200 x 10x10 (same runs). Without numba the
 SciPy loop beats the torch subset DP everywhere (`python -m bench.bench_assign
@@ -50,11 +53,22 @@ SPEC = KernelSpec(_OP, triton=True, numba=(torch.float32, torch.float64))
 #: The solvers `HeadConfig.solver` names: geosteer's own, or torch-linear-assignment's.
 SOLVERS = ("auto", "tla")
 
-# On CUDA the Triton subset DP runs for r <= 6 (2^6 = 64 states; its int8
-# choice workspace is B * T * 64 bytes); larger problems go to
-# torch-linear-assignment's kernel. Not yet measured on a GPU: re-check with
-# `python -m bench.bench_assign --device cuda` and move the threshold to the crossover.
-_GPU_DP_MAX_ROWS = 6
+#: On CUDA the subset DPs run for r = min(W, T) <= 6 (2^6 = 64 states; the
+#: Triton kernel's int8 choice workspace is B * T * 64 bytes); larger problems
+#: go to torch-linear-assignment's kernel or the CPU. Not yet measured on a GPU:
+#: re-check with `python -m bench.bench_assign --device cuda` and move the
+#: threshold to the crossover.
+GPU_DP_MAX_ROWS = 6
+#: The second routing rule on CUDA (the module doc's table): the solver for
+#: (the implementation `dispatch.resolve` picked, r <= GPU_DP_MAX_ROWS).
+CUDA_ROUTES: dict[tuple[str, bool], str] = {
+    ("triton", True): "triton_dp",
+    ("triton", False): "tla",  # capability >= 8.0; below it, the ("torch", False) route (or an error)
+    ("torch", True): "torch_dp",
+    ("torch", False): "cpu",
+}
+#: Compute capability torch-linear-assignment's Triton kernel needs.
+_TLA_MIN_CAPABILITY = (8, 0)
 # The torch DP keeps a [T, chunk, 2^r] int8 choice table; bound it.
 _DP_CHUNK_BYTES = 1 << 26
 
@@ -226,28 +240,30 @@ def _raise_if_any(infeasible: Tensor, rows: int) -> None:
 
 
 def _solve_cuda(cost: Tensor, backend: str, impl: str) -> Tensor:
-    """The CUDA rule (module doc); `cost` on a CUDA device, `impl` from `dispatch.resolve`."""
-    _, rows, _ = cost.shape
-    small = rows <= _GPU_DP_MAX_ROWS
-    if impl == "triton":
-        if small:
-            from geosteer.kernels.assign import assign_dp_triton
+    """Solve an oriented CUDA `cost` by the route `CUDA_ROUTES` gives; `impl` from `dispatch.resolve`."""
+    rows = cost.shape[1]
+    route = CUDA_ROUTES[impl, rows <= GPU_DP_MAX_ROWS]
+    if route == "tla":
+        capability = torch.cuda.get_device_capability(cost.device)
+        if capability < _TLA_MIN_CAPABILITY:
+            problem = (f"torch-linear-assignment's Triton kernel (r = {rows} > {GPU_DP_MAX_ROWS}) needs capability "
+                       f">= 8.0, {cost.device} has {capability[0]}.{capability[1]}")
+            if backend == "triton":
+                raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
+            warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}", stacklevel=4)
+            route = CUDA_ROUTES["torch", False]
+    if route == "tla":
+        return _solve_tla(cost)
+    if route == "cpu":
+        return _solve_cpu(cost.cpu()).to(cost.device)
+    if route == "triton_dp":
+        from geosteer.kernels.assign import assign_dp_triton
 
-            cols, infeasible = assign_dp_triton(cost)
-            _raise_if_any(infeasible, rows)
-            return cols
-        major, minor = torch.cuda.get_device_capability(cost.device)
-        if (major, minor) >= (8, 0):
-            return _solve_tla(cost)
-        problem = f"torch-linear-assignment's Triton kernel (r = {rows} > {_GPU_DP_MAX_ROWS}) needs capability >= 8.0, {cost.device} has {major}.{minor}"
-        if backend == "triton":
-            raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
-        warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}", stacklevel=4)
-    if small:
+        cols, infeasible = assign_dp_triton(cost)
+    else:  # "torch_dp"
         cols, infeasible = _dp_chunked(cost)
-        _raise_if_any(infeasible, rows)
-        return cols
-    return _solve_cpu(cost.cpu()).to(cost.device)
+    _raise_if_any(infeasible, rows)
+    return cols
 
 
 def _solve_tla(cost: Tensor) -> Tensor:
@@ -302,9 +318,7 @@ def solve(cost: Tensor, backend: str = "auto", solver: str = "auto") -> Tensor:
         found = _solve_tla(work)
     elif work.is_cuda:
         found = _solve_cuda(work, backend, impl)
-    elif impl == "numba":
-        found = _solve_cpu(work)
-    else:
+    else:  # the CPU reference ("torch", or no numba); numba with solver="auto" returned above
         found = _scipy_loop(work)
     found = found.to(cost.device)
     if not tall:

@@ -15,6 +15,12 @@ A dtype a kernel does not read (float64, say) takes the reference; on CUDA
 "auto" says so once, on the CPU silently (the numba kernels are a CPU speed-up
 for float32, the common case). Ops without any kernel (`first_stage`'s matmul)
 run the same code for every backend; `backend` is still validated.
+
+One op routes further by problem size once the implementation is picked:
+`geosteer::assign` on CUDA (`geosteer.ops.assign.CUDA_ROUTES`): a subset DP
+(the Triton kernel, or the torch reference) for min(W, T) <= 6, above it
+torch-linear-assignment's Triton kernel (capability >= 8.0), or, for the
+reference, the CPU solver.
 """
 
 from __future__ import annotations
