@@ -102,11 +102,6 @@ class HeadConfig:
                               ("backend", BACKENDS), ("solver", SOLVERS), ("screen", SCREENS)):
             object.__setattr__(self, name, check_choice(name, getattr(self, name), choices))
 
-    @property
-    def pool_neighbors(self) -> int:
-        """`neighbors` capped at `k` (a call caps it at K = min(k, N): `geosteer.inputs.num_candidates`)."""
-        return min(self.neighbors, self.k)
-
     def replace(self, **changes) -> "HeadConfig":
         """A copy with some fields changed (validated again).
 

@@ -277,7 +277,6 @@ def test_first_stage_chunking_does_not_change_results():
 def test_config_presets_and_overrides():
     head = GeoSteerHead(HeadConfig(k=9, lam=0.3), neighbors=4)
     assert head.config.k == 9 and head.config.lam == 0.3 and head.config.neighbors == 4
-    assert HeadConfig(k=3, neighbors=5).pool_neighbors == 3
     assert geosteer.get_config("cosine").lam == 0.0
     assert geosteer.get_config("default", k=20).k == 20
     assert "lam=0.3" in repr(head)
