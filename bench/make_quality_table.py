@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from geosteer.geoshapes.eval import METHOD_NAMES
 from geosteer.geoshapes.splits import DESCRIPTIONS
 
 
@@ -43,8 +44,12 @@ def _delta(st: dict) -> str:
 
 
 def markdown(results: dict, brief: bool = False) -> str:
-    """Markdown tables: R@1 of every method, then (unless `brief`) the matching ablation and the steering gains."""
-    methods = list(results["methods"])
+    """Markdown tables: R@1 of every method, then (unless `brief`) the matching ablation and the steering gains.
+
+    Methods `geosteer eval` no longer runs are left out (files before
+    2026-12 hold "rerank+steer", which was "rerank" again).
+    """
+    methods = [m for m in results["methods"] if m in METHOD_NAMES]
     splits = results["splits"]
     seeds = results["seeds"]
     main = [m for m in methods if m != "rerank-max"]
@@ -79,7 +84,7 @@ def markdown(results: dict, brief: bool = False) -> str:
             mean = sum(diffs) / len(diffs)
             sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
             lines.append(f"| {s} | {_pct(h)} | {_pct(mx)} | {_delta({'mean': mean, 'sem': sd / len(diffs) ** 0.5})} |")
-    steer = [m for m in ("steer", "rerank+steer") if m in methods]
+    steer = [m for m in ("steer",) if m in methods]
     if not brief and steer and results.get("vs_cosine"):
         lines += [
             "",
@@ -139,9 +144,11 @@ def tune_markdown(record: dict) -> str:
     lines += ["", "Re-ranking + β (the chosen re-ranking):", ""] + head
     for g in record["rerank_steer_grid"]:
         lines.append(row(f"α = {g['alpha']}, β = {g['beta']}", g["splits"]))
+    both = chosen["rerank_steer"] if "rerank_steer" in chosen else chosen["rerank+steer"]  # the key before 2026-12
+    same = " (so no preset of its own: it is `default`)" if both["alpha"] == 0 and both["beta"] == 0 else ""
     lines += ["", f"Chosen: regions `{chosen['regions']}`; default K = {k}, λ = {lam}, γ = {chosen['default']['gamma']}; "
               f"steer β = {chosen['steer']['beta']}, α = {chosen['steer']['alpha']} ({chosen['anchors']} anchors); "
-              f"rerank+steer β = {chosen['rerank+steer']['beta']}, α = {chosen['rerank+steer']['alpha']}."]
+              f"re-ranking + steering β = {both['beta']}, α = {both['alpha']}{same}."]
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ A. re-ranking: region method x λ x K (γ = 0.1, Hungarian), objective = mean
 B. steering alone (λ = 0): design (`HeadConfig.steer_design`) x anchors x
    α x β x neighbours,
    objective = R@1 gain over cosine on the fine split;
-C. re-ranking + steering: the chosen re-ranking with a small α x β grid.
+C. re-ranking + steering: the chosen re-ranking with a small α x β grid
+   (recorded as "rerank_steer"; it earns a preset only if it differs from
+   the default: on 2026-11-29 it chose α = β = 0, so there is none).
 
 Constraint everywhere: the control split within 1 point of cosine (mean
 over seeds). Writes bench/results/tune_<date>.json: every grid point's
@@ -193,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                                                neighbors=best_b["neighbors"], steer_design=best_b["design"])),
         "steer_design": best_b["design"],
         "anchors": best_b["anchors"],
-        "rerank+steer": dataclasses.asdict(rerank_cfg.replace(alpha=best_c["alpha"], beta=best_c["beta"],
+        "rerank_steer": dataclasses.asdict(rerank_cfg.replace(alpha=best_c["alpha"], beta=best_c["beta"],
                                                               neighbors=best_b["neighbors"], steer_design=best_b["design"])),
         "why": {
             "rerank": "max mean R@1 over fine/binding/relation/count/touching, control within 1 point of cosine; "
                       "ties to the smaller K",
             "gamma": "max mean R@1 over the hard splits (gamma only acts on queries with relations)",
             "steer": "max R@1 gain over cosine on the fine split, control within 1 point; ties by mean R@1 over all splits",
-            "rerank+steer": "max mean R@1 over all splits, control within 1 point; ties to smaller alpha+beta",
+            "rerank_steer": "max mean R@1 over all splits, control within 1 point; ties to smaller alpha+beta "
+                            "(a preset only if it differs from default)",
         },
     }
     record["seconds"] = {"indexing": round(t_index, 1), "total": round(time.perf_counter() - t0, 1)}

@@ -168,12 +168,12 @@ PRESETS: dict[str, HeadConfig] = {
     # query move tried (4 designs x 2 anchor kinds x α 0.1-1 x k 3-10)
     # lowered R@1 on validation.
     "steer": HeadConfig(k=100, lam=0.0, alpha=0.0, beta=8.0),
-    # Re-ranking plus steering. On validation no β > 0 on top of re-ranking
-    # helped: β 0.1-2 cost 0.4 points (touching), β = 4 tied, β = 8 cost 1.0
-    # (touching) and 0.7 (count); so β = 0 here: with region matching on, the
-    # penalty adds nothing the alignment lacks.
-    "rerank+steer": HeadConfig(k=100, lam=0.8, gamma=0.1, alpha=0.0, beta=0.0),
+    # No re-ranking + steering preset: on validation no β > 0 on top of
+    # re-ranking helped (β 0.1-2 cost 0.4 points on touching, β = 4 tied,
+    # β = 8 cost 1.0 on touching and 0.7 on count), so it would be "default".
 }
+
+
 def get_config(name: str, **overrides) -> HeadConfig:
     """The named preset, with `overrides` applied.
 

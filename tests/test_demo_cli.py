@@ -16,7 +16,7 @@ def test_eval_cli_writes_parsable_json(tmp_path, capsys):
     assert main(["eval", "--split", "binding", "--seed", "100", "--queries", "6", "--json", str(out), "--no-progress"]) == 0
     res = json.loads(out.read_text())
     assert res["splits"] == ["binding"] and res["seeds"] == [100] and res["model"] == "demo"
-    assert list(res["methods"]) == ["cosine", "rerank", "rerank-max", "steer", "rerank+steer"]
+    assert list(res["methods"]) == ["cosine", "rerank", "rerank-max", "steer"]
     assert res["methods"]["rerank-max"]["config"]["matching"] == "max"
     for method, stats in res["summary"]["binding"].items():
         for metric in ("r1", "r5", "ndcg10"):
@@ -27,7 +27,7 @@ def test_eval_cli_writes_parsable_json(tmp_path, capsys):
     # K is capped at the gallery size (6 queries: 18 scenes)
     assert any(k.startswith("first_stage_recall@") for k in res["diagnostics"]["binding"]["100"])
     printed = capsys.readouterr().out
-    assert "R@1" in printed and "rerank+steer" in printed and str(out) in printed
+    assert "R@1" in printed and "rerank-max" in printed and str(out) in printed
 
 
 def test_demo_quick_writes_a_self_contained_page(tmp_path, capsys):
@@ -39,8 +39,9 @@ def test_demo_quick_writes_a_self_contained_page(tmp_path, capsys):
     shown = page.count("class='q'")
     assert shown >= 2 and len(uris) >= shown * 6
     assert 'src="http' not in page and "src='http" not in page
-    for method in ("cosine", "rerank+steer"):
+    for method in ("cosine", "rerank", "steer"):
         assert f"<span class='label'>{method}<br>" in page
+    assert "rerank+steer" not in page  # no such preset: it was "rerank" (default) again
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 300 and sheet.height > 60
     res = json.loads((out / "results.json").read_text())

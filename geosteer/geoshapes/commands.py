@@ -2,7 +2,7 @@
 
 `geosteer demo` runs offline on a fresh install: it loads the shipped demo
 model, builds GeoShapes galleries (every split, the three test seeds),
-indexes them, runs cosine / rerank / steer / rerank+steer, prints one table
+indexes them, runs cosine / rerank / steer, prints one table
 (R@1, mean ± std over the seeds) and writes `index.html` (top-5 of each
 method per query, images embedded) and `contact_sheet.png` into `--out`
 (default ./geosteer-demo).
@@ -242,7 +242,7 @@ def run_demo(args: argparse.Namespace) -> int:
     t_eval = time.perf_counter() - t0
 
     rows: list[QueryRow] = []
-    shown = ("cosine", "steer", "rerank", "rerank+steer")
+    shown = ("cosine", "steer", "rerank")
     by_name = {m.name: m for m in methods}
     for s in splits:
         idx = indexer.split(s, seeds[0], num_queries=num_queries)
@@ -260,7 +260,7 @@ def run_demo(args: argparse.Namespace) -> int:
     page = write_html(out / "index.html", rows, shown, results_table_html(results, [m.name for m in methods]),
                       notes=notes)
     sheet = contact_sheet(out / "contact_sheet.png", [r for i, r in enumerate(rows) if i % SHOWN_PER_SPLIT < 2],
-                          ("cosine", "rerank+steer"))
+                          ("cosine", "rerank"))
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     total = time.perf_counter() - t0
     print(f"\nR@1 (%) on GeoShapes, mean ± std over seeds {seeds}, {num_queries} queries a split, model {args.model}:")

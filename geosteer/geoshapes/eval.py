@@ -7,9 +7,11 @@ steering anchors). The methods compared:
 - "rerank": Hungarian part matching over region sets (+ the structure term);
 - "rerank-max": the same with per-part max matching (the ablation);
 - "steer": stage 1 alone (λ = 0): the query move α and the confuser
-  penalty β, which the head measures on the region sets when it has them;
-- "rerank+steer": both (with the shipped presets β = 0 here: on validation
-  the penalty added nothing once regions are matched, bench/tune_defaults.py).
+  penalty β, which the head measures on the region sets when it has them.
+
+Re-ranking plus steering has no method of its own: on validation no β > 0
+helped once regions are matched (bench/tune_defaults.py, grid C), so it
+would be "rerank" again.
 
 Every split of a run is indexed once (`geosteer.geoshapes.index.SplitIndexer`), and every
 method reads the same embeddings. Each query has exactly one relevant
@@ -35,9 +37,9 @@ from geosteer.geoshapes.splits import SPLITS, TEST_SEEDS
 from geosteer.geoshapes.vocabulary import LABEL_PHRASES
 
 #: The methods `geosteer eval` reports, in table order.
-METHOD_NAMES: tuple[str, ...] = ("cosine", "rerank", "rerank-max", "steer", "rerank+steer")
-#: The four the demo shows.
-DEMO_METHODS: tuple[str, ...] = ("cosine", "rerank", "steer", "rerank+steer")
+METHOD_NAMES: tuple[str, ...] = ("cosine", "rerank", "rerank-max", "steer")
+#: The three the demo shows.
+DEMO_METHODS: tuple[str, ...] = ("cosine", "rerank", "steer")
 METRICS: tuple[str, ...] = ("r1", "r5", "ndcg10")
 #: Region method the presets were tuned with (colour regions, each cropped alone).
 DEFAULT_REGIONS = "masked"
@@ -73,7 +75,6 @@ def default_methods(k: int | None = None, names: Sequence[str] = METHOD_NAMES) -
         "rerank": lambda: get_config("default", **over),
         "rerank-max": lambda: get_config("default", matching="max", **over),
         "steer": lambda: get_config("steer", **over),
-        "rerank+steer": lambda: get_config("rerank+steer", **over),
     }
     for n in names:
         if n not in table:
