@@ -1,5 +1,6 @@
-"""The on-disk index (`geosteer.index.store`): build -> open -> search equals the in-memory head; add,
-resume after a crash or a kill, every bad file named, images of every mode, undecodable ones skipped."""
+"""The on-disk index (`geosteer.index.format` / `builder` / `store`): build -> open -> search equals the
+in-memory head; add, resume after a crash or a kill, every bad file named, images of every mode, undecodable
+ones skipped, sizes recorded, the encoder recorded and loaded again, the progress bar moving within a batch."""
 
 from __future__ import annotations
 
@@ -22,8 +23,18 @@ from torch import nn
 import geosteer
 from geosteer import GallerySide, GeoSteerHead, get_config
 from geosteer.geoshapes import random_scene, render
-from geosteer.index import Index, Indexer, StoreError, encoder_fingerprint, index_state, load_image, to_rgb, write_index
-from geosteer.index import store
+from geosteer.index import (
+    Index,
+    Indexer,
+    Searcher,
+    StoreError,
+    encoder_fingerprint,
+    index_state,
+    load_image,
+    to_rgb,
+    write_index,
+)
+from geosteer.index import format as fmt
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -126,7 +137,8 @@ def test_build_open_search_equals_the_in_memory_head(built, images, encoder):
     assert len(index.manifest["shards"]) == 1  # 4 build shards merged: every tensor maps whole
     m = index.manifest
     assert (m["regions"], m["max_regions"], m["n"], m["dim"], m["count"]) == ("grid", 16, 13, 16, 22)
-    assert m["encoder"] == {"name": "fake", "fingerprint": encoder_fingerprint(encoder), "embed_dim": 16, "image_size": 48}
+    assert m["encoder"] == {"name": "fake", "pretrained": None, "fingerprint": encoder_fingerprint(encoder),
+                            "embed_dim": 16, "image_size": 48}
 
     # the stored tensors are what the in-memory indexer makes of the same images
     memory = Indexer(encoder, batch_size=4).index_images([load_image(f) for f in files], method="grid")
@@ -165,7 +177,9 @@ def test_search_boxes_are_the_matched_regions(built, encoder):
             c = int(result.head.assignment[0, r, j])
             assert result.reranked[0].boxes[r][j] == tuple(g.part_boxes[i, c].tolist())
     rows = json.loads(json.dumps(result.to_dict()))["queries"][0]["reranked"]
-    assert [row["id"] for row in rows] == result.reranked[0].ids and len(rows[0]["boxes"]) == 2
+    assert [row["id"] for row in rows] == result.reranked[0].ids
+    assert [m["part"] for m in rows[0]["matches"]] == [0, 1]
+    assert rows[0]["matches"][0]["box"] == list(result.reranked[0].boxes[0][0])
 
 
 def test_small_index_and_large_k(built, encoder):
@@ -176,23 +190,28 @@ def test_small_index_and_large_k(built, encoder):
     assert one.config.k == 5 and len(one.reranked[0].ids) == 5
 
 
-def test_search_takes_a_query_side_and_a_prebuilt_head(built, encoder):
+def test_search_takes_a_query_side_and_a_searcher_builds_its_heads_once(built, encoder):
     index = Index.open(built.path)
     queries = Indexer(encoder).encode_queries(QUERIES)
-    head = GeoSteerHead(get_config("default", k=10))
-    result = index.search(queries, head=head, k=3)
-    assert_same_result(result.head, head(queries, index.gallery))
+    searcher = Searcher(index, configs={"rerank": get_config("default", k=10), "cosine": get_config("cosine")},
+                        k_max=3)
+    head = searcher.heads["rerank"]
+    assert head.config == get_config("default", k=10) and searcher.heads["cosine"].config.k == 22  # K capped at N
+    result = searcher.search(queries, k=3)
+    assert result.method == "rerank" and not searcher.compiled  # a CPU: eager unless asked
+    assert_same_result(result.head, GeoSteerHead(get_config("default", k=10))(queries, index.gallery))
     assert result.queries is None and result.parts[0] == ["part 1", "part 2"]
-    assert_same_result(index.search(queries, head.config, head=head, k=3).head, result.head)
-    with pytest.raises(ValueError, match="config differs from head.config"):
-        index.search(queries, get_config("cosine", k=10), head=head)
+    assert searcher.heads["rerank"] is head  # nothing rebuilt by a search
+    assert_same_result(index.search(queries, get_config("default", k=10), k=3).head, result.head)
     with pytest.raises(ValueError, match="need the index's encoder"):
         index.search(["a green star"])
-    with pytest.raises(ValueError, match=r"head has k=10; it must lie in \[k=11"):
-        index.search(queries, head=head, k=11)
+    with pytest.raises(ValueError, match=r"k=4 is more than this searcher's k_max=3"):
+        searcher.search(queries, k=4)
+    with pytest.raises(ValueError, match="method must be one of"):
+        searcher.search(queries, "relations")
     with pytest.raises(TypeError, match="queries must be a list of str"):
         index.search("a green star", encoder=encoder)
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
+    with pytest.raises(ValueError, match="k must be a positive int"):
         index.search(queries, k=0)
 
 
@@ -277,7 +296,7 @@ def test_add_appends_new_images(tmp_path, encoder):
 
 def test_a_crash_mid_build_resumes_to_the_same_index(tmp_path, images, encoder, built, monkeypatch):
     out = tmp_path / "idx"
-    real = store._write_safetensors
+    real = fmt.write_safetensors
     calls = []
 
     def crash_after_two(path, tensors_):
@@ -286,10 +305,10 @@ def test_a_crash_mid_build_resumes_to_the_same_index(tmp_path, images, encoder, 
         calls.append(path)
         return real(path, tensors_)
 
-    monkeypatch.setattr(store, "_write_safetensors", crash_after_two)
+    monkeypatch.setattr(fmt, "write_safetensors", crash_after_two)
     with pytest.raises(RuntimeError, match="simulated crash"):
         Index.build(images, out, encoder, shard_size=6, batch_size=4, progress=False)
-    monkeypatch.setattr(store, "_write_safetensors", real)
+    monkeypatch.setattr(fmt, "write_safetensors", real)
     assert index_state(out) == "partial"
     with pytest.raises(StoreError, match=r"is an unfinished build \(2 of 4 shards written"):
         Index.open(out)
@@ -354,7 +373,7 @@ def test_a_killed_build_resumes_to_the_same_index(tmp_path, images, encoder):
 def test_a_source_changed_since_the_interruption_is_refused(tmp_path, encoder, monkeypatch):
     folder = tmp_path / "imgs"
     make_images(folder, 8)
-    monkeypatch.setattr(store, "_write_safetensors", lambda *a: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(fmt, "write_safetensors", lambda *a: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError):
         Index.build(folder, tmp_path / "idx", encoder, shard_size=4, progress=False)
     monkeypatch.undo()
@@ -397,7 +416,7 @@ def shard_file(folder: Path) -> Path:
 
 
 def flip_byte(path: Path, tensor: str) -> None:
-    header, start, _ = store._read_header(path)
+    header, start, _ = fmt.read_header(path)
     offset = start + header[tensor]["data_offsets"][0] + 5
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -554,7 +573,7 @@ def test_a_moved_index_finds_its_images(tmp_path, encoder):
 def test_bad_build_arguments(tmp_path, images, encoder):
     with pytest.raises(ValueError, match="method must be one of"):
         Index.build(images, tmp_path / "i", encoder, regions="nope")
-    with pytest.raises(ValueError, match="shard_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="shard_size must be a positive int"):
         Index.build(images, tmp_path / "i", encoder, shard_size=0)
     with pytest.raises(FileNotFoundError, match="source .* does not exist"):
         Index.build(tmp_path / "none", tmp_path / "i", encoder)
@@ -563,3 +582,130 @@ def test_bad_build_arguments(tmp_path, images, encoder):
     with pytest.raises(TypeError, match="encoder must be a geosteer.encoders.ClipEncoder"):
         Index.build(images, tmp_path / "i", object())
     assert not (tmp_path / "i").exists()  # nothing written before the arguments are checked
+
+
+# ---------------------------------------------------------------- sizes, versions, add, the encoder, progress
+
+
+def test_each_images_size_is_recorded_upright(tmp_path, encoder):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    render(random_scene(random.Random(1)), size=48).save(folder / "square.png")
+    Image.new("RGB", (40, 20), "blue").save(folder / "wide.png")
+    Image.new("RGB", (30, 50), "green").save(folder / "tall.png")
+    turned = Image.new("RGB", (40, 20), "red")
+    exif = turned.getexif()
+    exif[0x0112] = 6  # stored 40 x 20, viewed 20 x 40
+    turned.save(folder / "turned.jpg", exif=exif)
+    Image.new("RGB", (3, 3), "red").save(folder / "tiny.png")  # skipped: no size recorded for it
+    index = Index.build(folder, tmp_path / "idx", encoder, batch_size=2, progress=False)
+    stored = {p: Image.open(folder / p).size for p in index.paths}  # the files' own headers
+    stored["turned.jpg"] = stored["turned.jpg"][::-1]  # upright, as the boxes are
+    assert dict(zip(index.paths, index.sizes)) == stored == {
+        "square.png": (48, 48), "wide.png": (40, 20), "tall.png": (30, 50), "turned.jpg": (20, 40)}
+    g = index.gallery
+    for i, (w, h) in enumerate(index.sizes):  # every region box lies in its image's recorded pixels
+        boxes = g.part_boxes[i][g.parts_mask[i]]
+        assert boxes[:, 2].max() <= w and boxes[:, 3].max() <= h and boxes[:, 2].max() == w, index.paths[i]
+    assert Index.open(tmp_path / "idx").sizes == index.sizes  # from the manifest, nothing re-opened
+
+
+def test_write_index_records_given_read_or_unknown_sizes(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    num, n, dim = 3, 2, 4
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen))
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (33, 17)).save(tmp_path / "imgs" / "0.png")
+    Image.new("RGB", (9, 12)).save(tmp_path / "imgs" / "1.png")
+    paths = [tmp_path / "imgs" / f"{i}.png" for i in range(num)]  # 2.png does not exist
+    enc = ("synthetic", "f" * 16)
+    assert write_index(g, paths, tmp_path / "read", encoder=enc).sizes == ((33, 17), (9, 12), None)
+    given = write_index(g, paths, tmp_path / "given", encoder=enc, sizes=[(5, 6), None, [7, 8]])
+    assert given.sizes == ((5, 6), None, (7, 8))
+    with pytest.raises(ValueError, match="sizes holds 2 entries but gallery has N=3"):
+        write_index(g, paths, tmp_path / "bad1", encoder=enc, sizes=[(5, 6), (1, 1)])
+    with pytest.raises(ValueError, match=r"sizes\[1\] must be \(width, height\)"):
+        write_index(g, paths, tmp_path / "bad2", encoder=enc, sizes=[(5, 6), (0, 4), None])
+
+
+def test_an_index_of_the_previous_format_is_refused_in_one_line(copy_of):
+    folder = copy_of()
+    manifest = folder / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["version"] = 1
+    del m["sizes"]  # what version 1 lacked
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(StoreError) as info:
+        Index.open(folder)
+    assert "\n" not in str(info.value)
+    assert f"manifest '{manifest}' is of format version 1; this geosteer reads version 2 only: rebuild" in str(info.value)
+
+
+def test_add_leaves_skipped_images_unless_asked_to_retry_them(tmp_path, encoder):
+    folder = tmp_path / "imgs"
+    make_images(folder, 4)
+    (folder / "later.png").write_bytes(b"not yet an image")
+    index = Index.build(folder, tmp_path / "idx", encoder, progress=False)
+    assert [s["path"] for s in index.skipped] == ["later.png"] and len(index) == 4
+    assert index.new_files(folder) == []  # indexed or skipped: nothing new, no encoder needed to say so
+    index.add(folder, encoder, progress=False)
+    assert index.stats["encoded"] == index.stats["skipped"] == 0 and len(index) == 4
+    render(random_scene(random.Random(50)), size=30).save(folder / "later.png")  # the file is fixed
+    assert index.new_files(folder, retry_skipped=True) == [(folder / "later.png").resolve()]
+    index.add(folder, encoder, progress=False, retry_skipped=True)
+    assert index.stats["encoded"] == 1 and index.skipped == [] and len(index) == 5
+    assert index.paths[-1] == "later.png" and index.sizes[-1] == (30, 30)
+    assert Index.open(tmp_path / "idx").sizes[-1] == (30, 30)
+
+
+def test_the_manifest_records_how_to_load_the_encoder_again(tmp_path, encoder):
+    from geosteer.index import recorded_model
+
+    tagged = FakeEncoder()
+    tagged.pretrained = "v1"
+    make_images(tmp_path / "imgs", 3)
+    index = Index.build(tmp_path / "imgs", tmp_path / "idx", tagged, progress=False)
+    assert (index.manifest["encoder"]["name"], index.manifest["encoder"]["pretrained"]) == ("fake", "v1")
+    calls = []
+
+    def loader(model, pretrained, device):
+        calls.append((model, pretrained, device))
+        return tagged if model == "fake" else FakeEncoder(seed=2)
+
+    reopened = Index.open(tmp_path / "idx")
+    assert reopened.load_encoder(loader=loader) is tagged and reopened.encoder is tagged
+    assert calls == [("fake", "v1", "cpu")]
+    with pytest.raises(ValueError, match=r"was built with encoder 'fake' \(fingerprint"):
+        reopened.load_encoder("other", loader=loader)
+    assert calls[-1] == ("other", None, "cpu")  # the recorded tag belongs to the recorded model
+    m = index.manifest
+    assert recorded_model(m) == ("fake", "v1")
+    assert recorded_model(m, "fake", None) == ("fake", "v1")
+    assert recorded_model(m, None, "v2") == ("fake", "v2")
+    assert recorded_model(m, "ViT-B-32", "laion") == ("ViT-B-32", "laion")
+    with pytest.raises(StoreError, match="records no encoder"):
+        recorded_model({"encoder": {}})
+
+
+def test_the_progress_bar_moves_before_a_batch_ends(tmp_path, encoder, monkeypatch):
+    """The bar advances as images decode and as the encoder's batches finish, not once per batch of images."""
+    import tqdm.auto
+
+    seen: list[float] = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            seen.append(self.n)
+            return out
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    make_images(tmp_path / "imgs", 12)
+    index = Index.build(tmp_path / "imgs", tmp_path / "idx", encoder, batch_size=8, shard_size=100, progress=True)
+    assert len(index) == 12
+    assert seen == sorted(seen)  # never backwards
+    inside_first_batch = {round(v, 6) for v in seen if 0 < v < 8}
+    assert len(inside_first_batch) >= 5, seen  # many steps before the first 8 images are done
+    assert seen[-1] == pytest.approx(12)  # all of it at the end: the rate is images / seconds

@@ -5,31 +5,33 @@
 INDEX is a sharded index (a folder holding `shards.json`, one shard per
 rank: `geosteer.distributed.write_sharded_index`, or `write_shard_list`
 over folders `geosteer index` built), or one index folder, whose rows the
-ranks split. Rank 0 encodes the captions with the index's recorded model
-(or reads `--queries-file`, a `torch.save`d dict of `QuerySide` fields),
-broadcasts them, and prints what `ShardedHead` returns: the same ranking
-`geosteer search` prints for the whole gallery. Without torchrun it runs
-as one rank. Exit status: 0, 1 for a failed search (every rank reports it),
-2 for bad arguments.
+ranks split. Rank 0 encodes the captions with the model the first shard's
+manifest records (`Index.load_encoder`; or reads `--queries-file`, a
+`torch.save`d dict of `QuerySide` fields), broadcasts them, and prints what
+`ShardedHead` returns: the same ranking `geosteer search` prints for the
+whole gallery, and with --json the same JSON form (`SearchResult.to_dict()`;
+paths are the image files). Without torchrun it runs as one rank. Exit
+status: 0, 1 for a failed search (every rank reports it), 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from geosteer.config import PRESETS, get_config
 from geosteer.distributed.comm import DEFAULT_TIMEOUT_S, init_distributed
 from geosteer.distributed.faults import CollectiveError, RankFailure, ShardMismatch
 from geosteer.distributed.head import ShardedHead
 from geosteer.distributed.shard import ShardedGallery, shard_folders
+from geosteer.encoders.clip import check_positive_int
+from geosteer.index import Catalog, Index, Indexer, head_k, query_side, search_result
 from geosteer.inputs import QuerySide
 
 PROG = "python -m torch.distributed.run --nproc-per-node N -m geosteer.distributed.search"
@@ -53,42 +55,53 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_queries(args: argparse.Namespace, manifest: dict) -> tuple[QuerySide, list[str]]:
-    """The query side (rank 0): from `--queries-file`, or the captions encoded with the index's model."""
+def load_queries(args: argparse.Namespace, folder) -> tuple[list[str] | None, list[list[str]], QuerySide]:
+    """What rank 0 searches: `--queries-file`, or the captions encoded with the model index `folder` records.
+
+    Returns:
+        As `geosteer.index.query_side`: (captions or None, part labels, the `QuerySide`).
+    """
     if args.queries_file is not None:
         fields = torch.load(args.queries_file, weights_only=True)
         if not isinstance(fields, dict) or "embeddings" not in fields:
             raise ValueError(f"--queries-file {args.queries_file!r} must hold a dict of QuerySide fields with 'embeddings'")
-        q = QuerySide(**fields)
-        return q, [f"query {i + 1}" for i in range(q.embeddings.shape[0])]
-    from geosteer.encoders import load_clip
-    from geosteer.encoders.parts import split_parts
-    from geosteer.index import Indexer, encoder_fingerprint, query_inputs
+        return query_side(QuerySide(**fields), None)
+    encoder = Index.open(folder).load_encoder(args.model, args.pretrained)
+    return query_side(list(args.queries), Indexer(encoder))
 
-    meta = manifest.get("metadata") or {}
-    model = args.model or meta.get("model") or manifest["encoder"]["name"]
-    encoder = load_clip(model, args.pretrained or (meta.get("pretrained") if args.model is None else None))
-    if encoder_fingerprint(encoder) != manifest["encoder"]["fingerprint"]:
-        raise ValueError(f"model {model!r} is not the encoder the index was built with ({manifest['encoder']['name']!r}, "
-                         f"fingerprint {manifest['encoder']['fingerprint']})")
-    parts, relations = [], []
-    for caption in args.queries:
-        try:
-            p, r = split_parts(caption)
-        except ValueError:  # a caption naming no object is matched as a whole, as Index.search does
-            p, r = [caption.strip()], []
-        parts.append(p)
-        relations.append(r)
-    indexer = Indexer(encoder)
-    q = query_inputs(indexer.encode_texts, list(args.queries), parts, relations, [[] for _ in args.queries], "parts")
-    return q, list(args.queries)
+
+def gathered_catalog(gallery: ShardedGallery, ids: Tensor) -> Catalog:
+    """Paths, sizes and region boxes of the rows `ids` (global ids, any shape), from their owners (a collective).
+
+    Every rank calls it and gets every asked row; each rank sends only the rows it owns.
+    """
+    wanted = ids.unique()
+    owner, rows = gallery.locate(wanted)
+    local = gallery.local
+    mine = {}
+    for gid, row in zip(wanted[owner == gallery.rank].tolist(), rows[owner == gallery.rank].tolist()):
+        mine[gid] = (None if gallery.paths is None else gallery.paths[row],
+                     None if gallery.sizes is None else gallery.sizes[row],
+                     None if local.part_boxes is None else local.part_boxes[row].cpu(),
+                     None if local.parts_mask is None else local.parts_mask[row].cpu())
+    found: dict[int, tuple] = {}
+    for part in gallery.comm.all_gather_object(mine, "rows"):
+        found.update(part)
+    boxes = local.part_boxes is not None and local.parts_mask is not None
+    return Catalog(paths={i: v[0] for i, v in found.items()}, sizes={i: v[1] for i, v in found.items()},
+                   part_boxes={i: v[2] for i, v in found.items()} if boxes else None,
+                   parts_mask={i: v[3] for i, v in found.items()} if boxes else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command (every rank); rank 0 prints."""
     args = parser().parse_args(argv)
-    if args.k < 1 or (args.threads is not None and args.threads < 1):
-        print(f"{PROG}: -k and --threads must be >= 1", file=sys.stderr)
+    try:
+        check_positive_int("-k", args.k)
+        if args.threads is not None:
+            check_positive_int("--threads", args.threads)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     if not args.queries and args.queries_file is None:
         print(f"{PROG}: give captions (QUERY ...) or --queries-file", file=sys.stderr)
@@ -100,39 +113,37 @@ def main(argv: list[str] | None = None) -> int:
         gallery = ShardedGallery.open(comm, args.index)
         if args.faiss is not None:
             gallery.build_faiss(args.faiss)
-        queries, labels = None, None
+        queries, texts, parts = None, None, None
         with comm.step("encode"):
             if comm.rank == 0:
-                folder = shard_folders(args.index, comm.world_size)[0][0]
-                manifest = json.loads((Path(folder) / "manifest.json").read_text())
-                queries, labels = load_queries(args, manifest)
+                texts, parts, queries = load_queries(args, shard_folders(args.index, comm.world_size)[0][0])
         base = get_config(args.preset)
-        cfg = base.replace(k=min(max(base.k, args.k), gallery.num_items))
+        cfg = base.replace(k=head_k(base.k, args.k, gallery.num_items))
         start = time.perf_counter()
         with torch.inference_mode():
             result = ShardedHead(cfg)(queries, gallery, source=0)
         seconds = time.perf_counter() - start
         k = min(args.k, cfg.k)
-        paths = gallery.paths_of(result.indices[:, :k])
+        # the rows shown: the re-ranked top-k and the cosine top-k (the first k in first-stage order)
+        shown = torch.cat([result.indices[:, :k], result.indices.gather(1, result.first_stage_rank.argsort(1)[:, :k])], 1)
+        catalog = gathered_catalog(gallery, shown)
     except (RankFailure, ShardMismatch, CollectiveError) as e:
         print(f"{PROG} (rank {comm.rank}): {e}", file=sys.stderr)
         if not isinstance(e, CollectiveError):  # the group is still in step: leave it cleanly
             comm.close()
         return 1
     if comm.rank == 0:
-        rows = [[{"rank": r + 1, "id": int(result.indices[q, r]), "path": paths[q][r], "score": float(result.scores[q, r]),
-                  "cosine": float(result.first_stage_scores[q, r]), "alignment": float(result.alignment[q, r]),
-                  "structure": float(result.structure[q, r])} for r in range(k)] for q in range(len(labels))]
+        found = search_result(result, catalog, queries=texts, parts=parts, config=cfg, k=k, method=args.preset)
         if args.json:
             print(json.dumps({"index": str(args.index), "ranks": comm.world_size, "images": gallery.num_items,
-                              "seconds": seconds, "config": dataclasses.asdict(cfg),
-                              "queries": [{"query": label, "results": r} for label, r in zip(labels, rows)]}, indent=1))
+                              "seconds": seconds, **found.to_dict()}, indent=1))
         else:
             print(f"{gallery.num_items} images in {comm.world_size} shards, preset {args.preset}, {seconds:.3f} s")
-            for label, hits in zip(labels, rows):
-                print(f"\n{label}")
-                for h in hits:
-                    print(f"  {h['rank']:3d}. {h['score']:.4f}  cos {h['cosine']:.4f}  align {h['alignment']:.4f}  {h['path']}")
+            for q, ranking in enumerate(found.reranked):
+                print(f"\n{texts[q] if texts is not None else f'query {q + 1}'}")
+                for h in ranking.rows():
+                    print(f"  {h['rank']:3d}. {h['score']:.4f}  cos {h['first_stage']:.4f}  "
+                          f"align {h['alignment']:.4f}  {h['path']}")
     comm.close()
     return 0
 

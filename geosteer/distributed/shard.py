@@ -115,6 +115,8 @@ class ShardedGallery:
         counts: rows of every rank's shard, in rank order.
         paths: image file of each local row (shards opened from an index), else None.
         faiss: a `FaissFirstStage` over the local embeddings (`build_faiss`), else None.
+        sizes: (width, height) of each local row's image (shards opened from
+            an index: its recorded sizes, None where unknown), else None.
     """
 
     comm: Comm
@@ -122,6 +124,7 @@ class ShardedGallery:
     counts: tuple[int, ...]
     paths: tuple[str, ...] | None = None
     faiss: object | None = None
+    sizes: tuple[tuple[int, int] | None, ...] | None = None
     _offsets: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -162,7 +165,10 @@ class ShardedGallery:
     # -- construction (collectives)
 
     @classmethod
-    def from_local(cls, comm: Comm, gallery: GallerySide | Tensor, *, paths: Sequence[str] | None = None) -> ShardedGallery:
+    def from_local(
+        cls, comm: Comm, gallery: GallerySide | Tensor, *, paths: Sequence[str] | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> ShardedGallery:
         """Each rank's own rows make the shards, in rank order (a collective).
 
         Args:
@@ -170,6 +176,7 @@ class ShardedGallery:
             gallery: this rank's rows (a `GallerySide` or `[N_r, D]` tensor,
                 N_r >= 1); kNN graph rows, if given, must hold global ids.
             paths: optional image file per row.
+            sizes: optional (width, height) of each row's image.
 
         Raises:
             ShardMismatch (a ValueError), on every rank: the shards differ in
@@ -181,12 +188,14 @@ class ShardedGallery:
             summary = _summary(gallery)
             if summary["rows"] < 1:
                 raise ValueError(f"rank {comm.rank}'s shard holds no rows; every rank needs at least one")
-            if paths is not None and len(paths) != summary["rows"]:
-                raise ValueError(f"paths holds {len(paths)} entries but the shard has {summary['rows']} rows")
+            for name, per_row in (("paths", paths), ("sizes", sizes)):
+                if per_row is not None and len(per_row) != summary["rows"]:
+                    raise ValueError(f"{name} holds {len(per_row)} entries but the shard has {summary['rows']} rows")
         summaries = comm.all_gather_object(summary, "shards")
         _agree(summaries, ("dim", "dtype", "n", "fields", "device", "neighbors"))
         local = gallery if isinstance(gallery, GallerySide) else GallerySide(gallery)
-        return cls(comm, local, tuple(s["rows"] for s in summaries), None if paths is None else tuple(paths))
+        return cls(comm, local, tuple(s["rows"] for s in summaries), None if paths is None else tuple(paths),
+                   sizes=None if sizes is None else tuple(sizes))
 
     @classmethod
     def from_full(cls, comm: Comm, gallery: GallerySide | Tensor, sizes: Sequence[int] | None = None) -> ShardedGallery:
@@ -238,11 +247,11 @@ class ShardedGallery:
         with comm.step("open"):
             index = Index.open(folder, encoder=encoder)
             gallery = index.gallery  # checks the embeddings' checksums
-            files = [str(p) for p in index.files]
+            files, sizes = [str(p) for p in index.files], index.sizes
             if split:
                 start, stop = shard_bounds(len(index), comm.world_size)[comm.rank]
-                gallery, files = _slice(gallery, start, stop), files[start:stop]
-        return cls.from_local(comm, gallery, paths=files)
+                gallery, files, sizes = _slice(gallery, start, stop), files[start:stop], sizes[start:stop]
+        return cls.from_local(comm, gallery, paths=files, sizes=sizes)
 
     def with_neighbors(self, graph: Tensor) -> ShardedGallery:
         """A copy whose local rows carry kNN graph rows `graph [N_r, k']` (global ids; `sharded_knn_graph`)."""

@@ -1,40 +1,64 @@
-"""Turning images and captions into what the head reads, in memory and on disk.
+"""Turning images and captions into what the head reads, in memory and on disk, and searching them.
 
-`Indexer` (`geosteer.index.indexer`) encodes a list of images and captions
-in memory into a `GallerySide` / `QuerySide`. `Index` (`geosteer.index.store`)
-is the on-disk index: `Index.build(folder, out, encoder)` writes safetensors
-shards and a JSON manifest (resumable), `Index.open(out)` memory-maps them,
-`index.search(captions)` runs the head over them.
+- `geosteer.index.indexer`: `Indexer` encodes images and captions in memory
+  into a `GallerySide` / `QuerySide`.
+- `geosteer.index.format`: the on-disk format, the only code that reads or
+  writes an index folder's files (manifest, safetensors shards, checksums).
+- `geosteer.index.builder`: `Index.build` / `index.add` / `write_index`:
+  collect files, decode, encode shard by shard, resume, merge.
+- `geosteer.index.store`: `Index`: open, the memory-mapped gallery, paths,
+  sizes, checks, the encoder it was built with (`load_encoder`).
+- `geosteer.index.search`: `Searcher`: one head per method built once,
+  `SearchResult` and its one JSON form (`to_dict`).
 """
 
-from geosteer.index.indexer import ANCHORS, Indexer, RegionFamily, assemble_regions, encoder_fingerprint, query_inputs
-from geosteer.index.store import (
-    FORMAT_VERSION,
-    IMAGE_EXTENSIONS,
-    Index,
-    Ranking,
-    SearchResult,
-    StoreError,
-    index_state,
-    write_index,
-)
 from geosteer.encoders.images import load_image, to_rgb  # the index's decoder, kept under geosteer.index too
+from geosteer.index.builder import IMAGE_EXTENSIONS
+from geosteer.index.format import FORMAT_VERSION, StoreError, index_state, recorded_model
+from geosteer.index.indexer import (
+    ANCHORS,
+    Indexer,
+    RegionFamily,
+    assemble_regions,
+    caption_parts,
+    encoder_fingerprint,
+    query_inputs,
+)
+from geosteer.index.search import (
+    WARM_UP_QUERIES,
+    Catalog,
+    Ranking,
+    Searcher,
+    SearchResult,
+    head_k,
+    query_side,
+    search_result,
+)
+from geosteer.index.store import Index, write_index
 
 __all__ = [
     "ANCHORS",
     "FORMAT_VERSION",
     "IMAGE_EXTENSIONS",
+    "WARM_UP_QUERIES",
+    "Catalog",
     "Index",
     "Indexer",
     "Ranking",
     "RegionFamily",
     "SearchResult",
+    "Searcher",
     "StoreError",
     "assemble_regions",
+    "caption_parts",
     "encoder_fingerprint",
+    "head_k",
     "index_state",
     "load_image",
     "query_inputs",
+    "query_side",
+    "recorded_model",
+    "search_result",
     "to_rgb",
     "write_index",
 ]

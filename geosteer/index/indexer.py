@@ -174,6 +174,26 @@ def query_inputs(
                      positives=positives, negatives=neg_emb, negatives_mask=negatives_mask)
 
 
+def caption_parts(captions: Sequence[str]) -> tuple[list[list[str]], list[list[tuple[int, int, str]]], list[bool]]:
+    """Per caption: its object phrases, its relations over them, and whether `split_parts` found an object.
+
+    A caption `split_parts` finds no object in ("at night") is its own one
+    part, without relations: it is matched as a whole. What
+    `Indexer.encode_queries` encodes, and what a search shows as its parts.
+    """
+    parts, relations, found = [], [], []
+    for c in captions:
+        try:
+            p, r = split_parts(c)
+            ok = True
+        except ValueError:  # names no object: the caption is its own one part
+            p, r, ok = [c.strip()], [], False
+        parts.append(p)
+        relations.append(r)
+        found.append(ok)
+    return parts, relations, found
+
+
 def encoder_fingerprint(encoder) -> str:
     """A short hash of the encoder's name and weights (keys the disk cache, checks an index's encoder).
 
@@ -273,17 +293,13 @@ class Indexer:
             desc: label of the progress bar.
         """
         crops = _rgb_images(crops, "crops")
-        keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() + repr(c.size).encode() for c in crops]
-        first: dict[bytes, int] = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, i)
-        unique = list(first.values())
-        emb = self._encode_images([crops[i] for i in unique], f"{desc}, {len(unique)} distinct" if desc else "")
-        pos = {k: j for j, k in enumerate(first)}
-        return emb[[pos[k] for k in keys]]
+        unique, positions = _distinct(crops)
+        emb = self._encode_images(unique, f"{desc}, {len(unique)} distinct" if desc else "")
+        return emb[positions]
 
-    def _encode_images(self, images: list[Image.Image], desc: str) -> Tensor:
-        """RGB PIL images -> `[N, D]` on the CPU, preprocessed a batch at a time."""
+    def _encode_images(self, images: list[Image.Image], desc: str,
+                       on_batch: Callable[[int], None] | None = None) -> Tensor:
+        """RGB PIL images -> `[N, D]` on the CPU, preprocessed a batch at a time; `on_batch(size)` after each."""
         if not images:
             return torch.empty(0, self.encoder.embed_dim)
         out = []
@@ -297,12 +313,18 @@ class Indexer:
             out.append(self.encoder.encode_images(x, batch_size=self.batch_size).cpu())
             if bar is not None:
                 bar.update(x.shape[0])
+            if on_batch is not None:
+                on_batch(x.shape[0])
         if bar is not None:
             bar.close()
         return torch.cat(out)
 
     def index_images(
-        self, images: Iterable[ImageLike], method: str = "grid", max_regions: int | None = None
+        self,
+        images: Iterable[ImageLike],
+        method: str = "grid",
+        max_regions: int | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> GallerySide:
         """The gallery side of your own images, ready for the head.
 
@@ -316,6 +338,9 @@ class Indexer:
                 "grid" is the general one; "masked" / "colours" /
                 "components" assume flat-colour scenes like GeoShapes.
             max_regions: cap per image, a positive int (default: the Indexer's).
+            on_progress: called after each encoder batch with the images'
+                worth of work it did (fractions; they sum to len(images)),
+                so a progress bar moves within a batch of images.
 
         Returns:
             A `GallerySide`: embeddings `[N, D]`, parts `[N, n, D]`,
@@ -335,7 +360,7 @@ class Indexer:
         if not items:
             raise ValueError("images must hold at least one image")
         rgb = [as_rgb_image(im, f"images[{i}]") for i, im in enumerate(items)]
-        emb, families = self.encode_gallery(rgb, families_of, cap, "gallery")
+        emb, families = self.encode_gallery(rgb, families_of, cap, "gallery", on_progress)
         # the fallback box of an image without regions is its own size; sizes may differ
         parts, mask, boxes = assemble_regions(emb, families, method, cap, 0)
         for i, im in enumerate(rgb):
@@ -384,18 +409,10 @@ class Indexer:
         if anchors not in ANCHORS:
             raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
         given = None if parts is None else _check_parts(parts, len(captions))
-        part_lists, relations, splittable = [], [], []
-        for i, c in enumerate(captions):
-            try:
-                p, r = split_parts(c)
-                ok = True
-            except ValueError:  # names no object: the caption is its own one part
-                p, r, ok = [c.strip()], [], False
-            if given is not None:
-                p, r = (given[i] or [c.strip()]), []
-            part_lists.append(p)
-            relations.append(r)
-            splittable.append(ok)
+        part_lists, relations, splittable = caption_parts(captions)
+        if given is not None:
+            part_lists = [g or [c.strip()] for g, c in zip(given, captions)]
+            relations = [[] for _ in captions]
         negatives = [
             contrast_texts(c, self.vocabulary) if anchors == "caption" and ok else []
             for c, ok in zip(captions, splittable)
@@ -452,7 +469,12 @@ class Indexer:
                                    negatives_mask=mask.to(device))
 
     def encode_gallery(
-        self, images: Iterable[ImageLike], families: Sequence[str], max_regions: int, where: str
+        self,
+        images: Iterable[ImageLike],
+        families: Sequence[str],
+        max_regions: int,
+        where: str,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[Tensor, dict[str, RegionFamily]]:
         """Whole-image embeddings `[N, D]` and every family's regions.
 
@@ -461,15 +483,17 @@ class Indexer:
             families: region families (`geosteer.encoders.regions.FAMILIES`) to encode.
             max_regions: cap per family and image, a positive int.
             where: label of the progress bars.
+            on_progress: as `index_images`'.
         """
         check_positive_int("max_regions", max_regions)
         for f in families:
             if f not in FAMILIES:
                 raise ValueError(f"families must be drawn from {FAMILIES}, got {f!r}")
         images = _rgb_images(images, "images")
-        emb = self._encode_images(images, f"{where}: {len(images)} images")
         # All families' crops in one call: a component crop and a colour-class
         # crop of the same separated object are the same pixels, encoded once.
+        # Cut before anything is encoded, so progress knows the whole count:
+        # each encoder input (an image or a distinct crop) costs the same.
         per_family: dict[str, tuple[list[list[Box]], list[int]]] = {}
         crops: list[Image.Image] = []
         for fam in families:
@@ -480,7 +504,15 @@ class Indexer:
                 crops.extend(c)
                 offsets.append(len(crops))
             per_family[fam] = (boxes, offsets)
-        crop_emb = self.encode_crops(crops, f"{where}: {len(crops)} regions ({'+'.join(families)})")
+        unique, positions = _distinct(crops)
+        on_batch = None
+        if on_progress is not None:
+            per_input = len(images) / max(1, len(images) + len(unique))
+            on_batch = lambda size: on_progress(size * per_input)  # noqa: E731
+        emb = self._encode_images(images, f"{where}: {len(images)} images", on_batch)
+        crop_emb = self._encode_images(
+            unique, f"{where}: {len(crops)} regions ({'+'.join(families)}), {len(unique)} distinct", on_batch
+        )[positions]
         out: dict[str, RegionFamily] = {}
         for fam, (boxes, offsets) in per_family.items():
             rows = crop_emb[offsets[0] : offsets[-1]]
@@ -491,6 +523,16 @@ class Indexer:
 
 #: What `Indexer` calls on its encoder.
 _ENCODER_API: tuple[str, ...] = ("preprocess", "encode_images", "encode_texts", "embed_dim", "image_size")
+
+
+def _distinct(crops: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:
+    """(the distinct crops, in first-seen order; per crop, its position among them): same pixels, one entry."""
+    keys = [hashlib.blake2b(c.tobytes(), digest_size=16).digest() + repr(c.size).encode() for c in crops]
+    first: dict[bytes, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    pos = {k: j for j, k in enumerate(first)}
+    return [crops[i] for i in first.values()], [pos[k] for k in keys]
 
 
 def _rgb_images(images, name: str) -> list[Image.Image]:

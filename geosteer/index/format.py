@@ -1,0 +1,455 @@
+"""The on-disk index format: the only code that reads or writes an index folder's files (DESIGN §6).
+
+    INDEX/manifest.json              format version, the encoder (name, pretrained, fingerprint: how
+                                     to load it again), region method, max_regions, D, n, counts,
+                                     image paths and (width, height), skipped images, per-shard
+                                     file / count / bytes / sha256
+    INDEX/build.json                 while a build runs: its plan and finished shards (no manifest yet)
+    INDEX/shards/shard-00012.safetensors   embeddings [c, D] float32, parts [c, n, D] float32,
+                                     part_boxes [c, n, 4] float32, parts_mask [c, n] bool
+
+Every file is written atomically (temp file, fsync, `os.replace`, fsync of
+the folder). Shards are safetensors files whose header is padded to 64
+bytes, so each tensor stays 4-byte aligned when the file is memory-mapped.
+Format version 2 added the images' sizes and the encoder's pretrained tag;
+a version 1 index is refused with a message to rebuild it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geosteer.index.indexer import encoder_fingerprint
+
+#: The format this module writes and the only one it opens (2: sizes and the encoder's pretrained tag recorded).
+FORMAT_VERSION = 2
+FORMAT_NAME = "geosteer-index"
+MANIFEST = "manifest.json"
+PROGRESS = "build.json"
+SHARD_DIR = "shards"
+#: The tensors of a shard, in file order: the 4-byte dtypes first, so each
+#: stays 4-byte aligned in the mapped file (the header is padded to 64).
+TENSORS: tuple[str, ...] = ("embeddings", "parts", "part_boxes", "parts_mask")
+#: A shard's tensors as numpy chunks: name -> (shape, dtype, chunks concatenated along dim 0).
+ShardTensors = dict[str, tuple[tuple[int, ...], np.dtype, Sequence[np.ndarray]]]
+_ST_DTYPES = {"F32": np.float32, "BOOL": np.bool_}
+_NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.bool_): "BOOL"}
+_HEADER_ALIGN = 64
+_MAX_HEADER = 1 << 24  # a shard header is a few hundred bytes; more is not one of ours
+_MANIFEST_KEYS = ("encoder", "regions", "max_regions", "dim", "n", "count", "root", "paths", "sizes", "skipped",
+                  "shards", "build")
+
+
+class StoreError(ValueError):
+    """A folder that is not a readable index: wrong format, unfinished build, truncated or corrupt shard."""
+
+
+# ---------------------------------------------------------------- files
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+    """Write `chunks` to `path` all or nothing (temp file, fsync, rename, fsync of the folder); returns bytes written."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+                size += len(c) if isinstance(c, bytes) else c.nbytes
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return size
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """`obj` as indented JSON at `path`, atomically."""
+    atomic_write(path, [(json.dumps(obj, indent=1) + "\n").encode()])
+
+
+def read_json(path: Path, what: str) -> dict:
+    """The JSON object at `path`.
+
+    Raises:
+        StoreError: naming `what` and the file, when it cannot be read or is not an object.
+    """
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{what} {str(path)!r} cannot be read: {e}") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{what} {str(path)!r} is not a JSON object")
+    return obj
+
+
+def index_state(path: str | os.PathLike) -> str:
+    """What a folder holds: "missing", "empty", "complete" (a manifest), "partial" (an unfinished build) or "other"."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if not p.is_dir():
+        return "other"
+    if (p / MANIFEST).is_file():
+        return "complete"
+    if (p / PROGRESS).is_file():
+        return "partial"
+    return "empty" if not any(p.iterdir()) else "other"
+
+
+# ---------------------------------------------------------------- shards
+
+
+def shard_name(seq: int) -> str:
+    """The manifest's name of shard number `seq`: "shards/shard-00012.safetensors"."""
+    return f"{SHARD_DIR}/shard-{seq:05d}.safetensors"
+
+
+def shard_seq(name: str) -> int:
+    """The number of a shard file name (`shard_name`'s inverse)."""
+    return int(Path(name).stem.rsplit("-", 1)[1])
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a)).cast("B")
+
+
+def write_safetensors(path: Path, tensors: ShardTensors) -> dict:
+    """Stream tensors into one safetensors file, atomically; hash each on the way.
+
+    Args:
+        path: the file.
+        tensors: name -> (shape, dtype, chunks): the tensor is the chunks
+            concatenated along dim 0 (one chunk for a fresh shard, one per
+            shard when merging), written in this dict's order.
+
+    Returns:
+        {"bytes": file size, "sha256": {name: hex digest of its raw bytes}}.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}}
+    start = 0
+    for name, (shape, dtype, chunks) in tensors.items():
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if sum(c.nbytes for c in chunks) != nbytes or any(c.dtype != dtype for c in chunks):
+            raise ValueError(f"tensor {name!r}: chunks do not make {dtype} {list(shape)}")
+        header[name] = {"dtype": _NP_TO_ST[np.dtype(dtype)], "shape": list(shape), "data_offsets": [start, start + nbytes]}
+        start += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % _HEADER_ALIGN)  # safetensors allows trailing spaces in the header
+    digests = {name: hashlib.sha256() for name in tensors}
+
+    def chunks_of() -> Iterator[bytes | memoryview]:
+        yield struct.pack("<Q", len(raw)) + raw
+        for name, (_, _, chunks) in tensors.items():
+            for c in chunks:
+                b = _bytes(c)
+                digests[name].update(b)
+                yield b
+
+    size = atomic_write(path, chunks_of())
+    return {"bytes": size, "sha256": {name: d.hexdigest() for name, d in digests.items()}}
+
+
+def read_header(path: Path) -> tuple[dict, int, int]:
+    """(header, byte offset of the data, file size) of a safetensors file.
+
+    Raises:
+        StoreError: naming the file, when it is missing, not safetensors, or
+            its size is not what its header says (truncated or extended).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise StoreError(f"shard {str(path)!r} is truncated: {size} bytes, not even a header")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > min(_MAX_HEADER, size - 8):
+                raise StoreError(f"shard {str(path)!r} is truncated or not a safetensors file "
+                                 f"(header of {hlen} bytes in a {size}-byte file)")
+            header = json.loads(f.read(hlen))
+    except FileNotFoundError:
+        raise StoreError(f"shard {str(path)!r} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"shard {str(path)!r} has a corrupt header: {e}") from None
+    if not isinstance(header, dict):
+        raise StoreError(f"shard {str(path)!r} has a corrupt header")
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    expected = 8 + hlen + max(ends, default=0)
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header says"
+        raise StoreError(f"shard {str(path)!r} is {what}: {size} bytes, its header says {expected}")
+    return header, 8 + hlen, size
+
+
+def map_shard(path: Path, count: int, n: int, dim: int) -> dict[str, Tensor]:
+    """Memory-map one shard's tensors (copy-on-write pages: nothing is read until used).
+
+    Returns:
+        name -> tensor: embeddings `[count, dim]`, parts `[count, n, dim]`,
+        part_boxes `[count, n, 4]` float32, parts_mask `[count, n]` bool.
+
+    Raises:
+        StoreError: naming the file, when its header does not match the
+            manifest (tensors, dtypes, shapes) or its size is wrong.
+    """
+    header, data_start, size = read_header(path)
+    expected = {"embeddings": ("F32", [count, dim]), "parts": ("F32", [count, n, dim]),
+                "part_boxes": ("F32", [count, n, 4]), "parts_mask": ("BOOL", [count, n])}
+    mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)) if size else None
+    out = {}
+    for name, (dtype, shape) in expected.items():
+        spec = header.get(name)
+        if not isinstance(spec, dict) or spec.get("dtype") != dtype or spec.get("shape") != shape:
+            got = None if not isinstance(spec, dict) else f"{spec.get('dtype')} {spec.get('shape')}"
+            raise StoreError(f"shard {str(path)!r}: tensor {name!r} is {got}, the manifest says {dtype} {shape}")
+        b, e = spec["data_offsets"]
+        if e - b != math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize:
+            raise StoreError(f"shard {str(path)!r}: tensor {name!r} holds {e - b} bytes, not {dtype} {shape}")
+        arr = mm[data_start + b : data_start + e].view(_ST_DTYPES[dtype]).reshape(shape)
+        if not arr.flags.aligned:  # not written by this module; a copy keeps torch's kernels safe
+            arr = arr.copy()
+        out[name] = torch.from_numpy(arr)
+    return out
+
+
+def tensor_sha256(t: Tensor) -> str:
+    """Hex sha256 of a CPU tensor's raw bytes (hashing a view, 64 MiB at a time, never a copy)."""
+    h = hashlib.sha256()
+    mv = memoryview(t.numpy()).cast("B")
+    step = 1 << 26
+    for i in range(0, len(mv), step):
+        h.update(mv[i : i + step])
+    return h.hexdigest()
+
+
+def check_shard(folder: Path, entry: dict, tensors: dict[str, Tensor], name: str) -> None:
+    """Raise unless tensor `name` of the mapped shard `entry` hashes to the manifest's checksum.
+
+    Raises:
+        StoreError: naming the shard file and the tensor.
+    """
+    if tensor_sha256(tensors[name]) != entry["sha256"][name]:
+        raise StoreError(f"shard {str(folder / entry['file'])!r} is corrupt: the checksum of its {name!r} "
+                         f"does not match the manifest; rebuild the index (or restore the file)")
+
+
+def merge_shards(folder: Path, shards: list[dict], seq: int, n: int, dim: int) -> dict:
+    """One shard holding `shards` in order (a streamed copy from the mapped files); its manifest entry."""
+    maps = [map_shard(folder / s["file"], s["count"], n, dim) for s in shards]
+    total = sum(s["count"] for s in shards)
+    shapes = {"embeddings": (total, dim), "parts": (total, n, dim), "part_boxes": (total, n, 4), "parts_mask": (total, n)}
+    tensors = {name: (shapes[name], maps[0][name].numpy().dtype, [m[name].numpy() for m in maps]) for name in TENSORS}
+    name = shard_name(seq)
+    return {"file": name, "count": total, **write_safetensors(folder / name, tensors)}
+
+
+def shard_intact(folder: Path, entry: dict) -> bool:
+    """A finished shard of an unfinished build is kept if its file is there at the size its header says."""
+    if entry["file"] is None:
+        return True
+    try:
+        read_header(folder / entry["file"])
+    except StoreError:  # deleted or damaged since: encode that range again
+        return False
+    return True
+
+
+def remove_strays(folder: Path, keep: set[str]) -> None:
+    """Delete shard and temp files no manifest / progress file refers to (left by an interrupted write)."""
+    shard_dir = folder / SHARD_DIR
+    if shard_dir.is_dir():
+        for p in shard_dir.iterdir():
+            if p.name.startswith("shard-") and f"{SHARD_DIR}/{p.name}" not in keep:
+                p.unlink(missing_ok=True)
+    for p in folder.glob("*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def encoder_record(encoder) -> dict:
+    """How the manifest records an encoder: `load_clip(name, pretrained)` loads it again; the fingerprint checks it.
+
+    Raises:
+        TypeError: `encoder` is not a `ClipEncoder`-like object (a str `name`, `encode_images`).
+    """
+    name = getattr(encoder, "name", None)
+    if not isinstance(name, str) or not hasattr(encoder, "encode_images"):
+        raise TypeError(f"encoder must be a geosteer.encoders.ClipEncoder (load_clip(...)), got {type(encoder).__name__}")
+    pretrained = getattr(encoder, "pretrained", None)
+    return {"name": name, "pretrained": pretrained if isinstance(pretrained, str) else None,
+            "fingerprint": encoder_fingerprint(encoder), "embed_dim": int(encoder.embed_dim),
+            "image_size": int(encoder.image_size[0])}
+
+
+def record_path(path: Path, root: Path) -> str:
+    """A file as the manifest records it: relative to `root` (POSIX) where it lies under it, else absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], paths: list[str],
+                   sizes: list[list[int] | None], skipped: list[dict], folder: Path) -> dict:
+    """The manifest of a finished index.
+
+    Args:
+        settings: regions, max_regions, root, batch_size, shard_size, metadata.
+        encoder: its `encoder_record`.
+        n: regions per image (the padded width).
+        entries: the shards, each with file, count, bytes, sha256.
+        paths / sizes: per row, its recorded path and (width, height) (None: unknown).
+        skipped: {"path", "error"} of every image left out.
+        folder: the index folder (to record where the root lies from it).
+    """
+    from geosteer import __version__
+
+    root = Path(settings["root"])
+    try:
+        root_from_index = os.path.relpath(root, folder.resolve())
+    except ValueError:  # another drive
+        root_from_index = None
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "geosteer_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "encoder": encoder,
+        "regions": settings["regions"],
+        "max_regions": settings["max_regions"],
+        "dim": encoder["embed_dim"],
+        "n": n,
+        "dtype": "float32",
+        "count": len(paths),
+        "skipped_count": len(skipped),
+        "root": str(root),
+        "root_from_index": root_from_index,
+        "paths": paths,
+        "sizes": sizes,
+        "skipped": skipped,
+        "shards": [{k: e[k] for k in ("file", "count", "bytes", "sha256")} for e in entries],
+        "build": {"batch_size": settings.get("batch_size"), "shard_size": settings.get("shard_size")},
+        "metadata": settings.get("metadata", {}),
+    }
+
+
+def check_version(obj: dict, path: Path, what: str) -> None:
+    """Raise unless a manifest / progress file is of `FORMAT_VERSION`.
+
+    Raises:
+        StoreError: one line naming the file and its version, saying to rebuild.
+    """
+    if obj.get("version") != FORMAT_VERSION:
+        raise StoreError(f"{what} {str(path)!r} is of format version {obj.get('version')!r}; this geosteer reads "
+                         f"version {FORMAT_VERSION} only: rebuild the index (delete {str(path.parent)!r}, run the "
+                         f"build again)")
+
+
+def check_manifest(m: dict, path: Path) -> None:
+    """Raise unless `m` is a readable manifest of this format version, self-consistent in its counts.
+
+    Raises:
+        StoreError: naming the file and what is wrong.
+    """
+    if m.get("format") != FORMAT_NAME:
+        raise StoreError(f"manifest {str(path)!r} is not a geosteer index manifest (format {m.get('format')!r})")
+    check_version(m, path, "manifest")
+    missing = [k for k in _MANIFEST_KEYS if k not in m]
+    if missing:
+        raise StoreError(f"manifest {str(path)!r} lacks {', '.join(missing)}")
+    rows = sum(s["count"] for s in m["shards"])
+    if rows != m["count"] or len(m["paths"]) != m["count"] or len(m["sizes"]) != m["count"]:
+        raise StoreError(f"manifest {str(path)!r}: its shards hold {rows} rows, its paths {len(m['paths'])}, its "
+                         f"sizes {len(m['sizes'])}, its count says {m['count']}")
+
+
+def read_manifest(folder: Path) -> dict:
+    """The checked manifest of an index folder.
+
+    Raises:
+        FileNotFoundError: `folder` does not exist.
+        StoreError (a ValueError) naming the file: no manifest (not an
+            index, or an unfinished build), another format version, a
+            manifest that does not add up.
+    """
+    state = index_state(folder)
+    if state == "missing":
+        raise FileNotFoundError(f"index {str(folder)!r} does not exist")
+    if state == "partial":
+        prog = read_json(folder / PROGRESS, "build progress file")
+        done, total = len(prog.get("shards", [])), len(prog.get("ranges", []))
+        raise StoreError(f"index {str(folder)!r} is an unfinished build ({done} of {total} shards written, no "
+                         f"{MANIFEST} yet); run the build again with the same arguments to resume it")
+    if state != "complete":
+        raise StoreError(f"{str(folder)!r} is not an index: it has no {MANIFEST}")
+    manifest = read_json(folder / MANIFEST, "manifest")
+    check_manifest(manifest, folder / MANIFEST)
+    return manifest
+
+
+def recorded_model(record: dict, model: str | None = None, pretrained: str | None = None) -> tuple[str, str | None]:
+    """(model, pretrained) to load an index's encoder with: the recorded ones, or the overrides.
+
+    Args:
+        record: a manifest or a build progress file (its "encoder" entry).
+        model: another model to load instead (then the recorded pretrained
+            tag, which belongs to the recorded model, is dropped).
+        pretrained: another pretrained tag or checkpoint.
+
+    Raises:
+        StoreError: the record names no encoder (not a geosteer index).
+    """
+    enc = record.get("encoder") if isinstance(record, dict) else None
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"]:
+        raise StoreError("its manifest.json records no encoder (not a geosteer index)")
+    name, tag = enc["name"], enc.get("pretrained")
+    if model is not None and model != name:
+        name, tag = model, None
+    return name, pretrained if pretrained is not None else tag
+
+
+def check_fingerprint(record: dict, fingerprint: str, given: str, where: str) -> None:
+    """Raise unless `fingerprint` is the encoder `record` (a manifest) was built with.
+
+    Args:
+        given: how to name the other encoder ("'demo' (fingerprint ab12...)").
+        where: how to name the index ("index 'my.index'").
+
+    Raises:
+        ValueError: naming the index and both encoders.
+    """
+    mine = record["encoder"]
+    if fingerprint != mine["fingerprint"]:
+        raise ValueError(f"{where} was built with encoder {mine['name']!r} (fingerprint {mine['fingerprint']}), "
+                         f"not with encoder {given}; search it with the encoder it was built with")
