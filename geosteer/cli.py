@@ -7,7 +7,7 @@
     geosteer train-demo [--out DIR] [--minutes M] [--seed S]
     geosteer index IMAGES_DIR --out INDEX [--model demo] [--regions grid] [--max-regions 16] [--batch-size 64]
     geosteer search INDEX QUERY [QUERY ...] [-k 10] [--method rerank] [--json] [--html out.html]
-    geosteer serve INDEX [--host 127.0.0.1] [--port 8000]
+    geosteer serve INDEX [--host 127.0.0.1] [--port 8000] [--method rerank] [--compile]
     geosteer photos OUT_DIR [--queries 10] [--seed 100]
 
 Each subcommand is registered in `COMMANDS` by a function that adds its
@@ -17,8 +17,9 @@ status); heavy imports happen only when a command runs.
 A command checks its arguments and output paths before it loads a model or
 does any work; a bad one is one line on stderr, `geosteer <command>: error:
 <message naming it>`, and exit status 2 (as argparse's own errors). A
-`geosteer.commands.index.UsageError` that a command lets escape is printed
-the same way. Any other exception is a bug and keeps its traceback.
+`geosteer.commands.args.UsageError` that a command lets escape is printed
+the same way. Any other exception is a bug and keeps its traceback. Bare
+`geosteer` (no command) prints the help on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
         1, "add_index_arguments", "run_index",
     ),
     "search": _subcommand(
-        "search", "geosteer.commands.index", "search an index: cosine vs re-ranked top-k (table, --json, --html)",
-        2, "add_search_arguments", "run_search",
+        "search", "geosteer.commands.search", "search an index: cosine vs re-ranked top-k (table, --json, --html)",
+        1, "add_search_arguments", "run_search",
     ),
     "serve": _subcommand(
         "serve", "geosteer.commands.serve",
@@ -95,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
-    from geosteer.commands.index import UsageError, fail
+    if getattr(args, "func", None) is None:  # no command: a usage error, as argparse's own
+        parser.print_help(sys.stderr)
+        return 2
+    from geosteer.commands.args import UsageError, fail
 
     try:
         return int(args.func(args) or 0)

@@ -50,7 +50,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium", "chromium-browser")
 #: Bounds of every wait (seconds).
-SERVER_START_S = 90  # python + torch imports, the demo model, compiling the heads: ~15 s on 2 cores
+SERVER_START_S = 90  # python + torch imports, the demo model, eager heads' warm-up: ~10 s on 2 cores
 BROWSER_S = 60
 RESULT_S = 30
 #: The split's first query: cosine ranks its colour-swapped twin first, re-ranking fixes that.
@@ -95,8 +95,7 @@ def build_index(folder: Path) -> Path:
     split = make_split("binding", 100, num_queries=8, image_size=96)
     for i, im in enumerate(split.images()):
         im.save(images / f"scene{i:03d}.png")
-    Index.build(images, folder / "index", load_clip("demo"), regions="masked", progress=False,
-                metadata={"model": "demo"})
+    Index.build(images, folder / "index", load_clip("demo"), regions="masked", progress=False)
     return folder / "index"
 
 
@@ -309,7 +308,7 @@ def test_query_in_url_shows_result_images(service, tmp_path):
     imgs = lambda html: [int(m) for m in re.findall(r'<img class="result" src="/image/(\d+)"', html)]  # noqa: E731
     assert len(imgs(before)) == len(imgs(after)) == K
     assert 'class="box"' in after and 'class="box"' not in before  # matched regions drawn after re-ranking only
-    body = post_search(service, QUERY, K)
+    body = post_search(service, QUERY, K)["queries"][0]
     assert imgs(after) == [h["id"] for h in body["reranked"]]
     assert imgs(before) == [h["id"] for h in body["cosine"]]
 
@@ -328,7 +327,7 @@ def test_typing_a_query_shows_results(service, tmp_path):
     assert all(src.startswith("/image/") for src in shown["before"] + shown["after"])
     assert all(w > 0 for w in shown["decoded"])
     # one box per matched (part, region) pair the service returned (a scene with one region matches one part)
-    assert shown["boxes"] == sum(len(h["matches"]) for h in post_search(service, QUERY, K)["reranked"]) >= K
+    assert shown["boxes"] == sum(len(h["matches"]) for h in post_search(service, QUERY, K)["queries"][0]["reranked"]) >= K
     assert shown["parts"] == ["part 1: a yellow circle", "part 2: a blue hexagon"]
     # offline: the page fetched the service and nothing else
     assert requested and all(u.startswith(service + "/") for u in requested), requested

@@ -119,7 +119,7 @@ def _command(monkeypatch, run):
 
 
 def test_a_usage_error_a_command_lets_escape_is_one_line(monkeypatch, capsys):
-    from geosteer.commands.index import UsageError
+    from geosteer.commands.args import UsageError
 
     def run(args):
         raise UsageError("--thing 'x' is bad")
@@ -137,3 +137,17 @@ def test_any_other_exception_keeps_its_traceback(monkeypatch):
     _command(monkeypatch, run)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["boom"])
+
+
+def test_bare_geosteer_prints_the_help_on_stderr_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("usage: geosteer") and "index" in out.err and "serve" in out.err
+
+
+def test_the_console_script_without_a_command_exits_2():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "geosteer.cli"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "" and "usage: geosteer" in done.stderr

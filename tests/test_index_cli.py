@@ -16,30 +16,12 @@ import pytest
 from PIL import Image
 
 from geosteer import cli
-from geosteer.commands import index as commands
+from geosteer.commands import args as shared
+from geosteer.commands import search as search_command
 from geosteer.geoshapes import random_scene, render
 from geosteer.index import Index
 
 REPO = Path(__file__).resolve().parent.parent
-
-#: What geosteer/cli.py's COMMANDS is to hold for these two commands (registered here until it does).
-ENTRIES = {
-    "index": cli._subcommand(
-        "index", "geosteer.commands.index", "index a folder of your images on disk (resumable; progress, summary)",
-        1, "add_index_arguments", "run_index",
-    ),
-    "search": cli._subcommand(
-        "search", "geosteer.commands.index", "search an index: cosine vs re-ranked top-k (table, --json, --html)",
-        2, "add_search_arguments", "run_search",
-    ),
-}
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    for name, add in ENTRIES.items():
-        if name not in cli.COMMANDS:
-            monkeypatch.setitem(cli.COMMANDS, name, add)
 
 
 def main(*argv: str) -> int:
@@ -60,24 +42,30 @@ def images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def index_dir(images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "index"
-    with pytest.MonkeyPatch.context() as mp:
-        for name, add in ENTRIES.items():
-            if name not in cli.COMMANDS:
-                mp.setitem(cli.COMMANDS, name, add)
-        assert main("index", images, "--out", out, "--no-progress", "--batch-size", "8", "--shard-size", "5") == 0
+    assert main("index", images, "--out", out, "--no-progress", "--batch-size", "8", "--shard-size", "5") == 0
     return out
 
 
 def test_index_writes_an_index_and_a_summary(index_dir, images, capsys):
     index = Index.open(index_dir)
     assert len(index) == 12 and [s["path"] for s in index.skipped] == ["broken.jpg"]
-    assert index.manifest["metadata"] == {"model": "demo", "pretrained": None}
-    assert index.manifest["encoder"]["name"] == "demo" and index.manifest["regions"] == "grid"
-    # run again on the finished index: nothing new to encode
+    assert (index.manifest["encoder"]["name"], index.manifest["encoder"]["pretrained"]) == ("demo", None)
+    assert index.manifest["regions"] == "grid"
+    assert dict(zip(index.paths, index.sizes)) == {p: (96, 96) for p in index.paths}
+
+
+def test_a_rerun_with_nothing_new_loads_no_model(index_dir, images, capsys, monkeypatch):
+    """Indexed and skipped files are known from the manifest: the summary, exit 0, and the model never loads."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded for a re-run with nothing new")
+
+    monkeypatch.setattr(shared, "_load", refuse)
+    before = (index_dir / "manifest.json").read_bytes()
     assert main("index", images, "--out", index_dir, "--no-progress") == 0
     out = capsys.readouterr().out
-    assert re.search(r"12 images indexed, 1 skipped \(0 new images added: 0 encoded", out), out
-    assert re.search(r"in [\d.]+ s, [\d.]+ images/s; model demo, regions grid, n=13, D=384", out), out
+    assert re.search(r"12 images indexed, 1 skipped \(nothing new; model not loaded: 0 encoded, 0 skipped this run\) "
+                     r"in [\d.]+ s; model demo, regions grid, n=13, D=384", out), out
+    assert (index_dir / "manifest.json").read_bytes() == before  # nothing written either
 
 
 def test_index_adds_new_images_on_a_rerun(images, tmp_path, capsys):
@@ -89,7 +77,8 @@ def test_index_adds_new_images_on_a_rerun(images, tmp_path, capsys):
     assert main("index", folder, "--out", out, "--no-progress") == 0
     render(random_scene(random.Random(7)), size=96).save(folder / "new.png")
     assert main("index", folder, "--out", out, "--no-progress") == 0
-    assert "1 new images added" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 new images added: 1 encoded" in printed and "images/s; model demo" in printed
     assert Index.open(out).paths == ("0.png", "1.png", "2.png", "new.png")
 
 
@@ -110,11 +99,12 @@ def test_search_json_matches_the_library(index_dir, capsys):
     assert q["query"] == "a green star" and q["parts"] == ["a green star"]
     assert [r["id"] for r in q["cosine"]] == [r["id"] for r in q["reranked"]]  # cosine method: nothing moves
     from geosteer import get_config
-    from geosteer.commands.index import _load
 
-    expected = Index.open(index_dir, encoder=_load("demo", None, "cpu")).search(["a green star"], get_config("cosine"), k=3)
+    expected = Index.open(index_dir, encoder=shared._load("demo", None, "cpu")).search(
+        ["a green star"], get_config("cosine"), k=3)
     assert [r["id"] for r in q["reranked"]] == expected.reranked[0].ids
     assert [r["score"] for r in q["reranked"]] == pytest.approx(expected.reranked[0].scores)
+    assert all((r["width"], r["height"]) == (96, 96) for r in q["reranked"])
 
 
 def test_search_html_is_self_contained(index_dir, tmp_path, capsys):
@@ -126,10 +116,10 @@ def test_search_html_is_self_contained(index_dir, tmp_path, capsys):
     uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
     assert len(uris) == 6 and "http" not in text.replace("http-equiv", "")
     thumb = Image.open(io.BytesIO(base64.b64decode(uris[3])))  # the first re-ranked hit, boxes drawn in part colours
-    assert max(thumb.size) == commands.THUMB
+    assert max(thumb.size) == search_command.THUMB
     colours = {thumb.getpixel((x, y)) for x in range(thumb.width) for y in range(thumb.height)}
     near = lambda c, ref: all(abs(a - b) < 40 for a, b in zip(c, ref))  # noqa: E731  (JPEG)
-    assert any(near(c, commands.PART_COLOURS[0]) for c in colours)
+    assert any(near(c, search_command.PART_COLOURS[0]) for c in colours)
 
 
 def _one_error_line(capsys, *names: str) -> str:
@@ -145,7 +135,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(commands, "_load", refuse)
+    monkeypatch.setattr(shared, "_load", refuse)
 
 
 @pytest.mark.parametrize("argv, names", [
@@ -162,7 +152,7 @@ def no_model(monkeypatch):
     (["search", "{tmp}/none", "a cat"], ["INDEX", "does not exist"]),
     (["search", "{images}", "a cat"], ["INDEX", "is not an index"]),
     (["search", "{index}", "a cat", "-k", "0"], ["-k must be >= 1, got 0"]),
-    (["search", "{index}", "a cat", "--method", "magic"], ["--method 'magic'", "rerank+steer"]),
+    (["search", "{index}", "a cat", "--method", "magic"], ["--method 'magic'", "cosine, rerank, relations"]),
     (["search", "{index}", "  "], ["QUERY", "is empty"]),
     (["search", "{index}", "a cat", "--html", "{file}/x.html"], ["--html", "is a file, not a folder"]),
     (["search", "{index}", "a cat", "--html", "{tmp}"], ["--html", "is a folder"]),
@@ -190,11 +180,22 @@ def test_a_model_that_cannot_load_is_one_line(tmp_path, images, capsys):
 
 
 def test_the_commands_parse_through_the_console_script(index_dir):
-    # `python -m geosteer.cli` once the COMMANDS entries are in geosteer/cli.py; until then the same parser here
-    code = ("import sys; from geosteer import cli; sys.path.insert(0, 'tests'); import test_index_cli as t; "
-            "[cli.COMMANDS.setdefault(k, v) for k, v in t.ENTRIES.items()]; sys.exit(cli.main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", code, "search", str(index_dir), "a blue circle", "-k", "2", "--json"],
+    done = subprocess.run([sys.executable, "-m", "geosteer.cli", "search", str(index_dir), "a blue circle", "-k", "2", "--json"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["queries"][0]["reranked"]) == 2
+
+
+def test_an_index_of_the_previous_format_is_one_line_and_status_1(index_dir, images, tmp_path, capsys, no_model):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(index_dir, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["version"] = 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert main("index", images, "--out", old, "--no-progress") == 1
+    _one_error_line(capsys, "format version 1", "rebuild the index")
+    assert main("search", old, "a cat") == 1
+    _one_error_line(capsys, "geosteer search: error:", "format version 1", "rebuild the index")

@@ -1,11 +1,14 @@
 """`geosteer serve`: the FastAPI application over a small GeoShapes index, through TestClient.
 
 One index of 24 GeoShapes scenes (grid regions, the demo model) and one
-application serve every test: /health, /search against `Index.search` for
-the same query, every kind of bad request (a 4xx with a message, never a
-500), the image endpoint (404s, no path traversal), the page and its static
-files (nothing loaded from elsewhere), the heads built once, and
-`run_serve` up to the point where uvicorn would start.
+application (its heads compiled, as on CUDA) serve most tests: /health,
+/search against `Index.search` for the same query and against a ranking
+recomputed with numpy and scipy's Hungarian solver, the one JSON form
+`geosteer search --json` prints too, every kind of bad request (a 4xx with a
+message, never a 500), the image endpoint (404s, no path traversal), the
+page and its static files (nothing loaded from elsewhere), the heads built
+once, eager heads by default on a CPU, and `run_serve` up to the point where
+uvicorn would start.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def build_geoshapes_index(folder: Path, encoder, num_queries: int = NUM_QUERIES,
     split = make_split("binding", 100, num_queries=num_queries, image_size=96)
     for i, im in enumerate(split.images()):
         im.save(images / f"scene{i:03d}.png")
-    index = Index.build(images, folder / "index", encoder, regions=regions, progress=False, metadata={"model": "demo"})
+    index = Index.build(images, folder / "index", encoder, regions=regions, progress=False)
     return index, split.queries
 
 
@@ -73,7 +76,7 @@ def queries(built):
 
 @pytest.fixture(scope="module")
 def app(index, encoder):
-    return serve.create_app(index, encoder, k_max=K_MAX)
+    return serve.create_app(index, encoder, k_max=K_MAX, compile=True)  # what CUDA gets by default
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_health(client, index):
     assert body["encoder"] == "demo" and body["regions"] == "grid"
     assert body["method"] == "rerank" and body["k_max"] == K_MAX
     assert body["methods"] == list(serve.METHODS)
-    assert body["compiled"] is True  # the module's app: the default, compiled heads
+    assert body["compiled"] is True  # the module's app: compiled heads, asked for
 
 
 @pytest.mark.parametrize("method", list(serve.METHODS))
@@ -101,17 +104,18 @@ def test_search_equals_index_search(client, index, encoder, queries, method):
     r = client.post("/search", json={"query": q, "k": k, "method": method})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["query"], body["method"], body["k"]) == (q, method, k)
+    assert (body["method"], body["k"], len(body["queries"])) == (method, k, 1)
+    result = body["queries"][0]
+    assert result["query"] == q
     preset = get_config(serve.METHODS[method])
     want = index.search([q], get_config(serve.METHODS[method], k=min(len(index), max(preset.k, K_MAX))),
                         encoder=encoder, k=k)
-    assert body["parts"] == want.parts[0] == ["a red star", "a cyan hexagon"]
+    assert result["parts"] == want.parts[0] == ["a red star", "a cyan hexagon"]
     for key, ranking in (("cosine", want.cosine[0]), ("reranked", want.reranked[0])):
-        rows = body[key]
+        rows = result[key]
         assert [h["rank"] for h in rows] == list(range(1, k + 1))
         assert [h["id"] for h in rows] == ranking.ids
         assert [h["path"] for h in rows] == ranking.paths
-        assert [h["image"] for h in rows] == [f"/image/{i}" for i in ranking.ids]
         assert [h["score"] for h in rows] == pytest.approx(ranking.scores, abs=1e-6)
         assert [h["first_stage"] for h in rows] == pytest.approx(ranking.first_stage, abs=1e-6)
         assert [h["rank_before"] for h in rows] == ranking.ranks_before
@@ -120,11 +124,11 @@ def test_search_equals_index_search(client, index, encoder, queries, method):
             assert [(m["part"], m["box"]) for m in h["matches"]] == [
                 (p, list(b)) for p, b in enumerate(boxes) if b is not None]
             for m in h["matches"]:
-                assert m["text"] == body["parts"][m["part"]]
+                assert m["text"] == result["parts"][m["part"]]
                 assert m["box_frac"] == pytest.approx([v / 96 for v in m["box"]])
-    reranked = body["reranked"]
+    reranked = result["reranked"]
     if method == "cosine":  # nothing re-ranks, nothing is matched
-        assert [h["id"] for h in reranked] == [h["id"] for h in body["cosine"]]
+        assert [h["id"] for h in reranked] == [h["id"] for h in result["cosine"]]
         assert all(h["matches"] == [] for h in reranked)
     else:  # every result shows one box per query part, and the alignment it scored
         assert all(len(h["matches"]) == 2 for h in reranked)
@@ -138,8 +142,9 @@ def test_search_defaults(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["k"] == 10 and body["method"] == "rerank"
-    assert len(body["cosine"]) == len(body["reranked"]) == 10
-    assert body["parts"] == ["a green circle"]
+    result = body["queries"][0]
+    assert len(result["cosine"]) == len(result["reranked"]) == 10
+    assert result["parts"] == ["a green circle"]
 
 
 @pytest.mark.parametrize("query", ["!!!", "at night", "pentagons everywhere maybe", "  a   red   star  "])
@@ -147,9 +152,9 @@ def test_query_the_splitter_cannot_split_still_works(client, query):
     """No object phrase found (or odd spacing): the caption is matched as one part."""
     r = client.post("/search", json={"query": query, "k": 3})
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert len(body["parts"]) == 1 and len(body["reranked"]) == 3
-    assert body["query"] == " ".join(query.split())
+    result = r.json()["queries"][0]
+    assert len(result["parts"]) == 1 and len(result["reranked"]) == 3
+    assert result["query"] == " ".join(query.split())
 
 
 def test_longest_query_accepted(client):
@@ -211,7 +216,7 @@ def test_library_error_is_400_not_500(client, app, monkeypatch):
     def refuse(*a, **kw):
         raise ValueError("queries must be non-empty captions, got ''")
 
-    monkeypatch.setattr(service.index, "search", refuse)
+    monkeypatch.setattr(service.searcher, "search", refuse)
     r = client.post("/search", json={"query": "a red star"})
     assert r.status_code == 400
     assert "queries must be non-empty captions" in r.json()["detail"]
@@ -221,7 +226,7 @@ def test_image(client, index):
     r = client.get("/image/3")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     im = Image.open(io.BytesIO(r.content))
-    want = Image.open(Path(index.root) / index.paths[3]).convert("RGB")
+    want = Image.open(Path(index.root) / index.paths[3]).convert("RGB")  # a PNG: no EXIF turn
     assert im.size == want.size == (96, 96)  # a thumbnail never upscales
     assert list(im.convert("RGB").getdata()) == list(want.getdata())
     small = Image.open(io.BytesIO(client.get("/image/3", params={"size": 32}).content))
@@ -254,13 +259,13 @@ def test_image_whose_file_is_gone_is_404(client, app, index):
         r = client.get("/image/5", params={"size": 48})  # a size not cached yet
         assert r.status_code == 404 and "missing" in r.json()["detail"]
         assert str(f) not in r.text  # the server's paths stay private
-        # a search over every image (past the request cap, so through the service) still answers;
-        # the missing one has no size, so its boxes have no place on a thumbnail
+        # a search over every image (past the request cap, so through the service) still answers; the
+        # sizes come from the manifest, so the missing file's boxes still have their place
         service = app.state.service
-        service._sizes.pop(5, None)
-        body = service.search("a red star and a cyan hexagon", "rerank", len(index))
-        row = next(h for h in body["reranked"] if h["id"] == 5)
-        assert row["width"] is None and row["matches"] and all(m["box_frac"] is None for m in row["matches"])
+        body = service.search("a red star and a cyan hexagon", "rerank", K_MAX)
+        rows = body["queries"][0]["reranked"]
+        assert all(h["width"] == h["height"] == 96 for h in rows)
+        assert all(m["box_frac"] is not None for h in rows for m in h["matches"])
     finally:
         moved.rename(f)
 
@@ -334,7 +339,7 @@ def test_concurrent_requests(client, queries):
 def test_create_app_checks_its_arguments(index, encoder):
     with pytest.raises(ValueError, match="method must be one of"):
         serve.create_app(index, encoder, method="bm25", warm_up=False)
-    with pytest.raises(ValueError, match="k_max must be an int >= 1"):
+    with pytest.raises(ValueError, match="k_max must be a positive int"):
         serve.create_app(index, encoder, k_max=0, warm_up=False)
     with pytest.raises(TypeError, match="config must be a HeadConfig"):
         serve.create_app(index, encoder, {"lam": 0.5}, warm_up=False)
@@ -358,14 +363,20 @@ def test_serve_arguments():
     p = argparse.ArgumentParser()
     serve.add_serve_arguments(p)
     args = p.parse_args(["some/index"])
-    assert (args.index, args.host, args.port, args.method, args.k_max, args.model) == (
-        "some/index", "127.0.0.1", 8000, "rerank", 100, None)
-    with pytest.raises(SystemExit):
-        p.parse_args(["x", "--method", "bm25"])
+    assert (args.index, args.host, args.port, args.method, args.k_max, args.model, args.compile) == (
+        "some/index", "127.0.0.1", 8000, "rerank", 100, None, None)
+    assert p.parse_args(["x", "--compile"]).compile is True and p.parse_args(["x", "--no-compile"]).compile is False
+    for bad in (["x", "--method", "bm25"], ["x", "--method", "rerank+steer"], ["x", "--compile", "--no-compile"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
 
 
-def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys):
-    """run_serve opens the index, loads the model its manifest names, builds the app, hands it to uvicorn."""
+@pytest.mark.parametrize("flags, compiled", [([], False), (["--no-compile"], False), (["--compile"], True)])
+def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys, flags, compiled):
+    """run_serve opens the index, loads the model its manifest names, builds the app, hands it to uvicorn.
+
+    On a CPU the heads stay eager unless --compile asks (compiling costs a minute and gains nothing there).
+    """
     import uvicorn
 
     seen = {}
@@ -375,15 +386,30 @@ def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys):
         with TestClient(app) as c:
             seen["health"] = c.get("/health").json()
 
+    real = serve.create_app
+    made = []
+
+    def create_app(*a, **kw):  # a compiled app without its warm-up: torch compiles on the first call only
+        made.append(kw["compile"])
+        return real(*a, **{**kw, "warm_up": kw["warm_up"] if "warm_up" in kw else not compiled})
+
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(serve, "create_app", create_app)
     p = argparse.ArgumentParser()
     serve.add_serve_arguments(p)
-    assert serve.run_serve(p.parse_args([str(index.path), "--port", "8123", "--k-max", "7", "--no-compile"])) == 0
+    assert serve.run_serve(p.parse_args([str(index.path), "--port", "8123", "--k-max", "7", *flags])) == 0
+    assert made == [{"--compile": True, "--no-compile": False}.get(flags[0]) if flags else None]
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
-    assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24 and seen["health"]["compiled"] is False
+    assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24 and seen["health"]["compiled"] is compiled
     err = capsys.readouterr().err
     assert "24 images, model demo" in err and "http://127.0.0.1:8123/" in err and "warning" not in err
-    assert "heads eager" in err
+    assert f"heads {'compiled' if compiled else 'eager'} on cpu" in err
+
+
+def test_a_cpu_service_is_eager_by_default(index, encoder):
+    service = serve.create_app(index, encoder, warm_up=False).state.service
+    assert service.compiled is False and service.searcher.device.type == "cpu"
+    assert all(not hasattr(h, "_compiled_call_impl") or h._compiled_call_impl is None for h in service.heads.values())
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -430,3 +456,89 @@ def test_warm_up_compiles_every_shape_a_request_brings(client):
         for method in serve.METHODS:
             assert client.post("/search", json={"query": query, "k": 3, "method": method}).status_code == 200
     assert len(graphs(GeoSteerHead.forward.__code__)) == before, "a request compiled a new graph"
+
+
+@pytest.mark.parametrize("method", ["rerank", "relations"])
+def test_reranked_list_equals_a_ranking_recomputed_with_scipy(client, index, encoder, method):
+    """The service's lists against an independent computation over the index's tensors.
+
+    Cosine: numpy's G·q. Re-ranked: for every image, the Hungarian matching of the query's parts to its
+    regions (scipy's `linear_sum_assignment` on the part-region similarities), A = the mean matched
+    similarity, S = (1 - λ)·s + λ·A + γ·R with the preset's λ, γ (R = 0: the query has no relation).
+    The gallery (24 images) is below K, so every image is a candidate.
+    """
+    np = pytest.importorskip("numpy")
+    from scipy.optimize import linear_sum_assignment
+
+    from geosteer.index import Indexer
+
+    query, k = "a red star and a cyan hexagon", 8
+    side = Indexer(encoder).encode_queries([query])
+    assert (side.relations < 0).all()  # no relation: R = 0 for every image
+    q = side.embeddings[0].double().numpy()
+    parts = side.parts[0][side.parts_mask[0]].double().numpy()  # [2, D]
+    g = index.gallery
+    cosine = g.embeddings.double().numpy() @ q
+    align, matched = np.zeros(len(index)), []
+    for i in range(len(index)):
+        regions = g.parts[i][g.parts_mask[i]].double().numpy()
+        sim = parts @ regions.T
+        rows, cols = linear_sum_assignment(sim, maximize=True)
+        align[i] = sim[rows, cols].sum() / len(parts)
+        matched.append(g.part_boxes[i][g.parts_mask[i]][cols].tolist())
+    cfg = get_config(serve.METHODS[method])
+    fused = (1 - cfg.lam) * cosine + cfg.lam * align + cfg.gamma * 0.0
+    assert list(np.argsort(-fused, kind="stable")[:k]) != list(np.argsort(-cosine, kind="stable")[:k]), \
+        "a query whose re-ranking moves something, so the test can tell the two orders apart"
+
+    body = client.post("/search", json={"query": query, "k": k, "method": method}).json()["queries"][0]
+    cos_ids = [h["id"] for h in body["cosine"]]
+    ids = [h["id"] for h in body["reranked"]]
+    # the same values as the true top-k in the true order (ties may swap ids of equal score)
+    np.testing.assert_allclose(cosine[cos_ids], np.sort(cosine)[::-1][:k], atol=1e-5)
+    np.testing.assert_allclose([h["first_stage"] for h in body["cosine"]], cosine[cos_ids], atol=1e-5)
+    np.testing.assert_allclose(fused[ids], np.sort(fused)[::-1][:k], atol=1e-5)
+    np.testing.assert_allclose([h["score"] for h in body["reranked"]], fused[ids], atol=1e-5)
+    np.testing.assert_allclose([h["alignment"] for h in body["reranked"]], align[ids], atol=1e-5)
+    assert all(h["structure"] == 0 for h in body["reranked"])
+    for h in body["reranked"]:  # the boxes drawn are the regions scipy's matching picked
+        np.testing.assert_allclose([m["box"] for m in h["matches"]], matched[h["id"]])
+    # rank_before: each hit's place in the cosine order
+    by_cosine = list(np.argsort(-cosine, kind="stable"))
+    assert [h["rank_before"] for h in body["reranked"]] == [by_cosine.index(i) + 1 for i in ids]
+
+
+def _same_json(a, b, where="") -> None:
+    """Equal JSON documents: the same keys and lists everywhere, floats within 1e-5 (compiled vs eager heads)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), (where, list(a), list(b) if isinstance(b, dict) else b)
+        for key in a:
+            _same_json(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_json(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, abs=1e-5), where
+    else:
+        assert a == b, where
+
+
+def test_the_service_answers_in_the_json_form_geosteer_search_prints(client, index, capsys):
+    """`POST /search` and `geosteer search --json` print one form: SearchResult.to_dict() (+ their own extras)."""
+    import json
+
+    from geosteer import cli
+
+    query, k = "a pink star and a green triangle", 5
+    assert cli.main(["search", str(index.path), query, "-k", str(k), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    served = client.post("/search", json={"query": query, "k": k}).json()
+    shared = ("method", "k", "config", "queries")
+    assert set(printed) == {*shared, "index", "images", "model", "preset", "seconds"}
+    assert set(served) == {*shared, "server_ms"}
+    _same_json({key: printed[key] for key in shared}, {key: served[key] for key in shared})
+    hit = served["queries"][0]["reranked"][0]
+    assert list(hit) == ["rank", "id", "path", "score", "first_stage", "alignment", "structure", "rank_before",
+                         "width", "height", "matches"]
+    assert list(hit["matches"][0]) == ["part", "text", "box", "box_frac"]

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from geosteer.commands.index import UsageError, check_positive, check_writable_folder, fail
+from geosteer.commands.args import UsageError, check_positive, check_writable_folder, fail
 
 DEFAULT_QUERIES = 10  # what 5 photos (scikit-image alone) fill on every seed tried; 8 photos fill 20
 DEFAULT_SEED = 100

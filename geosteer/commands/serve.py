@@ -1,10 +1,12 @@
 """`geosteer serve`: a small HTTP search service and web page over an on-disk index.
 
-`geosteer serve INDEX` opens an index written by `geosteer index`, loads its
-encoder once, builds one re-ranking head per method once, and serves on
-127.0.0.1:8000 (`--host` / `--port`): `GET /` a search page (query box, the
-cosine top-k and the re-ranked top-k side by side, the regions matched to
-each query part drawn over the thumbnails), `POST /search` (JSON),
+`geosteer serve INDEX` opens an index written by `geosteer index`, loads the
+encoder its manifest records once, builds one re-ranking head per method once
+(compiled on CUDA; on a CPU only with --compile, so it starts in seconds),
+and serves on 127.0.0.1:8000 (`--host` / `--port`): `GET /` a search page
+(query box, the cosine top-k and the re-ranked top-k side by side, the
+regions matched to each query part drawn over the thumbnails), `POST /search`
+(JSON: the form `geosteer search --json` prints, `SearchResult.to_dict()`),
 `GET /image/<i>` (thumbnail of indexed image i) and `GET /health`. The page
 loads nothing from outside the service, so it works offline. There is no
 authentication: keep the default loopback host unless the network is yours.
@@ -23,38 +25,30 @@ import argparse
 import functools
 import io
 import ipaddress
-import math
-import os
 import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from geosteer import GeoSteerHead, HeadConfig, get_config
-from geosteer.commands.index import (
+from geosteer import HeadConfig
+from geosteer.commands.args import (
+    DEFAULT_METHOD,
+    METHODS,
     UsageError,
     check_device,
     check_index_argument,
-    check_model,
     check_positive,
-    recorded_model,
+    fail,
+    index_encoder,
+    method_configs,
+    set_threads,
 )
+from geosteer.index import Searcher, load_image
 
-#: Methods the service offers -> the `geosteer.PRESETS` entry each runs.
-METHODS: dict[str, str] = {
-    "cosine": "cosine",
-    "rerank": "default",
-    "rerank+steer": "rerank+steer",
-    "relations": "relations",
-}
-DEFAULT_METHOD = "rerank"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_K = 10
@@ -87,63 +81,19 @@ def web_file(name: str) -> bytes:
     return resources.files("geosteer.commands").joinpath("web", name).read_bytes()
 
 
-def method_config(method: str, k: int, **overrides) -> HeadConfig:
-    """The head configuration of a service method, re-ranking `k` candidates.
-
-    Args:
-        method: a key of `METHODS`.
-        k: candidates the head re-ranks (at least the largest k served).
-        overrides: further `HeadConfig` fields.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    return get_config(METHODS[method], k=k, **overrides)
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-# ---------------------------------------------------------------- results -> JSON
-
-
-def _box_frac(box: Sequence[float], size: tuple[int, int]) -> list[float]:
-    """A pixel box as fractions of the image (the page draws it at any thumbnail size)."""
-    w, h = max(1, size[0]), max(1, size[1])
-    x0, y0, x1, y1 = (float(v) for v in box)
-    clamp = lambda v: min(1.0, max(0.0, v))  # noqa: E731
-    return [clamp(x0 / w), clamp(y0 / h), clamp(x1 / w), clamp(y1 / h)]
-
-
-def _num(x) -> float | None:
-    """A JSON-safe float (NaN / inf, never expected, become null rather than invalid JSON)."""
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-#: One query per shape family the compiled head specialises on: one part and
-#: no relation, two parts and one relation, three parts and two relations.
-WARM_UP_QUERIES: tuple[str, ...] = (
-    "a pentagon", "a red pentagon to the left of a blue hexagon", "a star above a circle to the left of a square",
-)
-
-
 class Service:
-    """What every request shares: the index, the encoder, one head per method.
+    """What every request shares: the index, its `Searcher` (one head per method, built once), thumbnails.
 
-    Built once at start-up; requests only read it. Each head is compiled
-    in place (`head.compile(fullgraph=True, dynamic=True)`: one graph for
-    every number of query parts and relations, after the 0/1 sizes torch
-    specialises) and the warm-up runs `WARM_UP_QUERIES`, one query per
-    such shape family, so requests do not compile. Measured on this
-    project's 2-core CPU (torch 2.14, N = 100 and 20,000, n = 16, D = 384,
-    K = 100): about 5 s of compilation per shape family, after which a
-    compiled search costs what an eager one does (1.01 vs 1.04 ms, 2.45 vs
-    2.46 ms); `compile=False` (`geosteer serve --no-compile`) starts in
-    seconds. On a GPU the compiled head fuses the small kernels between the
-    ops.
+    Built once at start-up; requests only read it. The heads are compiled
+    where that pays, on CUDA (`compile=None`), or when asked: on a CPU a
+    compiled search costs what an eager one does (measured on this
+    project's 2-core CPU, torch 2.14, N = 100 and 20,000, n = 16, D = 384,
+    K = 100: 1.01 vs 1.04 ms, 2.45 vs 2.46 ms) after 5 s or more of
+    compilation per query shape family (a minute or more of start-up), so
+    an eager service starts in seconds. The warm-up runs one query per
+    shape family through every method (`Searcher.warm_up`), so the first
+    requests pay neither compilation nor numba's and the text tower's first
+    calls.
 
     Searches run one at a time under a lock: the encoder's text cache and
     torch's intra-op threads are shared, and two concurrent searches on a
@@ -155,10 +105,9 @@ class Service:
         method: the default method (a key of `METHODS`).
         k_max: largest k a request may ask for (capped at the index size).
         config_overrides: `HeadConfig` fields applied to every method's preset.
-        warm_up: run `WARM_UP_QUERIES` through every method now, so the
-            first requests do not pay for compilation, numba's and the text
-            tower's first calls.
-        compile: compile every head (see above); False: eager.
+        warm_up: run the warm-up queries now.
+        compile: compile the heads: True, False, or None (on CUDA only).
+        device: where the heads run (default: the index's tensors, the CPU).
     """
 
     def __init__(
@@ -169,109 +118,63 @@ class Service:
         k_max: int = DEFAULT_K_MAX,
         config_overrides: dict[str, Any] | None = None,
         warm_up: bool = True,
-        compile: bool = True,
+        compile: bool | None = None,
+        device: str | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-        _check_int("k_max", k_max, 1)
         if len(index) < 1:
             raise ValueError("index must hold at least one image")
         self.index = index
-        self.encoder = encoder
+        self.searcher = Searcher(index, encoder, method_configs(config_overrides), method=method, k_max=k_max,
+                                 device=device, compile=compile)
         self.method = method
-        self.k_max = min(k_max, len(index))
-        # read once: `index.paths` copies the manifest's list on every access
-        self.paths = index.paths
-        self.root = Path(index.root)
+        self.root = Path(index.root)  # once: Index.root looks at the file system
         self.lock = threading.Lock()
-        self.heads: dict[str, GeoSteerHead] = {}
-        for name in METHODS:
-            # Each preset re-ranks its own K (100 for the re-ranking ones), at
-            # least k_max so the largest request is served, at most the index.
-            k = min(len(index), max(get_config(METHODS[name]).k, self.k_max))
-            self.heads[name] = GeoSteerHead(method_config(name, k, **dict(config_overrides or {})))
-            if compile:
-                self.heads[name].compile(fullgraph=True, dynamic=True)
-        self.compiled = compile
-        self._sizes: dict[int, tuple[int, int]] = {}
         # per service, so a test's many apps do not keep each other's images alive
         self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
-        self.warm_up_s = 0.0
-        if warm_up:
-            t0 = time.perf_counter()
-            for name in METHODS:
-                for query in WARM_UP_QUERIES:
-                    self.search(query, name, 1)
-            self.warm_up_s = time.perf_counter() - t0
+        self.warm_up_s = self.searcher.warm_up() if warm_up else 0.0
+
+    @property
+    def heads(self):
+        """Method -> its head (`Searcher.heads`)."""
+        return self.searcher.heads
+
+    @property
+    def k_max(self) -> int:
+        """The largest k a request may ask for."""
+        return self.searcher.k_max
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the heads are compiled."""
+        return self.searcher.compiled
 
     # -- images
 
     def image_path(self, i: int) -> Path:
         """File of indexed image `i` (an id from the index, never a client's path)."""
-        p = Path(self.paths[i])
-        return p if p.is_absolute() else self.root / p
-
-    def image_size(self, i: int) -> tuple[int, int] | None:
-        """(width, height) of image i, read from its header once; None if the file cannot be read now."""
-        if i not in self._sizes:
-            from PIL import Image
-
-            try:
-                with Image.open(self.image_path(i)) as im:
-                    self._sizes[i] = im.size
-            except (OSError, ValueError):  # moved or damaged since indexing: the search still answers
-                return None
-        return self._sizes[i]
+        return self.root / self.index.paths[i]
 
     def _thumbnail(self, i: int, size: int) -> bytes:
-        """PNG of image i, longest side <= size (shrinks only; the page scales small images up)."""
-        from PIL import Image
+        """PNG of image i as indexed (upright by EXIF: the pixels its boxes are in), longest side <= size.
 
-        with Image.open(self.image_path(i)) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
+        Shrinks only; the page scales small images up.
+        """
+        im = load_image(self.image_path(i))
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
         return buf.getvalue()
 
     # -- search
 
     def search(self, query: str, method: str, k: int) -> dict[str, Any]:
-        """One query through the index: the JSON body of `POST /search`."""
+        """One query through the searcher: the JSON body of `POST /search` (`SearchResult.to_dict()` + server_ms)."""
         t0 = time.perf_counter()
-        with self.lock, torch.inference_mode():
-            result = self.index.search([query], encoder=self.encoder, k=k, head=self.heads[method])
-        body = self.result_json(result, 0, k)
-        body.update(query=query, method=method, k=k, server_ms=1e3 * (time.perf_counter() - t0))
-        return body
-
-    def result_json(self, result, q: int, k: int) -> dict[str, Any]:
-        """Query `q` of a `SearchResult` as the page reads it: parts, cosine and re-ranked rows."""
-        parts = list(result.parts[q])
-
-        def rows(ranking, reranked: bool) -> list[dict[str, Any]]:
-            out = []
-            for r, i in enumerate(ranking.ids[:k]):
-                size = self.image_size(i)
-                matches = []
-                for p, box in enumerate(ranking.boxes[r] if ranking.boxes else []):
-                    if box is not None:
-                        matches.append({"part": p, "text": parts[p], "box": [float(v) for v in box],
-                                        "box_frac": None if size is None else _box_frac(box, size)})
-                extra = {"first_stage": _num(ranking.first_stage[r]), "rank_before": int(ranking.ranks_before[r])}
-                if reranked:
-                    extra.update(alignment=_num(ranking.alignment[r]), structure=_num(ranking.structure[r]))
-                width, height = size if size is not None else (None, None)
-                out.append(self.hit(r + 1, int(i), ranking.scores[r], width=width, height=height,
-                                    matches=matches, **extra))
-            return out
-
-        return {"parts": parts, "cosine": rows(result.cosine[q], False), "reranked": rows(result.reranked[q], True)}
-
-    def hit(self, rank: int, i: int, score: float, **fields) -> dict[str, Any]:
-        """One result row: rank (1-based), id, path, image URL, scores, matched boxes."""
-        return {"rank": rank, "id": i, "path": str(self.paths[i]), "image": f"/image/{i}",
-                "score": _num(score), **fields}
+        with self.lock:
+            result = self.searcher.search([query], method, k)
+        return {**result.to_dict(), "server_ms": 1e3 * (time.perf_counter() - t0)}
 
 
 # ---------------------------------------------------------------- the app
@@ -285,7 +188,8 @@ def create_app(
     method: str = DEFAULT_METHOD,
     k_max: int = DEFAULT_K_MAX,
     warm_up: bool = True,
-    compile: bool = True,
+    compile: bool | None = None,
+    device: str | None = None,
 ):
     """The FastAPI application over an opened index.
 
@@ -298,7 +202,8 @@ def create_app(
         method: default method of the page (a key of `METHODS`).
         k_max: largest k a request may ask for (capped at the index size).
         warm_up: the warm-up searches before serving (see `Service`).
-        compile: compile the heads (see `Service`).
+        compile: compile the heads: True, False, or None (on CUDA only; see `Service`).
+        device: where the heads run (default: the CPU, where the index is mapped).
 
     Returns:
         A `fastapi.FastAPI`; `app.state.service` is its `Service`.
@@ -317,7 +222,7 @@ def create_app(
         overrides = {f: getattr(config, f) for f in HeadConfig.__dataclass_fields__
                      if f != "k" and getattr(config, f) != getattr(default, f)}
     service = Service(index, encoder, method=method, k_max=k_max, config_overrides=overrides, warm_up=warm_up,
-                      compile=compile)
+                      compile=compile, device=device)
     k_top = service.k_max
     default_method = method
 
@@ -358,7 +263,7 @@ def create_app(
         return {
             "status": "ok",
             "images": len(index),
-            "encoder": recorded_model(index.manifest)[0],
+            "encoder": index.manifest["encoder"]["name"],
             "fingerprint": index.manifest["encoder"]["fingerprint"],
             "regions": index.manifest["regions"],
             "compiled": service.compiled,
@@ -431,8 +336,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="the page's default method (default: %(default)s; requests may pick any)")
     p.add_argument("--k-max", type=int, default=DEFAULT_K_MAX, help="largest k a request may ask for (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-compile", action="store_true",
-                   help="run the heads eager: starts in seconds, not after about 15 s of torch.compile on a CPU")
+    compiling = p.add_mutually_exclusive_group()
+    compiling.add_argument("--compile", action="store_true", default=None,
+                           help="compile the heads with torch.compile on a CPU too (the default on CUDA only: on a "
+                                "CPU it adds a minute or more to the start and searches no faster)")
+    compiling.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                           help="never compile the heads, on CUDA either")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: %(default)s)")
 
@@ -461,52 +370,32 @@ def run_serve(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as e:
-        return fail(f"needs the serve extra: pip install 'geosteer[serve]' ({e})")
-    from geosteer.encoders import load_clip
+        return fail("serve", f"needs the serve extra: pip install 'geosteer[serve]' ({e})")
     from geosteer.index import Index
 
     t0 = time.perf_counter()
     try:
         _serve_plan(args)
+        set_threads(args.threads)
         try:
             index = Index.open(args.index)
         except ValueError as e:  # StoreError: a corrupt or foreign manifest / shard, naming the file
             raise UsageError(f"INDEX {args.index!r}: {e}") from None
-        model, pretrained = recorded_model(index.manifest)
-        if args.model is not None and args.model != model:
-            pretrained = None  # the recorded tag belongs to the recorded model
-        model, pretrained = args.model or model, args.pretrained or pretrained
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        check_model(model, pretrained)  # the recorded one, or --model with the recorded --pretrained
-        if model == "demo":  # everything is local: never let transformers try the Hub
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            encoder = load_clip(model, pretrained=pretrained, device=args.device)
-        except (TypeError, ValueError, FileNotFoundError) as e:
-            raise UsageError(f"--model {model!r}: {e}") from None
-        try:
-            index.check_encoder(encoder)
-        except ValueError as e:  # names the index and both encoders
-            raise UsageError(f"--model {model!r}: {e}") from None
+        encoder = index_encoder(index, args.model, args.pretrained, args.device)
     except UsageError as e:
-        return fail(str(e))
-    app = create_app(index, encoder, method=args.method, k_max=args.k_max, compile=not args.no_compile)
+        return fail("serve", str(e))
+    app = create_app(index, encoder, method=args.method, k_max=args.k_max, compile=args.compile, device=args.device)
     ready = time.perf_counter() - t0
     if not _is_loopback(args.host):
         print(f"geosteer serve: warning: listening on {args.host}: anyone who can reach it can search this index "
               f"(no authentication)", file=sys.stderr)
     where = f"open http://{_url_host(args.host)}:{args.port}/" if args.port else "open the address uvicorn prints below"
-    print(f"geosteer serve: {len(index)} images, model {model}, regions {index.manifest['regions']}; ready in "
-          f"{ready:.1f} s (warm-up {app.state.service.warm_up_s:.1f} s, heads "
-          f"{'compiled' if app.state.service.compiled else 'eager'}); {where}", file=sys.stderr)
+    service = app.state.service
+    print(f"geosteer serve: {len(index)} images, model {index.manifest['encoder']['name']}, regions "
+          f"{index.manifest['regions']}; ready in {ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
+          f"{'compiled' if service.compiled else 'eager'} on {service.searcher.device}); {where}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
-
-
-def fail(message: str, status: int = 2) -> int:
-    print(f"geosteer serve: error: {message}", file=sys.stderr)
-    return status
 
 
 def _is_loopback(host: str) -> bool:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from geosteer.commands.index import UsageError, check_positive, check_writable_folder, fail
+from geosteer.commands.args import UsageError, check_positive, check_writable_folder, fail
 from geosteer.geoshapes.scenes import (
     COLOURS,
     RELATION_WORDS,

@@ -52,7 +52,7 @@ function renderHit(hit, column) {
   thumb.className = "thumb";
   const img = document.createElement("img");
   img.className = "result";
-  img.src = hit.image;
+  img.src = `/image/${hit.id}`;
   img.alt = hit.path;
   img.title = hit.path;
   thumb.append(img);
@@ -122,13 +122,16 @@ async function search(query, method, k) {
     setStatus(errorMessage(body, response.status), true);
     return;
   }
-  renderParts(body.parts);
-  renderColumn("before", body.cosine);
-  renderColumn("after", body.reranked);
+  // The body is the one JSON form of a search (`geosteer search --json` prints it too): one entry in queries.
+  const result = body.queries[0];
+  renderParts(result.parts);
+  renderColumn("before", result.cosine);
+  renderColumn("after", result.reranked);
   document.querySelectorAll(".k").forEach((el) => (el.textContent = body.k));
   document.querySelectorAll(".method").forEach((el) => (el.textContent = body.method));
   const ms = performance.now() - t0;
-  setStatus(`${body.reranked.length} results for "${body.query}" (${body.parts.length} part${body.parts.length === 1 ? "" : "s"}) in ${ms.toFixed(0)} ms (server ${body.server_ms.toFixed(0)} ms)`);
+  const n = result.parts.length;
+  setStatus(`${result.reranked.length} results for "${result.query}" (${n} part${n === 1 ? "" : "s"}) in ${ms.toFixed(0)} ms (server ${body.server_ms.toFixed(0)} ms)`);
   document.body.dataset.status = "done";
 }
 
