@@ -390,11 +390,11 @@ def _counted_before(doc, i: int) -> bool:
     return (k >= 0 and k < i - 1 and _NUMBERS.get(_lower(doc[k]), 0) > 1 and _lower(doc[i]).endswith("s"))
 
 
-def _split_runs(doc, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _split_runs(doc, spans: list[tuple[int, int]], verbs: set[int]) -> list[tuple[int, int]]:
     """Undo the small model's common misreadings of caption fragments (general rules, no captions).
 
     A cut starts a new phrase at a token; a dropped token is a verb the
-    tagger read as a noun and belongs to no phrase.
+    tagger read as a noun and belongs to no phrase; it is added to `verbs`.
     """
     out: list[tuple[int, int]] = []
     for start, end in spans:
@@ -418,6 +418,7 @@ def _split_runs(doc, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
             if prev.tag_ == "POS":
                 cuts.add(k)
                 cuts.add(k - 1)
+        verbs |= dropped
         bounds = sorted({start, end} | cuts | dropped | {k + 1 for k in dropped})
         for a, b in zip(bounds, bounds[1:]):
             if a < b and a not in dropped:
@@ -425,8 +426,8 @@ def _split_runs(doc, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _runs(doc) -> list[_Run]:
-    """Noun phrases of the doc, linear, with their head (the last noun)."""
+def _runs(doc) -> tuple[list[_Run], set[int]]:
+    """Noun phrases of the doc, linear, with their head (the last noun); and the misread verbs."""
     spans: list[tuple[int, int]] = []
     i = 0
     n = len(doc)
@@ -449,7 +450,8 @@ def _runs(doc) -> list[_Run]:
         spans.append((i, j))
         i = j
     runs: list[_Run] = []
-    for start, end in _split_runs(doc, spans):
+    verbs: set[int] = set()
+    for start, end in _split_runs(doc, spans, verbs):
         # trailing punctuation / POS / hyphens are not part of the phrase
         while end > start and doc[end - 1].tag_ in ("HYPH", ",", "CC"):
             end -= 1
@@ -478,7 +480,7 @@ def _runs(doc) -> list[_Run]:
         if head.tag_ == "POS":
             continue
         runs.append(_Run(start, head.i + 1, head.i))
-    return runs
+    return runs, verbs
 
 
 # ----------------------------------------------------------------------------- the parse of one doc
@@ -523,7 +525,7 @@ class _Reader:
 
     def __init__(self, doc) -> None:
         self.doc = doc
-        self.runs = _runs(doc)
+        self.runs, self.misread_verbs = _runs(doc)
         self.run_of: dict[int, _Run] = {}
         for r in self.runs:
             for k in range(r.start, r.end):
@@ -945,8 +947,28 @@ class _Reader:
                     return got
         run = self._run_of_token(head)
         if run is not None:
-            return self._climb(head)
+            return self._clause_conjuncts(run, self._climb(head))
         return self._verb_subject(head, 0)
+
+    def _clause_conjuncts(self, run: _Run, got: list[int]) -> list[int]:
+        # "a dog and a cat on a couch": the parser hangs the place phrase on the last conjunct; when
+        # the coordination is the clause's subject (or the caption's root), the phrase places each.
+        # Not for the object of a verb or preposition ("playing with a bat and ball in a yard").
+        tok = self.doc[run.head]
+        if tok.dep_ != "conj":
+            return got
+        first = tok
+        while first.dep_ == "conj" and first.head.i != first.i:
+            first = first.head
+        if first.dep_ not in ("ROOT", "nsubj", "nsubjpass"):
+            return got
+        first_run = self._run_of_token(first)
+        if first_run is None:
+            return got
+        out: list[int] = []
+        for m in self._conjuncts(first_run):
+            out.extend(self._objs(m))
+        return out if set(got) <= set(out) else got
 
     def _with_conjunct(self, run: _Run) -> bool:
         tok = self.doc[run.head]
@@ -1067,8 +1089,15 @@ class _Reader:
                     continue
                 first, second = (s1, s2) if sg1 == 0 else (s2, s1)
                 self._add(first, second, _AXIS_RELATION[ax1], True)
-        # verbs with an object: holding, riding, wearing, ...
+        # verbs with an object: holding, riding, wearing, ... (named by the word as written)
         for tok in doc:
+            if tok.i in self.misread_verbs:
+                # "in a helmet riding a horse" read as one noun: the next phrase is its object
+                obj = self._next_run(tok.i + 1)
+                if obj is not None:
+                    subj = self._verb_subject(tok, 0)
+                    self._add(subj, [o for m in self._conjuncts(obj) for o in self._objs(m)], _lower(tok), False)
+                continue
             if not tok.tag_.startswith("VB"):
                 continue
             dobj = [c for c in tok.children if c.dep_ in ("dobj", "obj")]
@@ -1079,7 +1108,7 @@ class _Reader:
                 run = self._run_of_token(d)
                 if run is None:
                     continue
-                self._add(subj, [o for m in self._conjuncts(run) for o in self._objs(m)], _lemma(tok), False)
+                self._add(subj, [o for m in self._conjuncts(run) for o in self._objs(m)], _lower(tok), False)
 
     def _position_owner(self, prep_i: int, pos_run: _Run) -> list[int]:
         a, b = self._segment_of(prep_i)
