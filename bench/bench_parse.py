@@ -324,23 +324,36 @@ def _pin_one_core() -> str:
 
 
 def speed(parser: Parser, captions: Sequence[str], repeats: int = 5) -> dict:
-    """Captions/s of the parser calls (median of `repeats` after one warm-up), with the load average."""
+    """Throughput and single-caption latency of the parser calls, with the load average.
+
+    Throughput: all captions in one call (batched), median of `repeats` after
+    one warm-up. Latency: one caption per call (what one search query adds),
+    median and 90th percentile over the captions.
+    """
     parser(captions[:8])  # warm-up: model load, caches
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         parser(captions)
         times.append(time.perf_counter() - t0)
+    single = []
+    for c in captions:
+        t0 = time.perf_counter()
+        parser([c])
+        single.append(time.perf_counter() - t0)
+    single.sort()
     med = statistics.median(times)
     return {
         "captions": len(captions), "repeats": repeats, "median_s": round(med, 4),
         "min_s": round(min(times), 4), "max_s": round(max(times), 4),
         "captions_per_s": round(len(captions) / med, 1),
+        "single_caption_ms_median": round(1000 * statistics.median(single), 3),
+        "single_caption_ms_p90": round(1000 * single[int(0.9 * (len(single) - 1))], 3),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
-def geoshapes_captions(seeds: Sequence[int] = (0, 1), num_queries: int = 40) -> list[str]:
+def geoshapes_captions(seeds: Sequence[int] = (0, 1, 2), num_queries: int = 60) -> list[str]:
     """Captions of the GeoShapes splits' generators, each in every `CAPTION_TEMPLATES` wrapper."""
     from geosteer.geoshapes.scenes import CAPTION_TEMPLATES
     from geosteer.geoshapes.splits import SPLITS, make_split
@@ -402,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 from geosteer.encoders import scene_parse
 
+                t0 = time.perf_counter()
                 scene_parse.load_pipeline()
+                load_s = time.perf_counter() - t0
             except ImportError as exc:
                 print(f"spacy parser skipped: {exc}", file=sys.stderr)
                 if args.parser:
@@ -412,12 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["speed"] = speed(PARSERS[name], [r["caption"] for r in records], repeats=args.repeats)
         if name == "spacy":
             out["model"] = scene_parse.model_info()
+            out["model_load_s"] = round(load_s, 3)
         result["parsers"][name] = out
         for split in ("tune", "heldout", "all"):
             print(_figures_line(name, split, out["totals"][split]))
         sp = out["speed"]
         print(f"{name:6s} speed    {sp['captions_per_s']} captions/s on one core "
-              f"({sp['captions']} captions, median {sp['median_s']} s; load {sp['loadavg']})")
+              f"({sp['captions']} captions, median {sp['median_s']} s); one caption per call "
+              f"{sp['single_caption_ms_median']} ms (p90 {sp['single_caption_ms_p90']} ms); load {sp['loadavg']}")
     if "spacy" in result["parsers"] and not args.no_geoshapes:
         agreement = geoshapes_agreement(geoshapes_captions())
         result["geoshapes"] = agreement
