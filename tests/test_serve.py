@@ -305,7 +305,7 @@ def test_web_files_are_package_data():
 def test_heads_are_built_once(client, app, monkeypatch):
     """Requests reuse the heads made at start-up: none is constructed per request."""
     service = app.state.service
-    before = dict(service.heads)
+    before = dict(service.searcher.heads)
     made = []
     init = GeoSteerHead.__init__
 
@@ -317,9 +317,9 @@ def test_heads_are_built_once(client, app, monkeypatch):
     for method in serve.METHODS:
         assert client.post("/search", json={"query": "a red star and a cyan hexagon", "method": method}).status_code == 200
     assert made == []
-    assert all(service.heads[m] is before[m] for m in serve.METHODS)
-    assert service.heads["rerank"].config == get_config("default", k=24)
-    assert service.heads["cosine"].config.lam == 0
+    assert all(service.searcher.heads[m] is before[m] for m in serve.METHODS)
+    assert service.searcher.heads["rerank"].config == get_config("default", k=24)
+    assert service.searcher.heads["cosine"].config.lam == 0
 
 
 def test_concurrent_requests(client, queries):
@@ -348,12 +348,12 @@ def test_create_app_checks_its_arguments(index, encoder):
 def test_config_overrides_keep_each_preset(index, encoder):
     """A config's non-default fields apply to every method; each keeps its own λ, γ."""
     app = serve.create_app(index, encoder, HeadConfig(backend="torch"), k_max=100, warm_up=False)
-    heads = app.state.service.heads
+    heads = app.state.service.searcher.heads
     assert all(h.config.backend == "torch" for h in heads.values())
     assert heads["rerank"].config.lam == get_config("default").lam
     assert heads["relations"].config.gamma == get_config("relations").gamma
     assert all(h.config.k == len(index) for h in heads.values())  # K capped at the index
-    assert app.state.service.k_max == len(index)
+    assert app.state.service.searcher.k_max == len(index)
     with TestClient(app) as c:
         assert c.post("/search", json={"query": "a red star", "k": 24}).status_code == 200
         assert c.post("/search", json={"query": "a red star", "k": 25}).status_code == 422
@@ -408,8 +408,8 @@ def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys, flags,
 
 def test_a_cpu_service_is_eager_by_default(index, encoder):
     service = serve.create_app(index, encoder, warm_up=False).state.service
-    assert service.compiled is False and service.searcher.device.type == "cpu"
-    assert all(not hasattr(h, "_compiled_call_impl") or h._compiled_call_impl is None for h in service.heads.values())
+    assert service.searcher.compiled is False and service.searcher.device.type == "cpu"
+    assert all(not hasattr(h, "_compiled_call_impl") or h._compiled_call_impl is None for h in service.searcher.heads.values())
 
 
 @pytest.mark.parametrize("argv, message", [

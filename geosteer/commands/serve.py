@@ -135,21 +135,6 @@ class Service:
         self.thumbnail = functools.lru_cache(maxsize=THUMB_CACHE)(self._thumbnail)
         self.warm_up_s = self.searcher.warm_up() if warm_up else 0.0
 
-    @property
-    def heads(self):
-        """Method -> its head (`Searcher.heads`)."""
-        return self.searcher.heads
-
-    @property
-    def k_max(self) -> int:
-        """The largest k a request may ask for."""
-        return self.searcher.k_max
-
-    @property
-    def compiled(self) -> bool:
-        """Whether the heads are compiled."""
-        return self.searcher.compiled
-
     # -- images
 
     def image_path(self, i: int) -> Path:
@@ -223,7 +208,7 @@ def create_app(
                      if f != "k" and getattr(config, f) != getattr(default, f)}
     service = Service(index, encoder, method=method, k_max=k_max, config_overrides=overrides, warm_up=warm_up,
                       compile=compile, device=device)
-    k_top = service.k_max
+    k_top = service.searcher.k_max
     default_method = method
 
     class SearchRequest(BaseModel):
@@ -266,7 +251,7 @@ def create_app(
             "encoder": index.manifest["encoder"]["name"],
             "fingerprint": index.manifest["encoder"]["fingerprint"],
             "regions": index.manifest["regions"],
-            "compiled": service.compiled,
+            "compiled": service.searcher.compiled,
             "methods": list(METHODS),
             "method": default_method,
             "k_max": k_top,
@@ -393,7 +378,7 @@ def run_serve(args: argparse.Namespace) -> int:
     service = app.state.service
     print(f"geosteer serve: {len(index)} images, model {index.manifest['encoder']['name']}, regions "
           f"{index.manifest['regions']}; ready in {ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
-          f"{'compiled' if service.compiled else 'eager'} on {service.searcher.device}); {where}", file=sys.stderr)
+          f"{'compiled' if service.searcher.compiled else 'eager'} on {service.searcher.device}); {where}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

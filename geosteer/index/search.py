@@ -212,6 +212,7 @@ def search_result(
     """
     if result.first_stage_rank is None:
         raise ValueError("result has no first_stage_rank; pass a HeadResult of geosteer.GeoSteerHead")
+    result = HeadResult(*(None if t is None else t.cpu() for t in result))  # [Q, K] each: read row by row below
     cosine, reranked = [], []
     for q in range(result.indices.shape[0]):
         before = result.first_stage_rank[q]  # [K]: each column's position in the cosine order
