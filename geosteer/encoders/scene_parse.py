@@ -3,7 +3,7 @@
     >>> from geosteer.encoders.scene_parse import parse_captions
     >>> p = parse_captions(["a rocket with a cat on its left"])[0]
     >>> p.phrases, p.relations
-    (['a rocket', 'a cat'], [(1, 0, 'left_of')])
+    (['a rocket', 'a cat'], ((1, 0, 'left_of'),))
 
 The regular-expression splitter (`geosteer.encoders.parts.split_parts`) was
 written for templated captions; real captions nest phrases ("a lady in a
