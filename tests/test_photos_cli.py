@@ -21,13 +21,41 @@ def test_writes_collages_and_queries_that_name_their_target(tmp_path, capsys):
     files = sorted(p.name for p in out.iterdir())
     assert files == [f"collage-{i:04d}.jpg" for i in range(10)] + ["queries.txt"]  # 5 collages a query
     pairs = [line.split("\t") for line in (out / "queries.txt").read_text().splitlines()]
-    split = make_split(7, num_queries=2)
+    split = make_split(7, num_queries=2, photos=("chelsea", "coffee", "rocket", "camera", "motorcycle"))
     assert [q for q, _ in pairs] == split.queries
     for (_, name), target in zip(pairs, split.targets):
         assert name == f"collage-{target:04d}.jpg"
         with Image.open(out / name) as im:
             assert im.size == render(split.gallery[target])[0].size
     assert "wrote 10 collages" in capsys.readouterr().out
+
+
+def test_the_default_folder_is_the_same_whatever_else_is_installed(tmp_path, monkeypatch):
+    """Only scikit-image's five photos by default: the README's walk-through query is in every user's folder."""
+    import geosteer.photos.sources as sources
+
+    out = tmp_path / "default"
+    assert main(["photos", str(out)]) == 0
+    queries = [line.split("\t")[0] for line in (out / "queries.txt").read_text().splitlines()]
+    assert len(queries) == 8 and "a rocket to the right of a cat" in queries  # the README's query
+    nouns = {p.noun for p in sources.PHOTOS.values() if p.package != "scikit-image"}
+    assert not any(noun in q for q in queries for noun in nouns), queries
+    found, missing = sources._load_all()
+    only_skimage = ({k: v for k, v in found.items() if sources.PHOTOS[k].package == "scikit-image"},
+                    {**missing, **{k: "not installed" for k in found if sources.PHOTOS[k].package != "scikit-image"}})
+    monkeypatch.setattr(sources, "_load_all", lambda: only_skimage)
+    alone = tmp_path / "skimage-alone"
+    assert main(["photos", str(alone)]) == 0
+    assert (alone / "queries.txt").read_text() == (out / "queries.txt").read_text()
+
+
+def test_all_photos_draws_from_every_installed_photo(tmp_path):
+    from geosteer.photos import load_photos, make_split
+
+    out = tmp_path / "all"
+    assert main(["photos", str(out), "--all-photos", "--queries", "3"]) == 0
+    queries = [line.split("\t")[0] for line in (out / "queries.txt").read_text().splitlines()]
+    assert queries == make_split(100, num_queries=3, photos=tuple(load_photos())).queries
 
 
 @pytest.mark.parametrize("argv, message", [
