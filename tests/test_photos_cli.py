@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -37,7 +39,9 @@ def test_the_default_folder_is_the_same_whatever_else_is_installed(tmp_path, mon
     out = tmp_path / "default"
     assert main(["photos", str(out)]) == 0
     queries = [line.split("\t")[0] for line in (out / "queries.txt").read_text().splitlines()]
-    assert len(queries) == 8 and "a rocket to the right of a cat" in queries  # the README's query
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    walk_through = re.search(r'geosteer search my\.index "([^"]+)"', readme).group(1)
+    assert len(queries) == 8 and walk_through in queries, (walk_through, queries)
     nouns = {p.noun for p in sources.PHOTOS.values() if p.package != "scikit-image"}
     assert not any(noun in q for q in queries for noun in nouns), queries
     found, missing = sources._load_all()
