@@ -21,7 +21,7 @@ GeoShapes page. docs/serve.png is the README's walk-through on real photos:
 `geosteer photos photos/`, `geosteer index photos/ --out my.index --model
 bridge --regions segments`, `geosteer serve my.index --port 8765`, then
 `chromium --headless --no-sandbox --window-size=1400,1000 --virtual-time-budget=20000
---screenshot=page.png "http://127.0.0.1:8765/?q=a+rocket+to+the+right+of+a+cat&k=8"`
+--screenshot=page.png "http://127.0.0.1:8765/?q=a+cat+above+a+cup+of+coffee&k=8"`
 (cropped to 665 px high).
 """
 
