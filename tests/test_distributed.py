@@ -82,7 +82,7 @@ def indexes(tmp_path_factory) -> dict:
         shutil.copytree(good, old)
         manifest = old / "shard-00001" / "manifest.json"
         m = json.loads(manifest.read_text())
-        m["version"] = 2
+        m["version"] = 99  # a format this geosteer does not read
         manifest.write_text(json.dumps(m))
         ctx[f"bad_version{world}"] = str(old)
     return ctx
@@ -262,8 +262,8 @@ def test_the_torchrun_entry_prints_the_heads_ranking(indexes, tmp_path):
     expected = GeoSteerHead(cfg)(q, gal)
     assert out["ranks"] == 2 and out["images"] == 40
     for row, want in zip(out["queries"], expected.indices[:, :4].tolist()):
-        assert [hit["id"] for hit in row["results"]] == want
-        assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["results"])
+        assert [hit["id"] for hit in row["reranked"]] == want
+        assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["reranked"])
 
 
 # ---------------------------------------------------------------- in this process

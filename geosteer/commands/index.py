@@ -23,9 +23,6 @@ from geosteer.commands.args import (
     load_model,
     set_threads,
 )
-# geosteer.geoshapes.commands still imports this from here (it is not this module's to change); once it imports
-# geosteer.commands.args, drop this line.
-from geosteer.commands.args import check_writable_file  # noqa: F401
 
 DEFAULT_MODEL = "demo"
 DEFAULT_REGIONS = "grid"

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from geosteer.commands.index import (
+from geosteer.commands.args import (
     UsageError,
     check_device,
     check_positive,
