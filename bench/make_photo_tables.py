@@ -94,8 +94,9 @@ def region_table(regions: dict, throughput: dict | None) -> list[str]:
     lines += ["", f"The encoder alone, crops/s: {plain}."]
     if throughput:
         lines[-1] += (f" `Index.build` on {throughput['images']} rendered scenes ({throughput['size']} px, "
-                      f"`{throughput['model']}`, `{throughput['regions']}`): {throughput['build_images_per_s']:.1f} "
-                      f"images/s, the in-memory indexer {throughput['in_memory_images_per_s']:.1f}.")
+                      f"`{throughput['model']}`, `{throughput['regions']}`, load {throughput['load1']:.1f}): "
+                      f"{throughput['build_images_per_s']:.1f} images/s, the in-memory indexer "
+                      f"{throughput['in_memory_images_per_s']:.1f}.")
     return lines
 
 
@@ -110,7 +111,7 @@ def open_lines(rows: list[dict]) -> list[str]:
                      f"`verify()` {r['verify_s']:.1f} s")
     r = rows[0]
     return [f"`Index.open` on a synthetic index of {r['N']:,} images (n = {r['n']}, D = {r['D']}, {r['dtype']}, "
-            f"{r['bytes'] / 2**30:.2f} GiB): " + "; ".join(parts) + "."]
+            f"{r['bytes'] / 2**30:.2f} GiB, load {r['load1']:.1f}): " + "; ".join(parts) + "."]
 
 
 def make_markdown(photos: Path, regions: Path, index: Path | None) -> str:
