@@ -274,6 +274,31 @@ def test_captions_as_a_user_gives_them(indexer):
 
 
 @needs_demo
+def test_a_split_given_is_the_split_made_here(indexer):
+    """`encode_queries(split=caption_parts(captions))` (a search's one split) encodes what no split gives."""
+    from geosteer.index import caption_parts, query_side
+
+    captions = ["a red pentagon to the left of a blue star", "at night"]
+    texts, labels, side = query_side(captions, indexer)
+    assert texts == captions and labels == caption_parts(captions)[0]
+    given = indexer.encode_queries(captions, split=caption_parts(captions))
+    made = indexer.encode_queries(captions)
+    for name in ("embeddings", "parts", "parts_mask", "relations", "positives", "negatives", "negatives_mask"):
+        assert torch.equal(getattr(given, name), getattr(made, name)), name
+    for bad, error, message in [
+        ([[], [], []], TypeError, "split must be caption_parts"),
+        (([], []), TypeError, "split must be caption_parts"),
+        (caption_parts(captions[:1]), ValueError, r"split must hold one entry per caption \(2\)"),
+    ]:
+        with pytest.raises(error, match=message):
+            indexer.encode_queries(captions, split=bad)
+    with pytest.raises(TypeError, match="captions must be a list of str"):
+        caption_parts("a dog")
+    with pytest.raises(TypeError, match="indexer must be a geosteer.index.Indexer or None, got str"):
+        query_side(captions, "demo")
+
+
+@needs_demo
 def test_encode_texts_as_a_user_gives_them(encoder, indexer):
     assert indexer.encode_texts([]).shape == (0, encoder.embed_dim)
     torch.testing.assert_close(indexer.encode_texts(t for t in ["a dog", "a cat"]), encoder.encode_texts(["a dog", "a cat"]))

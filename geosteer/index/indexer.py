@@ -174,15 +174,30 @@ def query_inputs(
                      positives=positives, negatives=neg_emb, negatives_mask=negatives_mask)
 
 
-def caption_parts(captions: Sequence[str]) -> tuple[list[list[str]], list[list[tuple[int, int, str]]], list[bool]]:
+#: What `caption_parts` returns: per caption its phrases, its relations (i, j, name), whether an object was found.
+CaptionSplit = tuple[list[list[str]], list[list[tuple[int, int, str]]], list[bool]]
+
+
+def caption_parts(captions: Sequence[str]) -> CaptionSplit:
     """Per caption: its object phrases, its relations over them, and whether `split_parts` found an object.
 
     A caption `split_parts` finds no object in ("at night") is its own one
     part, without relations: it is matched as a whole. What
-    `Indexer.encode_queries` encodes, and what a search shows as its parts.
+    `Indexer.encode_queries` encodes, and what a search shows as its parts
+    (`geosteer.index.query_side` hands its split to `encode_queries`, so
+    each caption is split once).
+
+    Args:
+        captions: a list of str.
+
+    Returns:
+        (parts, relations, found): three lists of len(captions).
+
+    Raises:
+        TypeError: `captions` is a bare str or holds a non-str (`captions[i]`).
     """
     parts, relations, found = [], [], []
-    for c in captions:
+    for c in check_texts(captions, "captions"):
         try:
             p, r = split_parts(c)
             ok = True
@@ -373,6 +388,8 @@ class Indexer:
         captions: Iterable[str],
         anchors: str = "parts",
         parts: Iterable[Iterable[str]] | None = None,
+        *,
+        split: CaptionSplit | None = None,
     ) -> QuerySide:
         """The query side of your own captions, ready for the head.
 
@@ -389,6 +406,9 @@ class Indexer:
             captions: a list (or any iterable) of non-empty str.
             anchors: a key of `ANCHORS`.
             parts: None, or one list of phrases (non-empty str) per caption.
+            split: `caption_parts(captions)` when the caller has it already
+                (a search shows its phrases as the parts' labels), so the
+                captions are not split twice; None: split here.
 
         Returns:
             A `QuerySide`, as `query_inputs` makes it.
@@ -398,7 +418,8 @@ class Indexer:
                 is not a list of lists of str (named `parts[i]` / `parts[i][j]`).
             ValueError: no caption, an empty caption (`captions[i]`), an
                 unknown `anchors`, `parts` of another length than `captions`,
-                an empty phrase in it.
+                an empty phrase in it; a `split` that is not three lists of
+                len(captions).
         """
         captions = check_texts(captions, "captions")
         if not captions:
@@ -409,7 +430,7 @@ class Indexer:
         if anchors not in ANCHORS:
             raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
         given = None if parts is None else _check_parts(parts, len(captions))
-        part_lists, relations, splittable = caption_parts(captions)
+        part_lists, relations, splittable = caption_parts(captions) if split is None else _check_split(split, len(captions))
         if given is not None:
             part_lists = [g or [c.strip()] for g, c in zip(given, captions)]
             relations = [[] for _ in captions]
@@ -549,6 +570,16 @@ def _check_vocabulary(vocabulary) -> dict[str, str] | None:
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"vocabulary must map str -> str, got {k!r}: {v!r}")
     return dict(vocabulary)
+
+
+def _check_split(split, num_captions: int) -> CaptionSplit:
+    """The caller's `split` of `encode_queries`: `caption_parts`' three lists, one entry per caption each."""
+    if not isinstance(split, tuple) or len(split) != 3 or not all(isinstance(x, list) for x in split):
+        raise TypeError(f"split must be caption_parts(captions): a tuple of three lists, got {type(split).__name__}")
+    if any(len(x) != num_captions for x in split):
+        raise ValueError(f"split must hold one entry per caption ({num_captions}) in each of its three lists, "
+                         f"got {[len(x) for x in split]}")
+    return split
 
 
 def _check_parts(parts, num_captions: int) -> list[list[str]]:

@@ -244,14 +244,17 @@ def query_side(
 
     Captions go through `indexer.encode_queries`: parts and relations from
     `split_parts`, a caption it finds no object in its own single part
-    (`caption_parts`, which also gives the labels). A `QuerySide` given whole
+    (`caption_parts`, split once: its phrases are also the labels). A `QuerySide` given whole
     is labelled "part j"; without relations it gets one padding row (R = 0),
     since an index always holds region boxes.
 
     Raises:
         TypeError / ValueError: naming the bad caption; ValueError for
-            captions without an indexer (no encoder).
+            captions without an indexer (no encoder); TypeError for an
+            `indexer` that is neither an `Indexer` nor None.
     """
+    if indexer is not None and not isinstance(indexer, Indexer):
+        raise TypeError(f"indexer must be a geosteer.index.Indexer or None, got {type(indexer).__name__}")
     if isinstance(queries, QuerySide):
         num_q = queries.embeddings.shape[0]
         if queries.parts is not None and queries.relations is None:
@@ -263,7 +266,8 @@ def query_side(
     if indexer is None:
         raise ValueError("captions need the index's encoder: Index.open(path, encoder=...), search(..., "
                          "encoder=...) or Searcher(index, encoder)")
-    return captions, caption_parts(captions)[0], indexer.encode_queries(captions)
+    split = caption_parts(captions)
+    return captions, split[0], indexer.encode_queries(captions, split=split)
 
 
 def _on(side, device: torch.device):
