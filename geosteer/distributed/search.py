@@ -23,7 +23,6 @@ import sys
 import time
 
 import torch
-from torch import Tensor
 
 from geosteer.config import PRESETS, get_config
 from geosteer.distributed.comm import DEFAULT_TIMEOUT_S, init_distributed
@@ -31,7 +30,7 @@ from geosteer.distributed.faults import CollectiveError, RankFailure, ShardMisma
 from geosteer.distributed.head import ShardedHead
 from geosteer.distributed.shard import ShardedGallery, shard_folders
 from geosteer.encoders.clip import check_positive_int
-from geosteer.index import Catalog, Index, Indexer, head_k, query_side, search_result
+from geosteer.index import Index, Indexer, head_k, query_side, search_result
 from geosteer.inputs import QuerySide
 
 PROG = "python -m torch.distributed.run --nproc-per-node N -m geosteer.distributed.search"
@@ -70,29 +69,6 @@ def load_queries(args: argparse.Namespace, folder) -> tuple[list[str] | None, li
     return query_side(list(args.queries), Indexer(encoder))
 
 
-def gathered_catalog(gallery: ShardedGallery, ids: Tensor) -> Catalog:
-    """Paths, sizes and region boxes of the rows `ids` (global ids, any shape), from their owners (a collective).
-
-    Every rank calls it and gets every asked row; each rank sends only the rows it owns.
-    """
-    wanted = ids.unique()
-    owner, rows = gallery.locate(wanted)
-    local = gallery.local
-    mine = {}
-    for gid, row in zip(wanted[owner == gallery.rank].tolist(), rows[owner == gallery.rank].tolist()):
-        mine[gid] = (None if gallery.paths is None else gallery.paths[row],
-                     None if gallery.sizes is None else gallery.sizes[row],
-                     None if local.part_boxes is None else local.part_boxes[row].cpu(),
-                     None if local.parts_mask is None else local.parts_mask[row].cpu())
-    found: dict[int, tuple] = {}
-    for part in gallery.comm.all_gather_object(mine, "rows"):
-        found.update(part)
-    boxes = local.part_boxes is not None and local.parts_mask is not None
-    return Catalog(paths={i: v[0] for i, v in found.items()}, sizes={i: v[1] for i, v in found.items()},
-                   part_boxes={i: v[2] for i, v in found.items()} if boxes else None,
-                   parts_mask={i: v[3] for i, v in found.items()} if boxes else None)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command (every rank); rank 0 prints."""
     args = parser().parse_args(argv)
@@ -126,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         k = min(args.k, cfg.k)
         # the rows shown: the re-ranked top-k and the cosine top-k (the first k in first-stage order)
         shown = torch.cat([result.indices[:, :k], result.indices.gather(1, result.first_stage_rank.argsort(1)[:, :k])], 1)
-        catalog = gathered_catalog(gallery, shown)
+        catalog = gallery.catalog_of(shown)
     except (RankFailure, ShardMismatch, CollectiveError) as e:
         print(f"{PROG} (rank {comm.rank}): {e}", file=sys.stderr)
         if not isinstance(e, CollectiveError):  # the group is still in step: leave it cleanly

@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -35,6 +36,9 @@ from torch import Tensor
 from geosteer.distributed.comm import Comm
 from geosteer.distributed.faults import ShardMismatch
 from geosteer.inputs import GallerySide
+
+if TYPE_CHECKING:
+    from geosteer.index import Catalog
 
 #: The file listing the shard folders of a sharded index, one per rank.
 SHARD_LIST = "shards.json"
@@ -282,15 +286,42 @@ class ShardedGallery:
 
         Shards without paths answer None.
         """
-        owner, rows = self.locate(ids)
-        mine = {}
-        if self.paths is not None:
-            for gid, row in zip(ids[owner == self.rank].tolist(), rows[owner == self.rank].tolist()):
-                mine[gid] = self.paths[row]
-        found: dict[int, str] = {}
-        for part in self.comm.all_gather_object(mine, "paths"):
-            found.update(part)
+        found = self._gather_rows(ids, lambda row: None if self.paths is None else self.paths[row], "paths")
         return [[found.get(i) for i in row] for row in ids.tolist()]
+
+    def catalog_of(self, ids: Tensor) -> Catalog:
+        """A `geosteer.index.Catalog` of the rows `ids` (global ids, any shape): paths, sizes, region boxes.
+
+        A collective: every rank calls it and gets every asked row (each
+        sends only the rows it owns), so any rank can build a search's result
+        (`geosteer.index.search_result`) for them. Unknown fields are None.
+
+        Raises:
+            TypeError: `ids` is not an int64 tensor.
+        """
+        from geosteer.index import Catalog
+
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long:
+            raise TypeError(f"ids must be an int64 tensor of global ids, got {getattr(ids, 'dtype', type(ids).__name__)}")
+
+        local = self.local
+        boxes = local.part_boxes is not None and local.parts_mask is not None
+        found = self._gather_rows(ids, lambda row: (
+            None if self.paths is None else self.paths[row], None if self.sizes is None else self.sizes[row],
+            local.part_boxes[row].cpu() if boxes else None, local.parts_mask[row].cpu() if boxes else None), "rows")
+        return Catalog(paths={i: v[0] for i, v in found.items()}, sizes={i: v[1] for i, v in found.items()},
+                       part_boxes={i: v[2] for i, v in found.items()} if boxes else None,
+                       parts_mask={i: v[3] for i, v in found.items()} if boxes else None)
+
+    def _gather_rows(self, ids: Tensor, value: Callable[[int], Any], what: str) -> dict[int, Any]:
+        """Global id -> `value(row in this shard)` for every id in `ids`, each from its owner (a collective, step `what`)."""
+        wanted = ids.unique()
+        owner, rows = self.locate(wanted)
+        mine = {gid: value(row) for gid, row in zip(wanted[owner == self.rank].tolist(), rows[owner == self.rank].tolist())}
+        found: dict[int, Any] = {}
+        for part in self.comm.all_gather_object(mine, what):
+            found.update(part)
+        return found
 
 
 # ---------------------------------------------------------------- on disk
