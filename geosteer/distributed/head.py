@@ -47,7 +47,7 @@ from geosteer.distributed.shard import ShardedGallery
 from geosteer.head import HeadResult, ranked
 from geosteer.inputs import GallerySide, QuerySide, validate
 from geosteer.ops import checks
-from geosteer.stages.candidates import candidate_terms, moved_scores, uses_parts
+from geosteer.stages.candidates import Anchors, candidate_terms, moved_scores, uses_parts
 from geosteer.stages.rerank import neighbourhood_cost
 from geosteer.stages.steer import steering_anchors
 
@@ -66,9 +66,7 @@ class _Plan:
     pool: int  # min(neighbors, K)
     query: Tensor  # [Q, D] normalised
     checks: Tensor  # float32 zero scalar (the value checks' sum, as the head adds it)
-    positives: Tensor | None  # [Q, u or 1, D]
-    negatives: Tensor | None  # [Q, u, D]
-    negatives_mask: Tensor | None  # [Q, u]
+    anchors: Anchors | None  # `steering_anchors`' pairs, None without negatives
     move: bool  # α > 0: the steered query (home ranks)
     penalty: bool  # β > 0
     contrast: bool  # δ > 0
@@ -185,12 +183,12 @@ def _plan(cfg: HeadConfig, q: QuerySide, g: GallerySide, num_items: int) -> _Pla
             raise ValueError(f"gallery_neighbors has k'={graph.shape[1]} columns but neighbors={pool}")
         flags = flags + checks.check_ids(graph, num_items, "gallery_neighbors")
     query = F.normalize(q.embeddings, dim=-1)
-    pos = neg = neg_mask = None
+    anchors = None
     if q.negatives is not None:
-        pos, neg, neg_mask = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
+        anchors = steering_anchors(query, q.parts, q.positives, q.negatives, q.negatives_mask)
     has_neg = q.negatives is not None
     width = (q.parts.shape[1] if parts_mode else pool) if rerank else 1
-    return _Plan(parts_mode, rerank, num_cands, pool, query, flags, pos, neg, neg_mask, has_neg and cfg.alpha > 0,
+    return _Plan(parts_mode, rerank, num_cands, pool, query, flags, anchors, has_neg and cfg.alpha > 0,
                  has_neg and cfg.beta > 0, has_neg and cfg.delta > 0, width)
 
 
@@ -209,7 +207,7 @@ def _move(cfg: HeadConfig, plan: _Plan, s0: Tensor, pool_rows: Tensor, a: int, b
         return
     num, width = b - a, s0.shape[1]
     table_ids = torch.arange(num * width, device=s0.device).reshape(num, width)
-    anchors = (plan.positives[a:b], plan.negatives[a:b], plan.negatives_mask[a:b])
+    anchors = tuple(x[a:b] for x in plan.anchors)
     s = moved_scores(cfg, plan.query[a:b], pool_rows, table_ids, s0[a:b], anchors, plan.pool, plan.parts_mode)
     terms[a:b, :, _S] = s.double()
 
@@ -265,7 +263,7 @@ def _owned(
     # The largest temporaries per candidate slot: its cost matrix (m x n or k x k), its boxes (4n), its
     # region-by-anchor sims (n x J); the gathered rows go through `project` in its own chunks.
     sets = g.parts.shape[1] if plan.parts_mode else plan.pool
-    anchors = None if plan.negatives is None else (plan.positives, plan.negatives, plan.negatives_mask)
+    anchors = plan.anchors
     per_candidate = sets * max(plan.width, 4, 0 if anchors is None else anchors[0].shape[1] + anchors[1].shape[1])
     for qs, kcols, valid in _blocks(mine, max(1, cfg.chunk_elements // per_candidate)):
         cand = rows[qs].gather(1, kcols)  # [C, k_c] rows of this shard
