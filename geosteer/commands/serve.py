@@ -121,14 +121,12 @@ class Service:
         compile: bool | None = None,
         device: str | None = None,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
         if len(index) < 1:
             raise ValueError("index must hold at least one image")
         self.index = index
+        # the searcher refuses a method that is not one of its configs' (METHODS) and holds the default
         self.searcher = Searcher(index, encoder, method_configs(config_overrides), method=method, k_max=k_max,
                                  device=device, compile=compile)
-        self.method = method
         self.root = Path(index.root)  # once: Index.root looks at the file system
         self.lock = threading.Lock()
         # per service, so a test's many apps do not keep each other's images alive
