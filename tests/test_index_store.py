@@ -215,6 +215,38 @@ def test_search_takes_a_query_side_and_a_searcher_builds_its_heads_once(built, e
         index.search(queries, k=0)
 
 
+def test_the_search_pieces_name_a_bad_argument(built, encoder):
+    """head_k, search_result and Searcher's device refuse bad input with a TypeError / ValueError naming it."""
+    from geosteer.index import Catalog, head_k, search_result
+
+    index = Index.open(built.path)
+    assert head_k(10, 3, 22) == 10 and head_k(10, 30, 22) == 22
+    for args, name in (((0, 3, 22), "config_k"), ((10, 0, 22), "k"), ((10, 3, 0), "num_items"), ((10, 2.5, 22), "k")):
+        with pytest.raises(ValueError, match=f"^{name} must be a positive int"):
+            head_k(*args)
+    queries = Indexer(encoder).encode_queries(QUERIES)
+    cfg = get_config("default", k=5)
+    raw = GeoSteerHead(cfg)(queries, index.gallery)
+    labels = [["a", "b"]] * len(QUERIES)
+    good = dict(queries=None, parts=labels, config=cfg, k=3)
+    assert search_result(raw, Catalog(), **good).k == 3
+    for change, error, message in [
+        (dict(result=tuple(raw)), TypeError, "result must be a geosteer.HeadResult, got tuple"),
+        (dict(result=raw._replace(first_stage_rank=None)), ValueError, "result has no first_stage_rank"),
+        (dict(catalog={}), TypeError, "catalog must be a geosteer.index.Catalog, got dict"),
+        (dict(config="default"), TypeError, "config must be a HeadConfig, got str"),
+        (dict(k=6), ValueError, r"k=6 is more than the result's K=5 candidates"),
+        (dict(k=0), ValueError, "k must be a positive int"),
+        (dict(parts=labels[:1]), ValueError, rf"parts must hold one list of labels per query \({len(QUERIES)}\), got 1"),
+        (dict(queries=["x"] * (len(QUERIES) + 1)), ValueError, "queries must hold one caption per query"),
+    ]:
+        kw = dict(result=raw, catalog=Catalog(), **good) | change
+        with pytest.raises(error, match=message):
+            search_result(kw.pop("result"), kw.pop("catalog"), **kw)
+    with pytest.raises(ValueError, match="device must be a torch device or its name, got 'nonsense'"):
+        Searcher(index, device="nonsense")
+
+
 def test_a_caption_without_an_object_is_its_own_part(built, encoder):
     result = Index.open(built.path, encoder=encoder).search(["to the left of", "a green star"], k=2)
     assert result.parts == [["to the left of"], ["a green star"]]
@@ -687,6 +719,14 @@ def test_the_manifest_records_how_to_load_the_encoder_again(tmp_path, encoder):
     assert recorded_model(m, "ViT-B-32", "laion") == ("ViT-B-32", "laion")
     with pytest.raises(StoreError, match="records no encoder"):
         recorded_model({"encoder": {}})
+    with pytest.raises(TypeError, match="model must be a str or None, got int"):
+        recorded_model(m, 3)
+    with pytest.raises(TypeError, match="pretrained must be a str or None, got PosixPath"):
+        reopened.load_encoder(None, tmp_path / "weights.pt", loader=loader)
+    with pytest.raises(TypeError, match="loader must be callable"):
+        reopened.load_encoder(loader="load_clip")
+    with pytest.raises(TypeError, match="retry_skipped must be True or False, got str"):
+        reopened.new_files(tmp_path / "imgs", retry_skipped="yes")
 
 
 def test_the_progress_bar_moves_before_a_batch_ends(tmp_path, encoder, monkeypatch):

@@ -428,8 +428,12 @@ def recorded_model(record: dict, model: str | None = None, pretrained: str | Non
         pretrained: another pretrained tag or checkpoint.
 
     Raises:
+        TypeError: `model` or `pretrained` neither a str nor None.
         StoreError: the record names no encoder (not a geosteer index).
     """
+    for name, value in (("model", model), ("pretrained", pretrained)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
     enc = record.get("encoder") if isinstance(record, dict) else None
     if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"]:
         raise StoreError("its manifest.json records no encoder (not a geosteer index)")

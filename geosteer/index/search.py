@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from geosteer.config import HeadConfig, get_config
-from geosteer.encoders.clip import check_positive_int, check_texts
+from geosteer.encoders.clip import _check_device, check_positive_int, check_texts
 from geosteer.head import GeoSteerHead, HeadResult
 from geosteer.index.indexer import Indexer, caption_parts
 from geosteer.inputs import GallerySide, QuerySide
@@ -48,8 +48,13 @@ Box = tuple[float, float, float, float]
 
 
 def head_k(config_k: int, k: int, num_items: int) -> int:
-    """K, the candidates a head re-ranks to serve k results: its config's K, or k if larger, at most the gallery's N."""
-    return min(max(config_k, k), num_items)
+    """K, the candidates a head re-ranks to serve k results: its config's K, or k if larger, at most the gallery's N.
+
+    Raises:
+        ValueError: an argument that is not a positive int (named).
+    """
+    return min(max(check_positive_int("config_k", config_k), check_positive_int("k", k)),
+               check_positive_int("num_items", num_items))
 
 
 # ---------------------------------------------------------------- results
@@ -209,9 +214,28 @@ def search_result(
         catalog: paths, sizes and region boxes of the gallery's rows.
         queries / parts: per query, its caption (or None) and part labels.
         config: the head's config; k: results per query; method: its name.
+
+    Raises:
+        TypeError: `result`, `catalog` or `config` of the wrong type.
+        ValueError: a result without `first_stage_rank`; k not a positive
+            int or more than K; `queries` / `parts` not one entry per query.
     """
+    if not isinstance(result, HeadResult):
+        raise TypeError(f"result must be a geosteer.HeadResult, got {type(result).__name__}")
     if result.first_stage_rank is None:
         raise ValueError("result has no first_stage_rank; pass a HeadResult of geosteer.GeoSteerHead")
+    if not isinstance(catalog, Catalog):
+        raise TypeError(f"catalog must be a geosteer.index.Catalog, got {type(catalog).__name__}")
+    if not isinstance(config, HeadConfig):
+        raise TypeError(f"config must be a HeadConfig, got {type(config).__name__}")
+    num_queries, num_cands = result.indices.shape
+    if check_positive_int("k", k) > num_cands:
+        raise ValueError(f"k={k} is more than the result's K={num_cands} candidates")
+    if queries is not None and len(queries) != num_queries:
+        raise ValueError(f"queries must hold one caption per query ({num_queries}) or be None, got {len(queries)}")
+    if parts is None or len(parts) != num_queries:
+        raise ValueError(f"parts must hold one list of labels per query ({num_queries}), got "
+                         f"{None if parts is None else len(parts)}")
     result = HeadResult(*(None if t is None else t.cpu() for t in result))  # [Q, K] each: read row by row below
     cosine, reranked = [], []
     for q in range(result.indices.shape[0]):
@@ -337,7 +361,7 @@ class Searcher:
         if compile is not None and not isinstance(compile, bool):
             raise TypeError(f"compile must be True, False or None (on CUDA only), got {compile!r}")
         num = int(gallery.embeddings.shape[0])
-        self.device = gallery.embeddings.device if device is None else torch.device(device)
+        self.device = gallery.embeddings.device if device is None else _check_device(device)
         self.gallery = _on(gallery, self.device)
         self.encoder = encoder
         self.indexer = None if encoder is None else Indexer(encoder, vocabulary=vocabulary)

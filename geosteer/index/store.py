@@ -138,7 +138,10 @@ class Index:
             StoreError: the manifest records no encoder. ValueError: naming
                 the index and both encoders when the model loaded is not
                 the index's; what `loader` raises for a model that does not load.
+            TypeError: `model` / `pretrained` not a str or None, `loader` not callable.
         """
+        if loader is not None and not callable(loader):
+            raise TypeError(f"loader must be callable (model, pretrained, device) -> encoder, got {type(loader).__name__}")
         name, tag = fmt.recorded_model(self.manifest, model, pretrained)
         encoder = (loader or _load_clip)(name, tag, device)
         self.check_encoder(encoder)
@@ -316,7 +319,13 @@ class Index:
         """The image files of `source` that `add` would encode: not indexed, and (unless `retry_skipped`) not skipped before.
 
         Needs no encoder: a command learns that nothing is new before it loads a model.
+
+        Raises:
+            FileNotFoundError / TypeError / ValueError: a bad `source` (as
+                `build`); TypeError: `retry_skipped` not a bool.
         """
+        if not isinstance(retry_skipped, bool):
+            raise TypeError(f"retry_skipped must be True or False, got {type(retry_skipped).__name__}")
         return builder.new_files(self.manifest, source, self.root, retry_skipped)
 
     def add(
