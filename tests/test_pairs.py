@@ -245,6 +245,8 @@ def test_candidate_terms_match_a_computation_by_hand(sides):
                              neighbourhood_cost=lambda: cost)
     torch.testing.assert_close(hooked.alignment, torch.full((Q, 5), (0.8 + 0.9) / 2))
     assert (hooked.assignment == torch.tensor([1, 0])).all()
+    with pytest.raises(ValueError, match="neighbourhood_cost is needed to re-rank without parts_mode"):
+        candidate_terms(HeadConfig(lam=0.5), queries, gallery, ids, s0, None, parts_mode=False, rerank=True)
 
     # Steering without re-ranking reads the candidates' regions: their rows (and only theirs) are checked.
     bad = gallery.parts.clone()

@@ -94,7 +94,14 @@ def candidate_terms(
 
     Returns:
         `CandidateTerms`.
+
+    Raises:
+        ValueError: neighbourhood mode (`rerank` without `parts_mode`) without
+            a `neighbourhood_cost`.
     """
+    if rerank and not parts_mode and neighbourhood_cost is None:
+        raise ValueError("neighbourhood_cost is needed to re-rank without parts_mode: a callable returning the "
+                         "cost [Q, C, k, k] (geosteer.stages.rerank.neighbourhood_cost)")
     timed = (lambda name: contextlib.nullcontext()) if stage is None else stage  # noqa: E731
     flags = first_scores.new_zeros((), dtype=torch.float32)
     gmask = None
