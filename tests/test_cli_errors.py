@@ -151,3 +151,14 @@ def test_the_console_script_without_a_command_exits_2():
 
     done = subprocess.run([sys.executable, "-m", "geosteer.cli"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == "" and "usage: geosteer" in done.stderr
+
+
+def test_method_configs_takes_a_dict_of_overrides():
+    from geosteer import get_config
+    from geosteer.commands.args import METHODS, method_configs
+
+    configs = method_configs({"backend": "torch"})
+    assert list(configs) == list(METHODS)
+    assert configs["rerank"] == get_config("default", backend="torch")
+    with pytest.raises(TypeError, match="overrides must be a dict of HeadConfig fields or None, got list"):
+        method_configs([("backend", "torch")])

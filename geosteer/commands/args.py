@@ -40,9 +40,16 @@ def check_positive(name: str, value: int | None) -> None:
 
 
 def method_configs(overrides: dict | None = None) -> dict[str, HeadConfig]:
-    """Method name -> its preset's `HeadConfig` (with `overrides` applied to every one), in `METHODS` order."""
+    """Method name -> its preset's `HeadConfig` (with `overrides` applied to every one), in `METHODS` order.
+
+    Raises:
+        TypeError: `overrides` is not a dict (or None). TypeError / ValueError
+            from `get_config`: an unknown field, a value of the wrong type or range.
+    """
     from geosteer import get_config
 
+    if overrides is not None and not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict of HeadConfig fields or None, got {type(overrides).__name__}")
     return {name: get_config(preset, **dict(overrides or {})) for name, preset in METHODS.items()}
 
 
