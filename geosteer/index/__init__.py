@@ -2,8 +2,9 @@
 
 - `geosteer.index.indexer`: `Indexer` encodes images and captions in memory
   into a `GallerySide` / `QuerySide`.
-- `geosteer.index.format`: the on-disk format, the only code that reads or
-  writes an index folder's files (manifest, safetensors shards, checksums).
+- `geosteer.index.format`: the on-disk format, the only code that writes an
+  index folder's files and the package's one reader of them (manifest,
+  safetensors shards, checksums).
 - `geosteer.index.builder`: `Index.build` / `index.add` / `write_index`:
   collect files, decode, encode shard by shard, resume, merge.
 - `geosteer.index.store`: `Index`: open, the memory-mapped gallery, paths,

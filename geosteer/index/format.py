@@ -1,4 +1,10 @@
-"""The on-disk index format: the only code that reads or writes an index folder's files (DESIGN §6).
+"""The on-disk index format: the only code that writes an index folder's files, and geosteer.index's one reader of them.
+
+Outside `geosteer.index`, `manifest.json` (or an unfinished build's
+`build.json`) is read as JSON only before an index is opened: by
+`geosteer index` / `geosteer search` (the recorded model and settings,
+checked before anything loads) and by the sharded gallery's shard check
+(`geosteer.distributed.shard.manifest_summary`). DESIGN §6.
 
     INDEX/manifest.json              format version, the encoder (name, pretrained, fingerprint: how
                                      to load it again), region method, max_regions, D, n, counts,
