@@ -245,15 +245,14 @@ def _solve_cuda(cost: Tensor, backend: str, impl: str) -> Tensor:
     route = CUDA_ROUTES[impl, rows <= GPU_DP_MAX_ROWS]
     if route == "tla":
         capability = torch.cuda.get_device_capability(cost.device)
-        if capability < _TLA_MIN_CAPABILITY:
-            problem = (f"torch-linear-assignment's Triton kernel (r = {rows} > {GPU_DP_MAX_ROWS}) needs capability "
-                       f">= 8.0, {cost.device} has {capability[0]}.{capability[1]}")
-            if backend == "triton":
-                raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
-            warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}", stacklevel=4)
-            route = CUDA_ROUTES["torch", False]
-    if route == "tla":
-        return _solve_tla(cost)
+        if capability >= _TLA_MIN_CAPABILITY:
+            return _solve_tla(cost)
+        problem = (f"torch-linear-assignment's Triton kernel (r = {rows} > {GPU_DP_MAX_ROWS}) needs capability "
+                   f">= 8.0, {cost.device} has {capability[0]}.{capability[1]}")
+        if backend == "triton":
+            raise BackendUnavailable(f"{_OP}: backend='triton' cannot run: {problem}; use backend='auto' or 'torch'")
+        warn_once(f"{_OP}: backend='auto' solves on the CPU because {problem}", stacklevel=4)
+        route = CUDA_ROUTES["torch", False]
     if route == "cpu":
         return _solve_cpu(cost.cpu()).to(cost.device)
     if route == "triton_dp":
