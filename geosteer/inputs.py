@@ -16,7 +16,8 @@ Every failure names the argument and what was expected.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,18 @@ def query_side(query, **keywords: Tensor | None) -> QuerySide:
 def gallery_side(gallery, **keywords: Tensor | None) -> GallerySide:
     """The `GallerySide` of a head call: `gallery` itself, or built from `gallery` and the keyword tensors."""
     return _side(GallerySide, "gallery", gallery, keywords)
+
+
+def map_tensors(side: QuerySide | GallerySide, fn: Callable[[Tensor], Tensor]) -> QuerySide | GallerySide:
+    """A new side of the same type with `fn` applied to each of its tensors (rows, a slice, a device); None stays None.
+
+    Raises:
+        TypeError: `side` is neither a `QuerySide` nor a `GallerySide`.
+    """
+    if not isinstance(side, (QuerySide, GallerySide)):
+        raise TypeError(f"side must be a QuerySide or a GallerySide, got {type(side).__name__}")
+    return type(side)(**{f.name: None if (t := getattr(side, f.name)) is None else fn(t)
+                         for f in dataclasses.fields(side)})
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -45,7 +45,7 @@ from geosteer.distributed.first_stage import FIRST_STAGES, local_top, merge_cand
 from geosteer.distributed.queries import distribute
 from geosteer.distributed.shard import ShardedGallery
 from geosteer.head import HeadResult, ranked
-from geosteer.inputs import GallerySide, QuerySide, validate
+from geosteer.inputs import GallerySide, QuerySide, map_tensors, validate
 from geosteer.ops import checks
 from geosteer.stages.candidates import Anchors, candidate_terms, moved_scores, uses_parts
 from geosteer.stages.rerank import neighbourhood_cost
@@ -270,7 +270,7 @@ def _owned(
         cand = torch.where(valid, cand, cand[:, :1])  # padding repeats the query's first owned candidate
         at_q, at_k = qs[:, None].expand_as(kcols)[valid], kcols[valid]
         block = candidate_terms(
-            cfg, _query_rows(q, qs), g, cand, s0[qs].gather(1, kcols),
+            cfg, map_tensors(q, lambda t: t[qs]), g, cand, s0[qs].gather(1, kcols),
             None if anchors is None else tuple(x[qs] for x in anchors), parts_mode=plan.parts_mode, rerank=plan.rerank,
             neighbourhood_cost=lambda: _neighbourhood_cost(cfg, plan, g, ids[qs], cand, nbr_ids, nbr_rows))
         for column, values in ((_PENALTY, block.penalty), (_ALIGN, block.alignment), (_STRUCTURE, block.structure),
@@ -279,11 +279,6 @@ def _owned(
                 terms[at_q, at_k, column] = values[valid].double()
         if plan.rerank:
             terms[at_q, at_k, _COLS:] = (block.assignment[valid] + 1).double()
-
-
-def _query_rows(q: QuerySide, rows: Tensor) -> QuerySide:
-    """The queries `rows` of `q` (every field that is given)."""
-    return QuerySide(*(None if t is None else t[rows] for t in (getattr(q, f.name) for f in dataclasses.fields(q))))
 
 
 def _neighbourhood_cost(

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from geosteer.distributed.comm import Comm
 from geosteer.distributed.faults import ShardMismatch
-from geosteer.inputs import GallerySide
+from geosteer.inputs import GallerySide, map_tensors
 
 if TYPE_CHECKING:
     from geosteer.index import Catalog
@@ -77,7 +77,7 @@ def shard_bounds(num_items: int, world_size: int, sizes: Sequence[int] | None = 
 
 
 def _slice(gallery: GallerySide, start: int, stop: int) -> GallerySide:
-    return GallerySide(**{f: (None if getattr(gallery, f) is None else getattr(gallery, f)[start:stop]) for f in _GALLERY_FIELDS})
+    return map_tensors(gallery, lambda t: t[start:stop])
 
 
 def _summary(gallery) -> dict:

@@ -32,7 +32,7 @@ from geosteer.config import HeadConfig, get_config
 from geosteer.encoders.clip import _check_device, check_positive_int, check_texts
 from geosteer.head import GeoSteerHead, HeadResult
 from geosteer.index.indexer import Indexer, caption_parts
-from geosteer.inputs import GallerySide, QuerySide
+from geosteer.inputs import GallerySide, QuerySide, map_tensors
 
 #: One caption per shape family a compiled head specialises on (`dynamic=True`
 #: still specialises sizes 0 and 1): one part and no relation, two parts and
@@ -296,10 +296,9 @@ def query_side(
 
 def _on(side, device: torch.device):
     """A `QuerySide` / `GallerySide` with every tensor on `device` (the same object if already there)."""
-    fields = {f.name: getattr(side, f.name) for f in dataclasses.fields(side)}
-    if all(t is None or t.device == device for t in fields.values()):
+    if all(t is None or t.device == device for t in (getattr(side, f.name) for f in dataclasses.fields(side))):
         return side
-    return type(side)(**{name: None if t is None else t.to(device) for name, t in fields.items()})
+    return map_tensors(side, lambda t: t.to(device))
 
 
 class Searcher:
