@@ -390,6 +390,10 @@ class Searcher:
             k: results per query, a positive int (capped at the gallery size;
                 at most `k_max`).
 
+        Returns:
+            A `SearchResult`: per query the cosine and the re-ranked top-k
+            (`Ranking`s of k), and the head's `[Q, K]` `HeadResult`.
+
         Raises:
             TypeError / ValueError: naming the bad argument.
         """
