@@ -72,12 +72,13 @@ def test_bad_input():
 def test_every_relation_name_comes_from_the_one_registry():
     from geosteer.encoders.parts import RELATION_PHRASES
     from geosteer.geoshapes.scenes import RELATION_WORDS
-    from geosteer.relations import GEOMETRY, OPPOSITE, RELATIONS, WORDS
+    from geosteer.relations import AXIS_RELATIONS, GEOMETRY, OPPOSITE, RELATIONS, WORDS
 
-    assert {name for _, name in RELATION_PHRASES} == set(RELATIONS)
-    assert RELATION_WORDS is WORDS
-    assert set(OPPOSITE) == set(WORDS) == set(GEOMETRY) == set(RELATIONS)
-    assert all(OPPOSITE[OPPOSITE[r]] == r for r in RELATIONS)
+    assert {name for _, name in RELATION_PHRASES} == set(AXIS_RELATIONS)
+    assert RELATION_WORDS == {r: WORDS[r] for r in AXIS_RELATIONS}
+    assert set(GEOMETRY) == set(AXIS_RELATIONS) and RELATIONS[:4] == AXIS_RELATIONS  # ids never change
+    assert set(WORDS) == set(RELATIONS) and set(OPPOSITE) == set(RELATIONS) - {"in"}
+    assert all(OPPOSITE[OPPOSITE[r]] == r for r in OPPOSITE)
     for words, name in RELATION_PHRASES:  # each relation's own caption words parse back to it
         if words == WORDS[name]:
             assert split_parts(f"a red circle {words} a blue star")[1] == [(0, 1, name)]

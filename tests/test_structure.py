@@ -142,6 +142,15 @@ def test_padding_rows_are_not_counted():
     assert score([[a, b]], [(-1, -1, -1)])[0].tolist() == [0.0]
 
 
+def test_relations_without_a_box_rule_are_not_counted():
+    """in_front_of / behind cannot be read from 2-D boxes: a query holding one is scored on its other relations."""
+    a, b = SIDE
+    front, behind = RELATIONS.index("in_front_of"), RELATIONS.index("behind")
+    r = score([[a, b], [b, a]], [(0, 1, LEFT), (0, 1, front), (1, 0, behind)])
+    assert r[0].tolist() == [1.0, 0.0]  # 1 of 1 counted relation, not 1 of 3
+    assert score([[a, b]], [(0, 1, front)])[0].tolist() == [0.0]  # nothing countable: 0, as without relations
+
+
 def test_unmatched_parts_do_not_hold():
     a, b = SIDE
     boxes = torch.tensor([[a, b]], dtype=torch.float32)

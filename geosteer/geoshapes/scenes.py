@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from geosteer.relations import RELATIONS, WORDS
+from geosteer.relations import AXIS_RELATIONS, WORDS
 
 SHAPES: tuple[str, ...] = ("circle", "triangle", "square", "pentagon", "hexagon", "star")
 PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
@@ -41,8 +41,8 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
 BACKGROUND_RGB: tuple[int, int, int] = (24, 24, 28)
 
-#: Relation names (`geosteer.RELATIONS`) -> caption words, subject first.
-RELATION_WORDS: dict[str, str] = WORDS
+#: GeoShapes' relations (the axis ones of `geosteer.RELATIONS`) -> caption words, subject first.
+RELATION_WORDS: dict[str, str] = {r: WORDS[r] for r in AXIS_RELATIONS}
 #: Prefix templates a caption can be wrapped in; `{}` is the object list.
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -261,7 +261,7 @@ def relation_holds(a: ShapeObject, b: ShapeObject, relation: str) -> bool:
         return a.cy < b.cy
     if relation == "below":
         return a.cy > b.cy
-    raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    raise ValueError(f"relation must be one of {AXIS_RELATIONS}, got {relation!r}")
 
 
 def caption(scene: Scene, relation: str | None = None, template: str = "{}") -> str:

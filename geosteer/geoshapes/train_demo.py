@@ -72,7 +72,7 @@ from geosteer.encoders.clip import (
 from geosteer.encoders.regions import COMPONENT_PAD, component_boxes, crop_regions, grid_boxes
 from geosteer.environment import environment
 from geosteer.geoshapes.vocabulary import CONFUSERS
-from geosteer.relations import OPPOSITE, RELATIONS
+from geosteer.relations import AXIS_RELATIONS, OPPOSITE
 
 Label = tuple[str, str]  # (shape, colour)
 LABELS: tuple[Label, ...] = tuple((s, c) for s in SHAPES for c in COLOURS)
@@ -187,7 +187,7 @@ def build_bank(cfg: TrainConfig, rng: random.Random) -> TextBank:
         bank.add(caption(_dummy((lab, lab))), [lab, lab])
     distinct_pairs = [(a, b) for a, b in itertools.permutations(LABELS, 2) if a[0] != b[0] and a[1] != b[1]]
     for a, b in rng.sample(distinct_pairs, cfg.relation_pairs):
-        r = rng.choice(RELATIONS)
+        r = rng.choice(AXIS_RELATIONS)
         # The reversed relation comes too: it is the position-swapped twin's caption.
         for rel in (r, OPPOSITE[r]):
             bank.add(f"{object_phrase(a)} {RELATION_WORDS[rel]} {object_phrase(b)}", [a, b], (a, b, rel))

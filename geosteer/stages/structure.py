@@ -32,7 +32,8 @@ apart sideways) fails rule 1 for left_of / right_of; the swapped pair
 fails both (along < 0).
 
 A relation whose part i or j is unmatched (`cols` = -1, e.g. a part left
-over when m > n) does not hold; padding rows (i < 0) are not counted;
+over when m > n) does not hold; padding rows (i < 0) and relations without a
+box rule (`READABLE`: today the axis relations) are not counted;
 R(q, c) = held / valid rows, 0 for a query without relations. A padding
 row's j and type are never used as indices (it reads part 0 and is masked
 out), so padding may hold anything; real rows are validated up front
@@ -50,9 +51,13 @@ from torch import Tensor
 
 from geosteer.relations import GEOMETRY, RELATIONS
 
-# Per relation type id: the axis compared and the sign of (centre_j - centre_i) that holds.
-_AXIS = tuple(GEOMETRY[r][0] for r in RELATIONS)
-_SIGN = tuple(float(GEOMETRY[r][1]) for r in RELATIONS)
+# Per relation type id: the axis compared and the sign of (centre_j - centre_i) that holds;
+# relations without a box rule yet get sign 0 (never hold) and are not counted in R.
+_AXIS = tuple(GEOMETRY.get(r, (0, 0))[0] for r in RELATIONS)
+_SIGN = tuple(float(GEOMETRY.get(r, (0, 0))[1]) for r in RELATIONS)
+#: Relations a pair of 2-D boxes can show: R counts only these.
+READABLE: tuple[str, ...] = tuple(GEOMETRY)
+_READABLE = tuple(r in READABLE for r in RELATIONS)
 #: Rule 2: the centre offset along the axis must exceed this fraction of the
 #: boxes' mean extent along it (they overlap by less than half of it).
 SEPARATION = 0.5
@@ -101,7 +106,8 @@ def relation_score(cols: Tensor, ids: Tensor, boxes: Tensor, relations: Tensor) 
     cand_boxes = boxes.float()[ids]  # [Q, K, n, 4]
     matched = cand_boxes.gather(2, cols.clamp_min(0)[..., None].expand(-1, -1, -1, 4))  # [Q, K, m, 4]
     ok = cols >= 0
-    valid = relations[..., 0] >= 0  # [Q, r]
+    readable = torch.tensor(_READABLE, device=relations.device)[relations[..., 2].clamp(0, len(RELATIONS) - 1)]
+    valid = (relations[..., 0] >= 0) & readable  # [Q, r]
     # Padding rows (i < 0) may hold anything in j and type: they index part 0.
     zero = torch.zeros_like(relations[..., 0])
     part_i = torch.where(valid, relations[..., 0], zero)[:, None, :].expand(num_queries, num_cands, num_rel)
