@@ -1,15 +1,22 @@
-"""The structure rule (geosteer.stages.structure): a relation holds along its own axis only."""
+"""The structure rules (geosteer.stages.structure): an axis relation holds along its own axis only; on, under,
+next_to and in have their own box rules; in_front_of / behind have none and are not counted."""
 
 import itertools
+import random
 
 import pytest
 import torch
 
 from geosteer import RELATIONS
 from geosteer.encoders.regions import grid_boxes
-from geosteer.stages.structure import SEPARATION, relation_holds, relation_score
+from geosteer.relations import OPPOSITE
+from geosteer.stages.structure import (
+    CONTACT, CONTAIN, LEVEL, NEAR, READABLE, RULES, SEPARATION, SMALLER, relation_holds, relation_score,
+)
 
 LEFT, RIGHT, ABOVE, BELOW = (RELATIONS.index(r) for r in ("left_of", "right_of", "above", "below"))
+ON, UNDER, NEXT, IN = (RELATIONS.index(r) for r in ("on", "under", "next_to", "in"))
+FRONT, BEHIND = RELATIONS.index("in_front_of"), RELATIONS.index("behind")
 
 
 def holds(box_i, box_j, kind) -> bool:
@@ -79,6 +86,153 @@ def test_boxes_must_be_separated_along_the_axis():
     assert not any(holds((0, 0, 10, 10), (0, 0, 10, 10), k) for k in range(len(RELATIONS)))
 
 
+def py_holds(box_i, box_j, name) -> bool:
+    """The module docstring's rules in plain Python, one pair at a time (written apart from the tensor code)."""
+    if name == "under":
+        return py_holds(box_j, box_i, "on")
+    ix0, iy0, ix1, iy1 = box_i
+    jx0, jy0, jx1, jy1 = box_j
+    cix, ciy, cjx, cjy = (ix0 + ix1) / 2, (iy0 + iy1) / 2, (jx0 + jx1) / 2, (jy0 + jy1) / 2
+    wi, hi, wj, hj = ix1 - ix0, iy1 - iy0, jx1 - jx0, jy1 - jy0
+    if name in ("left_of", "right_of", "above", "below"):
+        dx, dy = cjx - cix, cjy - ciy
+        along, across, extent = {
+            "left_of": (dx, abs(dy), (wi + wj) / 2), "right_of": (-dx, abs(dy), (wi + wj) / 2),
+            "above": (dy, abs(dx), (hi + hj) / 2), "below": (-dy, abs(dx), (hi + hj) / 2),
+        }[name]
+        return along > across and along > SEPARATION * extent
+    if name == "on":  # i higher, i's centre over j, i's bottom between j's top (less the slack) and j's bottom
+        return ciy < cjy and jx0 <= cix <= jx1 and jy0 - CONTACT * (hi + hj) / 2 <= iy1 <= jy1
+    if name == "next_to":  # at one level, apart along x, no room for a third between them
+        shared = min(iy1, jy1) - max(iy0, jy0)
+        width, dx = (wi + wj) / 2, abs(cjx - cix)
+        return shared > LEVEL * min(hi, hj) and dx > SEPARATION * width and dx - width < NEAR * width
+    if name == "in":  # mostly inside, and the container the bigger by the dedupe margin
+        inter = max(0.0, min(ix1, jx1) - max(ix0, jx0)) * max(0.0, min(iy1, jy1) - max(iy0, jy0))
+        return inter > CONTAIN * wi * hi and wi * hi <= SMALLER * wj * hj
+    return False  # in_front_of, behind: no box rule
+
+
+def random_boxes(count, seed, span=100.0):
+    """`count` boxes in a span x span image, sides 2..60: small enough to be apart, large enough to touch and nest."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(count, 2, generator=g) * span
+    return torch.cat([xy, xy + 2 + torch.rand(count, 2, generator=g) * 58], dim=-1)
+
+
+def test_readable_relations_are_the_ones_with_a_box_rule():
+    assert READABLE == ("left_of", "right_of", "above", "below", "on", "under", "next_to", "in")
+    assert set(RULES) == set(READABLE) and RELATIONS[: len(READABLE)] == READABLE
+    # a swapped rule reads the converse's rule: under = on reversed
+    for name, (rule, swapped) in RULES.items():
+        if swapped:
+            assert RULES[OPPOSITE[name]] == (rule, False)
+    assert RULES["under"] == ("on", True)
+
+
+def test_every_rule_matches_the_plain_python_rules():
+    a, b = random_boxes(4000, 1), random_boxes(4000, 2)
+    a[:500] = b[:500]  # identical boxes
+    for name in RELATIONS:
+        kind = torch.full((len(a),), RELATIONS.index(name))
+        got = relation_holds(a, b, kind).tolist()
+        want = [py_holds(x, y, name) for x, y in zip(a.tolist(), b.tolist())]
+        assert got == want, name
+        assert (sum(want) > 20) == (name in READABLE), (name, sum(want))  # each rule holds often enough to be tested
+
+
+def test_converses_agree():
+    a, b = random_boxes(4000, 3), random_boxes(4000, 4)
+    def rel(x, y, kind):
+        return relation_holds(x, y, torch.full((len(x),), kind))
+    assert torch.equal(rel(a, b, ON), rel(b, a, UNDER)) and rel(a, b, ON).any()
+    assert torch.equal(rel(a, b, NEXT), rel(b, a, NEXT)) and rel(a, b, NEXT).any()
+    assert torch.equal(rel(a, b, LEFT), rel(b, a, RIGHT)) and torch.equal(rel(a, b, ABOVE), rel(b, a, BELOW))
+    # on and in are one-way: never both (i, j) and (j, i)
+    assert not (rel(a, b, ON) & rel(b, a, ON)).any() and not (rel(a, b, IN) & rel(b, a, IN)).any()
+
+
+# Boxes as a photo shows them (640 x 480, y down).
+TABLE, CUP = (100, 300, 500, 420), (260, 240, 300, 310)  # the cup's bottom inside the tabletop seen in perspective
+BED, CAT_ON_BED = (0, 150, 640, 480), (200, 180, 380, 300)  # the cat inside the top part of the bed's box
+PLANK, BOOK = (50, 200, 450, 215), (100, 120, 130, 200)  # a book standing on a shelf's plank: edges touching
+
+
+def test_on_holds_for_things_resting_on_others():
+    for top, support in ((CUP, TABLE), (CAT_ON_BED, BED), (BOOK, PLANK), STACK):
+        assert holds(top, support, ON) and holds(support, top, UNDER), (top, support)
+        assert not holds(support, top, ON) and not holds(top, support, UNDER), (top, support)  # swapped
+    # a rider on a horse: wider support, the rider's feet at the horse's belly
+    assert holds((220, 60, 300, 250), (120, 150, 420, 380), ON)
+    # a big thing on a small one: a table standing on a rug at its feet
+    assert holds((100, 100, 300, 300), (50, 280, 350, 320), ON)
+
+
+def test_on_needs_contact():
+    # two 100-px boxes, i above j with a gap d between i's bottom and j's top: contact within CONTACT of their height
+    for d in (-30, 0, 5, 9, 11, 20, 100):
+        assert holds((0, 0, 100, 100), (0, 100 + d, 100, 200 + d), ON) == (d <= CONTACT * 100), d
+    assert not holds((270, 100, 290, 120), TABLE, ON)  # a bird flying over the table
+
+
+def test_on_is_not_beside_nor_a_containment_low_or_central():
+    a, b = SIDE
+    assert not holds(a, b, ON) and not holds(b, a, ON)  # side by side, touching: wrong axis
+    assert not holds((0, 0, 100, 100), (100, 20, 200, 120), ON)  # touching, a little higher, but beside
+    assert not holds((120, 380, 180, 440), BED, ON)  # a box in the bottom part of the bed's: below its centre
+    assert not holds((270, 265, 370, 365), BED, ON)  # centred in it: not higher
+    assert not holds((150, 100, 250, 450), TABLE, ON)  # a person standing at the table: bottom below the table's
+    assert not holds(TABLE, TABLE, ON) and not holds(TABLE, TABLE, UNDER)
+
+
+def test_next_to_holds_side_by_side_close_either_order():
+    dog, cat = (100, 300, 250, 420), (260, 320, 360, 420)
+    tree, bench = (80, 20, 160, 430), (170, 330, 400, 420)
+    for a, b in ((dog, cat), (tree, bench), SIDE):
+        assert holds(a, b, NEXT) and holds(b, a, NEXT), (a, b)
+    assert holds((0, 0, 100, 100), (95, 30, 180, 110), NEXT)  # overlapping a little (one partly before the other)
+
+
+def test_next_to_is_not_stacked_far_or_overlapping():
+    top, bottom = STACK
+    assert not holds(top, bottom, NEXT) and not holds(bottom, top, NEXT)  # stacked
+    assert not holds(CUP, TABLE, NEXT)  # on, not beside
+    assert not holds((0, 0, 100, 100), (100, 60, 200, 160), NEXT)  # diagonal: they share 40 of 100 px of height
+    # two 100-px boxes at one level: the gap must be less than NEAR mean widths, the overlap less than half
+    for d in (10, 49, 51, 100, 150, 199, 201, 400):
+        want = SEPARATION * 100 < d and d - 100 < NEAR * 100
+        assert holds((0, 0, 100, 100), (d, 0, d + 100, 100), NEXT) == want, d
+    assert not holds((0, 0, 100, 100), (0, 0, 100, 100), NEXT)  # identical
+
+
+def test_in_holds_for_containment():
+    room, man = (0, 0, 640, 480), (300, 150, 380, 400)
+    box, cat_in_box = (200, 250, 420, 420), (240, 200, 380, 410)  # the cat's head above the box
+    field, walker = (0, 200, 640, 480), (300, 150, 340, 330)  # head against the sky above the field
+    tiny = (310, 240, 312, 242)
+    for a, b in ((man, room), (cat_in_box, box), (walker, field), (tiny, room), (tiny, man), (CAT_ON_BED, BED)):
+        assert holds(a, b, IN), (a, b)
+        assert not holds(b, a, IN), (a, b)  # swapped: the container is not in its content
+
+
+def test_in_is_not_half_out_nor_the_same_region():
+    big = (0, 0, 100, 100)
+    # a 40 x 40 box sliding out of a 100 x 100 one: in while more than half of it is inside
+    for x in (0, 60, 70, 79, 81, 90, 120):
+        assert holds((x, 30, x + 40, 70), big, IN) == ((100 - x) / 40 > CONTAIN), x
+    assert not holds(big, big, IN)  # identical boxes: one region seen twice
+    assert not holds((5, 5, 95, 95), big, IN)  # 81% of its area: by the dedupe margin, the same region
+    assert holds((10, 10, 90, 90), big, IN)  # 64%
+    assert not holds((0, 0, 100, 100), (50, 0, 150, 100), IN)  # same size, half overlapping: beside
+    assert not holds((0, 0, 10, 10), (50, 50, 100, 100), IN)  # apart
+
+
+def test_depth_relations_never_hold():
+    a, b = random_boxes(500, 5), random_boxes(500, 6)
+    for kind in (FRONT, BEHIND):
+        assert not relation_holds(a, b, torch.full((500,), kind)).any()
+
+
 def best_cells(obj, cells, top=2):
     return sorted(cells, key=lambda c: -iou(obj, c))[:top]
 
@@ -121,6 +275,27 @@ def test_adjacent_grid_cells_count_and_overlapping_ones_do_not():
     assert not holds(two[0], three[1], LEFT)  # 20 apart, extent 50: mostly the same pixels
 
 
+def test_grid_cells_read_the_new_relations():
+    """What the grid can say: neighbouring rows of one column read "on", cells two rows apart do not;
+    neighbouring columns of one row read "next to", neighbouring rows do not; small cells sit in big ones."""
+    cells = grid_boxes(300, 300)
+    two, three = cells[:4], cells[4:]  # 2x2 and 3x3, row-major
+    assert holds(three[0], three[3], ON) and holds(three[3], three[6], ON) and holds(two[0], two[2], ON)
+    assert not holds(three[0], three[6], ON)  # 0.2 of the side apart, mean height 0.4: a gap
+    assert not holds(three[0], three[1], ON) and not holds(three[0], three[4], ON)  # beside; diagonal
+    assert holds(three[0], three[1], NEXT) and holds(three[0], three[2], NEXT) and holds(two[0], two[1], NEXT)
+    assert not holds(three[0], three[3], NEXT) and not holds(three[0], three[4], NEXT) and not holds(two[0], two[3], NEXT)
+    assert holds(three[0], two[0], IN) and holds(three[4], two[0], IN)  # a corner cell; the centre cell (56%)
+    assert not holds(two[0], three[0], IN) and not holds(three[0], three[1], IN)
+
+
+def test_collage_photos():
+    a, b = SIDE
+    top, bottom = STACK
+    assert holds(a, b, NEXT) and not holds(a, b, ON) and not holds(a, b, IN)
+    assert holds(top, bottom, ON) and holds(bottom, top, UNDER) and not holds(top, bottom, NEXT)
+
+
 def test_score_side_by_side_stacked_swapped():
     a, b = SIDE
     top, bottom = STACK
@@ -145,10 +320,18 @@ def test_padding_rows_are_not_counted():
 def test_relations_without_a_box_rule_are_not_counted():
     """in_front_of / behind cannot be read from 2-D boxes: a query holding one is scored on its other relations."""
     a, b = SIDE
-    front, behind = RELATIONS.index("in_front_of"), RELATIONS.index("behind")
-    r = score([[a, b], [b, a]], [(0, 1, LEFT), (0, 1, front), (1, 0, behind)])
+    r = score([[a, b], [b, a]], [(0, 1, LEFT), (0, 1, FRONT), (1, 0, BEHIND)])
     assert r[0].tolist() == [1.0, 0.0]  # 1 of 1 counted relation, not 1 of 3
-    assert score([[a, b]], [(0, 1, front)])[0].tolist() == [0.0]  # nothing countable: 0, as without relations
+    assert score([[a, b]], [(0, 1, FRONT)])[0].tolist() == [0.0]  # nothing countable: 0, as without relations
+
+
+def test_the_new_relations_are_counted():
+    # cup on table, the cup in the scene, the table next to a chair; and one depth relation, not counted
+    scene = (0, 0, 640, 480)
+    chair = (510, 250, 620, 420)
+    rows = [(0, 1, ON), (1, 0, UNDER), (0, 2, IN), (1, 3, NEXT), (3, 1, NEXT), (0, 3, FRONT)]
+    r = score([[CUP, TABLE, scene, chair], [TABLE, CUP, scene, chair], [CUP, TABLE, scene, (0, 0, 50, 50)]], rows)
+    assert r[0].tolist() == pytest.approx([1.0, 1 / 5, 3 / 5])  # all 5; only IN (the table in the scene); ON, UNDER, IN
 
 
 def test_unmatched_parts_do_not_hold():
@@ -161,23 +344,29 @@ def test_unmatched_parts_do_not_hold():
 
 
 def test_batched_queries_match_one_at_a_time():
+    """relation_score over [Q, K, r] equals the same queries one at a time, and a plain-Python loop over the rules."""
     g = torch.Generator().manual_seed(0)
-    num_items, n, q, k, m, r = 7, 5, 4, 3, 3, 4
-    xy = torch.rand(num_items, n, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + 5 + torch.rand(num_items, n, 2, generator=g) * 40], dim=-1)
+    num_items, n, q, k, m, r = 9, 6, 12, 5, 4, 6
+    boxes = random_boxes(num_items * n, 7).reshape(num_items, n, 4)
+    boxes[0, 1] = boxes[0, 0]  # two regions with one box
     cols = torch.randint(-1, n, (q, k, m), generator=g)
     ids = torch.randint(0, num_items, (q, k), generator=g)
     rel = torch.stack([torch.randint(-1, m, (q, r), generator=g), torch.randint(0, m, (q, r), generator=g),
                        torch.randint(0, len(RELATIONS), (q, r), generator=g)], dim=-1)
+    rel[0, :, 2] = FRONT  # a query whose relations are all unreadable
     full = relation_score(cols, ids, boxes, rel)
+    held = 0
     for i in range(q):
         one = relation_score(cols[i : i + 1], ids[i : i + 1], boxes, rel[i : i + 1])
         assert torch.equal(full[i : i + 1], one)
+        counted = [(a, b, RELATIONS[t]) for a, b, t in rel[i].tolist() if a >= 0 and RELATIONS[t] in READABLE]
         want = []
         for c in range(k):
-            valid = [row for row in rel[i].tolist() if row[0] >= 0]
-            ok = sum(cols[i, c, a] >= 0 and cols[i, c, b] >= 0
-                     and holds(boxes[ids[i, c], cols[i, c, a]].tolist(), boxes[ids[i, c], cols[i, c, b]].tolist(), t)
-                     for a, b, t in valid)
-            want.append(ok / max(1, len(valid)))
-        assert full[i].tolist() == pytest.approx([float(w) for w in want])
+            item, parts = int(ids[i, c]), cols[i, c].tolist()
+            ok = sum(parts[a] >= 0 and parts[b] >= 0
+                     and py_holds(boxes[item, parts[a]].tolist(), boxes[item, parts[b]].tolist(), name)
+                     for a, b, name in counted)
+            held += ok
+            want.append(ok / len(counted) if counted else 0.0)
+        assert full[i].tolist() == pytest.approx(want)
+    assert held > 10 and full[0].tolist() == [0.0] * k
