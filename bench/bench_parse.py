@@ -267,13 +267,13 @@ Parser = Callable[[Sequence[str]], list[tuple[list[str], list[tuple[int, int, st
 
 
 def regex_parser(captions: Sequence[str]) -> list[tuple[list[str], list[tuple[int, int, str]]]]:
-    """Today's `split_parts`, one caption at a time (a caption it refuses gives no parts)."""
-    from geosteer.encoders.parts import split_parts
+    """The regex splitter (`split_parts_regex`, the fallback), one caption at a time (a caption it refuses gives no parts)."""
+    from geosteer.encoders.parts import split_parts_regex
 
     out = []
     for c in captions:
         try:
-            parts, rels = split_parts(c)
+            parts, rels = split_parts_regex(c)
         except ValueError:
             parts, rels = [], []
         out.append((list(parts), [tuple(r) for r in rels]))

@@ -4,7 +4,8 @@
 `as_rgb_image`, the one conversion of an image argument (PIL of any mode,
 file path, numpy array, torch tensor) to RGB that every API taking images
 runs; the text and
-region helpers (`split_parts`, `contrast_texts`, `part_negatives`,
+region helpers (`split_parts`, `split_captions`, `read_captions`,
+`resolve_parser`, `contrast_texts`, `part_negatives`,
 `propose_regions`, `crop_regions`, `region_crops`, `region_sets`,
 `family_regions`) are re-exported lazily from their modules, so importing
 this package stays cheap.
@@ -26,6 +27,9 @@ from geosteer.encoders.clip import (
 # name -> submodule that defines it; imported on first access.
 _LAZY = {
     "split_parts": "parts",
+    "split_captions": "parts",
+    "read_captions": "parts",
+    "resolve_parser": "parts",
     "contrast_texts": "contrast",
     "part_negatives": "contrast",
     "propose_regions": "regions",

