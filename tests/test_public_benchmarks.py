@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from geosteer import cli
+from geosteer.encoders.parts import resolve_parser
 from geosteer.public_benchmarks import BENCHMARKS, FormatError, read_benchmark
 from geosteer.public_benchmarks import clevr
 from geosteer.public_benchmarks.common import Example, ImageRef
@@ -457,6 +458,7 @@ def test_eval_bench_runs_on_the_fixture(roots, tmp_path, capsys, name):
     assert list(report["results"]) == ["cosine", "rerank", "rerank-max"]
     assert report["methods"]["cosine"]["lam"] == 0.0 and report["methods"]["rerank-max"]["matching"] == "max"
     assert report["regions"] == ("annotations" if name == "clevr" else "grid")
+    assert report["parser"] == resolve_parser() and f"caption parser {report['parser']}" in printed
     for method, value in report["summary"].items():
         assert 0.0 <= value <= 1.0, (method, value)
     first = report["results"]["cosine"]
@@ -468,3 +470,18 @@ def test_eval_bench_runs_on_the_fixture(roots, tmp_path, capsys, name):
             assert first[subset]["count"] == sum(e.subset == subset for e in bench.examples)
             assert subset in printed
     assert "cosine" in printed and "rerank-max" in printed and str(out) in printed
+
+
+def test_captions_are_split_where_a_search_splits_them(roots, monkeypatch):
+    """The runner's phrases and relations are `split_captions`' (the parser a search uses), one batch per chunk."""
+    from geosteer.encoders import load_clip
+    from geosteer.index import indexer as indexer_module
+    from geosteer.public_benchmarks.runner import score_examples
+
+    calls = []
+    real = indexer_module.split_captions
+    monkeypatch.setattr(indexer_module, "split_captions", lambda cs, parser=None: calls.append(list(cs)) or real(cs, parser))
+    bench = read_benchmark("sugarcrepe", roots["sugarcrepe"])
+    score_examples(bench, load_clip("demo"), chunk=2)
+    captions = [c for ex in bench.examples for c in ex.captions]
+    assert calls == [captions[k : k + 4] for k in range(0, len(captions), 4)]  # 2 examples of 2 captions a chunk

@@ -267,8 +267,9 @@ def query_side(
     """What a search runs: (the captions or None, part labels per query, the `QuerySide`).
 
     Captions go through `indexer.encode_queries`: parts and relations from
-    `split_parts`, a caption it finds no object in its own single part
-    (`caption_parts`, split once: its phrases are also the labels). A `QuerySide` given whole
+    `caption_parts` (one parser batch: spaCy's parse when installed, else the
+    regex splitter), a caption naming no object its own single part (split
+    once: its phrases are also the labels). A `QuerySide` given whole
     is labelled "part j"; without relations it gets one padding row (R = 0),
     since an index always holds region boxes.
 

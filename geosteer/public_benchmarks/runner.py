@@ -9,6 +9,10 @@ Every pair is scored with `geosteer.pairs.score_pairs`:
   `rerank` call: no extra work);
 - "rerank": the `default` preset (λ = 0.8, γ = 0.1): S = (1-λ)s + λA + γR,
   Hungarian matching of the caption's object phrases to the image's regions;
+  phrases and relations come from `Indexer.encode_queries`, the path a
+  search takes (`geosteer.encoders.parts.split_captions`: spaCy's parse when
+  the `parse` extra is installed, else the regex splitter; the report names
+  the one that ran);
 - "rerank-max": the same with each phrase taking its best region on its own
   (`matching="max"`, the ablation DESIGN §1 asks to report beside it).
 
@@ -28,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from geosteer.config import HeadConfig, get_config
+from geosteer.encoders.parts import resolve_parser
 from geosteer.encoders.regions import COMPONENT_PAD, METHODS, crop_regions, pad_boxes
 from geosteer.index import Indexer
 from geosteer.inputs import GallerySide
@@ -199,7 +204,8 @@ def run_benchmark(
 
     Returns:
         A JSON-ready dict: benchmark, root, files, layout, examples,
-        model, regions, metric (what the numbers mean), notes, methods
+        model, regions, parser (the caption parser that ran: "spacy" or
+        "regex"), metric (what the numbers mean), notes, methods
         (each one's HeadConfig fields; cosine: λ = 0), results
         (method -> metrics) and summary (method -> the headline number).
     """
@@ -215,7 +221,7 @@ def run_benchmark(
     return {
         "benchmark": bench.name, "root": str(bench.root), "files": [str(f) for f in bench.files],
         "layout": bench.layout, "examples": len(bench.examples), "model": model, "regions": regions,
-        "metric": METRIC_TEXT[bench.layout], "headline": "group score" if bench.layout == "winoground" else (
+        "parser": resolve_parser(), "metric": METRIC_TEXT[bench.layout], "headline": "group score" if bench.layout == "winoground" else (
             "mean macro accuracy" if bench.headline == "macro" else "mean accuracy"),
         "notes": bench.notes, "methods": methods, "results": results,
         "summary": {name: headline(r) for name, r in results.items()},
@@ -250,7 +256,7 @@ def format_results(report: dict) -> str:
     for label, count, values in rows:
         lines.append(f"{label:<{width}}  {count!s:>6}  " + "  ".join(f"{_pct(v):>{w}}" for v, w in zip(values, cols)))
     head = (f"{report['benchmark']}: {report['examples']} examples, model {report['model'] or '?'}, "
-            f"regions {report['regions']}; percent")
+            f"regions {report['regions']}, caption parser {report.get('parser', '?')}; percent")
     return "\n".join([head, f"metric: {report['metric']}", f"methods: {_legend(report['methods'])}", *lines])
 
 
