@@ -1,8 +1,9 @@
-"""Score caption parsers against the hand-annotated real captions.
+"""Score caption parsers against the hand-annotated real captions; compare SugarCrepe's pairs' parses.
 
     python -m bench.bench_parse                       # both parsers, writes results/parse_<date>.json
-    python -m bench.bench_parse --parser regex        # today's split_parts only
+    python -m bench.bench_parse --parser regex        # the regex splitter (the fallback) only
     python -m bench.bench_parse --parser spacy --json out.json
+    python -m bench.bench_parse --sugarcrepe-pairs    # results/parse_pairs_<date>.json, a table per category
 
 The annotations are `tests/data/captions/annotated.jsonl` (163 captions; the
 counting rules are `tests/data/captions/RULES.md`). The scorer only needs each
@@ -35,7 +36,20 @@ Speed: captions/s of the parser calls alone, on one core (the process is
 pinned to one CPU with `os.sched_setaffinity` where the OS has it), median of
 repeats, with the load average. The GeoShapes check parses every caption of a
 few seeded splits, in every `CAPTION_TEMPLATES` wrapper, with both parsers and
-lists where the spaCy parse differs from `split_parts`.
+lists where the spaCy parse differs from the regex splitter's.
+
+SugarCrepe pairs (`--sugarcrepe-pairs [DIR]`, DIR holding its seven category
+files, default ../shared/data/sugarcrepe): each (caption, negative_caption)
+pair parsed by each parser through the head's own path
+(`geosteer.encoders.parts.read_captions`), and per category how often the two
+parses differ in their objects (the multiset of head nouns), their attributes
+(the multiset of (head, attribute) bindings), their geometric relations (the
+set of (head, relation, head), converses made equal), in any of these, and in
+what the head reads (the multiset of phrases and the relations over them): a
+pair equal there gives the re-ranking's A and R the same value for both
+captions, so re-ranking cannot tell them apart. With spaCy also: how many
+pairs differ only in non-geometric relations ("holding", "riding", ...),
+which the head does not read.
 """
 
 from __future__ import annotations
@@ -378,6 +392,103 @@ def geoshapes_agreement(captions: Sequence[str]) -> dict:
     return {"captions": len(captions), "agree": len(captions) - len(mismatches), "mismatches": mismatches}
 
 
+SUGARCREPE = REPO.parent / "shared" / "data" / "sugarcrepe"
+SUGARCREPE_FILES: tuple[str, ...] = (
+    "add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj",
+)
+PAIR_KEYS: tuple[str, ...] = ("objects", "attributes", "relations", "any", "head_input", "equal")
+
+
+def _canonical(a: str, b: str, name: str) -> tuple[str, str, str]:
+    canon, swap = CONVERSE[name]
+    if swap:
+        a, b = b, a
+    if canon == "next_to" and b < a:  # symmetric
+        a, b = b, a
+    return a, canon, b
+
+
+def parse_signature(parse) -> dict:
+    """What a pair comparison reads of one `Parse`: objects, attribute bindings, relations, the head's input."""
+    from collections import Counter
+
+    heads = [norm_head(o.head) for o in parse.objects]
+    rel = [(i, j, r) for i, j, r in parse.relations if r in CONVERSE]
+    return {
+        "objects": Counter(heads),
+        "attributes": Counter((h, a) for h, o in zip(heads, parse.objects) for a in o.attributes),
+        "relations": {_canonical(heads[i], heads[j], r) for i, j, r in rel},
+        "phrases": Counter(parse.phrases),
+        "phrase_relations": {_canonical(parse.phrases[i], parse.phrases[j], r) for i, j, r in rel},
+        "other": {(parse.phrases[i], w, parse.phrases[j]) for i, j, w in parse.other_relations},
+    }
+
+
+def pair_differences(true, false) -> dict[str, bool]:
+    """Which parts of two captions' parses differ (`PAIR_KEYS`, and other_only)."""
+    a, b = parse_signature(true), parse_signature(false)
+    d = {k: a[k] != b[k] for k in ("objects", "attributes", "relations")}
+    d["any"] = any(d.values())
+    d["head_input"] = a["phrases"] != b["phrases"] or a["phrase_relations"] != b["phrase_relations"]
+    d["equal"] = not d["head_input"]
+    d["other_only"] = d["equal"] and a["other"] != b["other"]
+    return d
+
+
+def sugarcrepe_pairs(folder: Path, parsers: Sequence[str], examples: int = 3) -> dict:
+    """Per category and parser: pairs, and how many differ in each of `PAIR_KEYS` (+ other_only), with examples."""
+    from geosteer.encoders.parts import read_captions
+
+    out: dict = {"folder": str(folder), "categories": {}}
+    for name in SUGARCREPE_FILES:
+        path = folder / f"{name}.json"
+        with open(path, encoding="utf-8") as f:
+            entries = list(json.load(f).values())
+        true = [e["caption"] for e in entries]
+        false = [e["negative_caption"] for e in entries]
+        cat: dict = {"pairs": len(entries)}
+        for parser in parsers:
+            t0 = time.perf_counter()
+            parses = read_captions(true + false, parser=parser)
+            seconds = time.perf_counter() - t0
+            diffs = [pair_differences(t, f) for t, f in zip(parses[: len(true)], parses[len(true):])]
+            counts = {k: sum(d[k] for d in diffs) for k in (*PAIR_KEYS, "other_only")}
+            equal = [k for k, d in enumerate(diffs) if d["equal"]]
+            cat[parser] = {
+                "counts": counts,
+                "fractions": {k: round(v / len(entries), 4) for k, v in counts.items()},
+                "seconds": round(seconds, 2),
+                "equal_examples": [
+                    {"caption": true[k], "negative_caption": false[k], "phrases": parses[k].phrases,
+                     "relations": [list(r) for r in parses[k].relations]}
+                    for k in equal[:examples]
+                ],
+            }
+        out["categories"][name] = cat
+    return out
+
+
+def pairs_table(result: dict, parsers: Sequence[str]) -> str:
+    """A Markdown table: per category, percent of pairs whose parses differ, per parser."""
+    cols = ("objects", "attributes", "relations", "any", "head_input")
+    head = ["category", "pairs"] + [f"{p}: {c}" for p in parsers for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    totals = {p: {c: 0 for c in cols} for p in parsers}
+    n_all = 0
+    for name, cat in result["categories"].items():
+        n = cat["pairs"]
+        n_all += n
+        row = [name, str(n)]
+        for p in parsers:
+            for c in cols:
+                totals[p][c] += cat[p]["counts"][c]
+                row.append(f"{100 * cat[p]['counts'][c] / n:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    row = ["all", str(n_all)] + [f"{100 * totals[p][c] / n_all:.1f}" for p in parsers for c in cols]
+    lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _figures_line(name: str, split: str, t: dict) -> str:
     def f(x: float | None) -> str:
         return "  -  " if x is None else f"{x:.3f}"
@@ -397,7 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--annotations", type=Path, default=ANNOTATIONS)
     ap.add_argument("--no-geoshapes", action="store_true", help="skip the GeoShapes template check")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats")
+    ap.add_argument("--sugarcrepe-pairs", nargs="?", const=SUGARCREPE, type=Path, metavar="DIR",
+                    help=f"compare the parses of SugarCrepe's true and false captions per category (DIR: its seven "
+                         f"category files; default {SUGARCREPE}); writes results/parse_pairs_<date>.json")
     args = ap.parse_args(argv)
+    if args.sugarcrepe_pairs is not None:
+        return _main_pairs(args)
 
     names = args.parser or ["regex", "spacy"]
     records = load_annotations(args.annotations)
@@ -442,6 +558,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in agreement["mismatches"][:10]:
             print("  mismatch:", m)
     path = args.json or RESULTS / f"parse_{datetime.date.today().isoformat()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def _main_pairs(args) -> int:
+    names = args.parser or ["spacy", "regex"]
+    result = sugarcrepe_pairs(args.sugarcrepe_pairs, names)
+    from geosteer.encoders import scene_parse
+
+    result["parsers"] = names
+    result["model"] = scene_parse.model_info()
+    result["definitions"] = {
+        "objects": "the multisets of head nouns (singular) differ",
+        "attributes": "the multisets of (head noun, attribute word) bindings differ",
+        "relations": "the sets of (head, geometric relation, head) differ, converses made equal",
+        "any": "objects, attributes or relations differ",
+        "head_input": "what the head reads differs: the multiset of phrases, or the relations over them",
+        "equal": "not head_input: re-ranking gives both captions the same A and R",
+        "other_only": "equal for the head, but the non-geometric relations (holding, riding, ...) differ",
+    }
+    try:
+        from geosteer.environment import environment
+
+        result["environment"] = environment("cpu")
+    except Exception as exc:  # noqa: BLE001  (the record is informative only)
+        result["environment"] = {"error": repr(exc)}
+    table = pairs_table(result, names)
+    result["table"] = table
+    print(table)
+    for name, cat in result["categories"].items():
+        for p in names:
+            c = cat[p]["counts"]
+            print(f"{name:12s} {p:6s} equal for the head {c['equal']}/{cat['pairs']}"
+                  + (f", of which only non-geometric relations differ {c['other_only']}" if p == "spacy" else ""))
+    path = args.json or RESULTS / f"parse_pairs_{datetime.date.today().isoformat()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {path}")

@@ -218,6 +218,31 @@ def test_geoshapes_templates_parse_as_split_parts(nlp):
         assert split_parts(caption, parser="spacy") == (parts, rels), caption  # the head's entry, in the same order
 
 
+def test_sugarcrepe_pair_differences(scorer):
+    """bench_parse --sugarcrepe-pairs: which parts of two hand-built parses differ (no spaCy needed)."""
+    O, P = scene_parse.SceneObject, scene_parse.Parse
+
+    def parse(objects, relations=(), other=()):
+        return P(caption="", objects=tuple(O(p, h, tuple(a)) for p, h, a in objects), relations=tuple(relations),
+                 other_relations=tuple(other))
+
+    cat, table = ("a black cat", "cat", ["black"]), ("a white table", "table", ["white"])
+    on = parse([cat, table], [(0, 1, "on")])
+    d = scorer.pair_differences(on, parse([cat, table], [(1, 0, "under")]))  # the converse says the same
+    assert d["equal"] and not any(d[k] for k in ("objects", "attributes", "relations", "any", "head_input"))
+    d = scorer.pair_differences(on, parse([cat, table], [(1, 0, "on")]))  # swap_obj
+    assert (d["objects"], d["attributes"], d["relations"], d["head_input"]) == (False, False, True, True)
+    swapped = parse([("a white cat", "cat", ["white"]), ("a black table", "table", ["black"])], [(0, 1, "on")])
+    d = scorer.pair_differences(on, swapped)  # swap_att
+    assert (d["objects"], d["attributes"], d["relations"], d["any"], d["equal"]) == (False, True, False, True, False)
+    d = scorer.pair_differences(on, parse([cat, ("a white tables", "tables", ["white"])], [(0, 1, "on")]))
+    assert not d["objects"] and d["head_input"]  # heads compared singular; the phrase itself differs
+    man, horse = ("a man", "man", []), ("a horse", "horse", [])
+    d = scorer.pair_differences(parse([man, horse], other=[(0, 1, "riding")]),
+                                parse([man, horse], other=[(1, 0, "riding")]))
+    assert d["equal"] and d["other_only"] and not d["any"]
+
+
 # ---------------------------------------------------------------------------- errors
 
 def test_input_errors():
