@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
 
 
 def test_writes_collages_and_queries_that_name_their_target(tmp_path, capsys):
-    from geosteer.photos import make_split, render
+    from geosteer.photos import PHRASINGS, make_split, render
 
     out = tmp_path / "photos"
     assert main(["photos", str(out), "--queries", "2", "--seed", "7"]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f"collage-{i:04d}.jpg" for i in range(10)] + ["queries.txt"]  # 5 collages a query
+    assert files == [f"collage-{i:04d}.jpg" for i in range(10)] + ["queries.txt", "queries_all.txt"]  # 5 a query
     pairs = [line.split("\t") for line in (out / "queries.txt").read_text().splitlines()]
     split = make_split(7, num_queries=2, photos=("chelsea", "coffee", "rocket", "camera", "motorcycle"))
     assert [q for q, _ in pairs] == split.queries
@@ -29,6 +29,11 @@ def test_writes_collages_and_queries_that_name_their_target(tmp_path, capsys):
         assert name == f"collage-{target:04d}.jpg"
         with Image.open(out / name) as im:
             assert im.size == render(split.gallery[target])[0].size
+    # every query in every phrasing, query by query: query, target file, phrasing
+    rows = [line.split("\t") for line in (out / "queries_all.txt").read_text().splitlines()]
+    assert rows == [[split.phrased(k)[q], name, PHRASINGS[k]] for q, (_, name) in enumerate(pairs)
+                    for k in range(len(PHRASINGS))]
+    assert [r[0] for r in rows if r[2] == PHRASINGS[0]] == [q for q, _ in pairs]
     assert "wrote 10 collages" in capsys.readouterr().out
 
 

@@ -1,6 +1,6 @@
 """`geosteer photos`: a folder of sample photos to try `geosteer index` / `search` / `serve` on, nothing downloaded.
 
-`geosteer photos OUT_DIR` writes collages of the five photos scikit-image bundles (a cat, a cup of coffee, a rocket, a tripod, a motorcycle), side by side or stacked, as JPEG files, and `queries.txt`: one query per line ("a rocket to the right of a cat"), the file of its one correct collage after a tab. They are the collage benchmark's split of --seed (the position-swapped twin, the other layout and one-photo-replaced collages of every target are there too). The same photos on every machine with the `photos` extra, so the same folder; --all-photos draws from every installed photo (scikit-learn's palace and flower, matplotlib's portrait too).
+`geosteer photos OUT_DIR` writes collages of the five photos scikit-image bundles (a cat, a cup of coffee, a rocket, a tripod, a motorcycle), side by side or stacked, as JPEG files, and `queries.txt`: one query per line ("a rocket to the right of a cat"), the file of its one correct collage after a tab; `queries_all.txt` says every query in each of the six phrasings of `geosteer.photos.PHRASINGS` ("a cat to the left of a rocket", "a rocket to the right of a cat", "a cat on the left and a rocket on the right", "a rocket with a cat on its left", "a cat, and to its right a rocket", "a cat in the left half, a rocket in the right half"), one per line: query, target file and the phrasing's name, tab-separated (queries.txt holds the first). They are the collage benchmark's split of --seed (the position-swapped twin, the other layout and one-photo-replaced collages of every target are there too). The same photos on every machine with the `photos` extra, so the same folder; --all-photos draws from every installed photo (scikit-learn's palace and flower, matplotlib's portrait too).
 
 Needs scikit-image (`pip install -e '.[photos]'`). The folder must be empty or new; nothing is overwritten.
 """
@@ -18,6 +18,8 @@ DEFAULT_SEED = 100
 #: The photos `geosteer photos` draws from by default: the `photos` extra (scikit-image) brings them all.
 DEFAULT_PACKAGE = "scikit-image"
 QUERIES_FILE = "queries.txt"
+#: Every query in every phrasing: query <TAB> target file <TAB> phrasing name.
+ALL_QUERIES_FILE = "queries_all.txt"
 
 
 def add_photos_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,11 +52,23 @@ def default_photos() -> tuple[str, ...]:
     return tuple(name for name, photo in PHOTOS.items() if photo.package == DEFAULT_PACKAGE)
 
 
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_photos(
     out: Path, num_queries: int, seed: int, photos: tuple[str, ...] | None = None
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Render the split of `seed` over `photos` (None: every installed one) into `out`: (collages written, [(query, target file)])."""
-    from geosteer.photos import make_split, render
+    """Render the split of `seed` over `photos` (None: every installed one) into `out`: (collages written, [(query, target file)]).
+
+    Writes the collages (collage-NNNN.jpg, gallery order), `QUERIES_FILE`
+    (query, target file; phrasing 0) and `ALL_QUERIES_FILE` (each query in
+    every phrasing of `geosteer.photos.PHRASINGS`, query by query: query,
+    target file, phrasing name). The pairs returned are `QUERIES_FILE`'s.
+    """
+    from geosteer.photos import PHRASINGS, make_split, render
 
     split = make_split(seed, num_queries=num_queries, photos=photos)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +79,10 @@ def write_photos(
         image.save(tmp, format="JPEG", quality=92)
         os.replace(tmp, out / name)
     pairs = [(q, names[t]) for q, t in zip(split.queries, split.targets)]
-    tmp = out / f".{QUERIES_FILE}.tmp"
-    tmp.write_text("".join(f"{q}\t{name}\n" for q, name in pairs))
-    os.replace(tmp, out / QUERIES_FILE)
+    phrased = [split.phrased(k) for k in range(len(PHRASINGS))]
+    _write_text(out / ALL_QUERIES_FILE, "".join(f"{phrased[k][q]}\t{names[t]}\t{PHRASINGS[k]}\n"
+                                                for q, t in enumerate(split.targets) for k in range(len(PHRASINGS))))
+    _write_text(out / QUERIES_FILE, "".join(f"{q}\t{name}\n" for q, name in pairs))
     return len(names), pairs
 
 
@@ -79,7 +94,7 @@ def run_photos(args: argparse.Namespace) -> int:
             import skimage  # noqa: F401
         except ImportError:
             raise UsageError("the sample photos need scikit-image: pip install -e '.[photos]'") from None
-        from geosteer.photos import PHOTOS, missing_photos
+        from geosteer.photos import PHOTOS, PHRASINGS, missing_photos
 
         photos = None if args.all_photos else default_photos()
         try:
@@ -90,7 +105,8 @@ def run_photos(args: argparse.Namespace) -> int:
         return fail("photos", str(e))
     missing = missing_photos()
     used = len(PHOTOS) - len(missing) if photos is None else len(photos)
-    print(f"wrote {count} collages of {used} photos and {QUERIES_FILE} ({len(pairs)} queries) to {out}")
+    print(f"wrote {count} collages of {used} photos, {QUERIES_FILE} ({len(pairs)} queries) and {ALL_QUERIES_FILE} "
+          f"(each in {len(PHRASINGS)} phrasings) to {out}")
     if photos is None and missing:
         print("left out (package not installed): " + ", ".join(f"{k} ({v})" for k, v in missing.items()))
     print(f"first query: {pairs[0][0]!r} -> {pairs[0][1]}")

@@ -9,8 +9,12 @@ with `python -m bench.bench_photos`.
 
 - `geosteer.photos.sources`: `PHOTOS` (photo -> noun), `load_photos`;
 - `geosteer.photos.collages`: `Collage`, `Tile`, `render`, `satisfies`;
-- `geosteer.photos.benchmark`: `make_split`, `index_split`, `Method`,
-  `run_method`, `metrics` and the diagnostics;
+- `geosteer.photos.phrasings`: `PHRASINGS`, `phrase`: one fact (A,
+  relation, B) said six ways ("a cat to the left of a rocket", "a rocket
+  with a cat on its left", "a cat on the left and a rocket on the right", ...);
+- `geosteer.photos.benchmark`: `make_split` (`PhotoSplit.phrased(k)`: its
+  queries in phrasing k), `index_split`, `Method`, `run_method`, `metrics`,
+  `ranking_metrics` and the diagnostics;
 - `geosteer.photos.cache`: `CachedEncoder`, a disk cache of image embeddings.
 
 It imports the library's public names only; the library never imports it.
@@ -28,13 +32,15 @@ from geosteer.photos.benchmark import (
     index_split,
     make_split,
     metrics,
+    ranking_metrics,
     run_method,
 )
 from geosteer.photos.collages import LAYOUTS, Collage, Tile, render, satisfies
+from geosteer.photos.phrasings import PHRASINGS, phrase, phrasing_index
 from geosteer.photos.sources import PHOTOS, Photo, load_photos, missing_photos
 
 __all__ = [
-    "DEFAULT_REGIONS", "LAYOUTS", "PHOTOS", "TEST_SEEDS", "VALIDATION_SEEDS", "Collage", "Method", "Photo",
+    "DEFAULT_REGIONS", "LAYOUTS", "PHOTOS", "PHRASINGS", "TEST_SEEDS", "VALIDATION_SEEDS", "Collage", "Method", "Photo",
     "PhotoIndex", "PhotoSplit", "Tile", "caption", "default_methods", "index_split", "load_photos", "make_split",
-    "metrics", "missing_photos", "render", "run_method", "satisfies",
+    "metrics", "missing_photos", "phrase", "phrasing_index", "ranking_metrics", "render", "run_method", "satisfies",
 ]

@@ -24,6 +24,10 @@ recall of the photos' tiles, crop recognition (each tile, cropped exactly,
 nearest to its own noun), part localisation (the region the head matched
 to a part lies on that photo) and first-stage recall@K.
 
+Every query can be said in each of `geosteer.photos.PHRASINGS`
+(`PhotoSplit.phrased(k)`, `index_split(..., phrasing=k)`): the same facts,
+targets and gallery, six ways of asking.
+
 This is an application of the library (like `geosteer.geoshapes`): it uses
 the library's public names only.
 """
@@ -43,8 +47,8 @@ from torch import Tensor
 from geosteer import GallerySide, GeoSteerHead, HeadConfig, QuerySide, get_config
 from geosteer.encoders.regions import METHODS, crop_regions
 from geosteer.index import Indexer, assemble_regions
-from geosteer.relations import WORDS
 from geosteer.photos.collages import LAYOUTS, Collage, random_tile, relation_of, render, satisfies
+from geosteer.photos.phrasings import phrase, phrasing_index
 from geosteer.photos.sources import PHOTOS, load_photos
 
 #: Seeds the method's settings are chosen on, and the seeds reported.
@@ -67,7 +71,8 @@ class PhotoSplit:
     Attributes:
         seed: what built it.
         gallery: the collages.
-        queries: captions, "<noun a> <relation words> <noun b>".
+        queries: captions, "<noun a> <relation words> <noun b>" (phrasing 0;
+            `phrased(k)` says them in phrasing k of `PHRASINGS`).
         named: per query, (subject photo, relation, object photo).
         targets: per query, its one relevant gallery index.
         twins, relaid: per query, the gallery index of its swapped twin and
@@ -85,6 +90,10 @@ class PhotoSplit:
     replaced: list[list[int]]
     _images: list[tuple[Image.Image, list]] | None = field(default=None, repr=False)
 
+    def phrased(self, phrasing: int | str = 0) -> list[str]:
+        """The queries in phrasing `phrasing` (an index or a name of `geosteer.photos.PHRASINGS`), same order."""
+        return [caption(*fact, phrasing=phrasing) for fact in self.named]
+
     def render(self) -> list[tuple[Image.Image, list]]:
         """(image, tile boxes) of every gallery collage (rendered once)."""
         if self._images is None:
@@ -92,9 +101,13 @@ class PhotoSplit:
         return self._images
 
 
-def caption(subject: str, relation: str, obj: str) -> str:
-    """"a cat to the left of a rocket": the two photos' nouns and the relation's words."""
-    return f"{PHOTOS[subject].noun} {WORDS[relation]} {PHOTOS[obj].noun}"
+def caption(subject: str, relation: str, obj: str, phrasing: int | str = 0) -> str:
+    """"a cat to the left of a rocket": the two photos' nouns and their relation, in phrasing `phrasing`.
+
+    Phrasing 0 (the default) is "<noun> <relation words> <noun>"; the others
+    are `geosteer.photos.phrase`'s ("a rocket with a cat on its left", ...).
+    """
+    return phrase(PHOTOS[subject].noun, relation, PHOTOS[obj].noun, phrasing)
 
 
 def make_split(
@@ -184,13 +197,15 @@ class PhotoIndex:
         return GallerySide(self.images, parts=parts, parts_mask=mask, part_boxes=boxes)
 
 
-def index_split(indexer: Indexer, split: PhotoSplit, families: Sequence[str], max_regions: int = 16) -> PhotoIndex:
-    """Encode a split's collages (with `families`' regions) and queries."""
+def index_split(indexer: Indexer, split: PhotoSplit, families: Sequence[str], max_regions: int = 16,
+                phrasing: int | str = 0) -> PhotoIndex:
+    """Encode a split's collages (with `families`' regions) and queries (said in phrasing `phrasing`)."""
+    phrasing_index(phrasing)
     start = time.perf_counter()
     rendered = split.render()
     images = [im for im, _ in rendered]
     emb, fams = indexer.encode_gallery(images, list(families), max_regions, f"photos seed {split.seed}")
-    queries = indexer.encode_queries(split.queries)
+    queries = indexer.encode_queries(split.phrased(phrasing))
     return PhotoIndex(split, emb, fams, queries, [im.size for im in images], time.perf_counter() - start, max_regions)
 
 
@@ -232,12 +247,20 @@ def _positions(indices: Tensor, items: Sequence[int]) -> Tensor:
 
 def metrics(index: PhotoIndex, result) -> dict[str, float]:
     """R@1, R@5, and the share of queries whose target ranks above its twin / other layout / every replaced collage."""
-    s = index.split
-    target = _positions(result.indices, s.targets)
-    twin = _positions(result.indices, s.twins)
-    relaid = _positions(result.indices, s.relaid)
-    replaced = torch.stack([_positions(result.indices, [r[k] for r in s.replaced]) for k in range(2)], dim=1)
-    found = target < result.indices.shape[1]
+    return ranking_metrics(index.split, result.indices)
+
+
+def ranking_metrics(split: PhotoSplit, indices: Tensor) -> dict[str, float]:
+    """`metrics` of `[Q, K]` gallery indices ranked best first (a target outside them is a miss)."""
+    s = split
+    indices = indices.cpu()
+    if indices.shape[0] != len(s.targets):
+        raise ValueError(f"indices must hold one row per query ({len(s.targets)}), got {indices.shape[0]}")
+    target = _positions(indices, s.targets)
+    twin = _positions(indices, s.twins)
+    relaid = _positions(indices, s.relaid)
+    replaced = torch.stack([_positions(indices, [r[k] for r in s.replaced]) for k in range(2)], dim=1)
+    found = target < indices.shape[1]
     return {
         "r1": float((target == 0).float().mean()),
         "r5": float((found & (target < 5)).float().mean()),
