@@ -4,6 +4,7 @@
     python -m bench.bench_parse --parser regex        # the regex splitter (the fallback) only
     python -m bench.bench_parse --parser spacy --json out.json
     python -m bench.bench_parse --sugarcrepe-pairs    # results/parse_pairs_<date>.json, a table per category
+    python -m bench.bench_parse --search-latency      # results/parse_search_<date>.json: Searcher.search, spaCy vs regex
 
 The annotations are `tests/data/captions/annotated.jsonl` (163 captions; the
 counting rules are `tests/data/captions/RULES.md`). The scorer only needs each
@@ -50,6 +51,15 @@ pair equal there gives the re-ranking's A and R the same value for both
 captions, so re-ranking cannot tell them apart. With spaCy also: how many
 pairs differ only in non-geometric relations ("holding", "riding", ...),
 which the head does not read.
+
+Search latency (`--search-latency`): a small index (64 GeoShapes images, the
+demo model, grid regions) searched with one caption per call, each of the
+annotated real captions once per parser (two `Searcher`s, so neither reuses
+the other's parses or text embeddings; the order of the two alternates per
+caption), on one core; the median and 90th percentile per parser, their
+difference (the latency the spaCy parser adds to a `geosteer search`
+query: the parse, and the encoding of the phrases it finds), the parse
+alone, the model's first load, and the load average before and after.
 """
 
 from __future__ import annotations
@@ -489,6 +499,70 @@ def pairs_table(result: dict, parsers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def search_latency(captions: Sequence[str], images: int = 64, repeats: int = 3) -> dict:
+    """Median / p90 ms of `Searcher.search([caption])` per parser over `captions`, each searched once per parser
+    and repeat (fresh `Searcher`s and parse cache each repeat, so every call parses and encodes its caption)."""
+    import random
+    import tempfile
+
+    import torch
+
+    from geosteer.encoders import load_clip, scene_parse
+    from geosteer.encoders import parts as parts_module
+    from geosteer.geoshapes import random_scene, render
+    from geosteer.index import Index, Searcher
+
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    encoder = load_clip("demo")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for k in range(images):
+            render(random_scene(rng, num_objects=(1, 3)), size=96).save(folder / f"{k:03d}.png")
+        index = Index.build(folder, Path(tmp) / "index", encoder, regions="grid", progress=False)
+        t0 = time.perf_counter()
+        scene_parse.load_pipeline()
+        load_s = time.perf_counter() - t0
+        loadavg_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+        times: dict[str, list[float]] = {"spacy": [], "regex": []}
+        for rep in range(repeats):
+            parts_module._CACHE.clear()  # every repeat parses its captions again
+            searchers = {p: Searcher(index, encoder) for p in ("spacy", "regex")}
+            for name, searcher in searchers.items():  # warm-up: the head's first call, the tokenizer
+                os.environ["GEOSTEER_PARSER"] = name
+                searcher.search(["a red circle to the left of a blue star"], k=10)
+            for n, caption in enumerate(captions):
+                for name in (("spacy", "regex") if (n + rep) % 2 == 0 else ("regex", "spacy")):
+                    os.environ["GEOSTEER_PARSER"] = name
+                    t0 = time.perf_counter()
+                    searchers[name].search([caption], k=10)
+                    times[name].append(1000 * (time.perf_counter() - t0))
+        os.environ.pop("GEOSTEER_PARSER", None)
+        parse_ms = []
+        for caption in captions:  # the parse alone, one caption per call, not cached
+            t0 = time.perf_counter()
+            scene_parse.parse_captions([caption])
+            parse_ms.append(1000 * (time.perf_counter() - t0))
+        loadavg_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    def stats(xs: list[float]) -> dict:
+        xs = sorted(xs)
+        return {"median_ms": round(statistics.median(xs), 3), "p90_ms": round(xs[int(0.9 * (len(xs) - 1))], 3),
+                "min_ms": round(xs[0], 3), "max_ms": round(xs[-1], 3)}
+
+    out = {name: stats(xs) for name, xs in times.items()}
+    diffs = [a - b for a, b in zip(times["spacy"], times["regex"])]
+    return {
+        "captions": len(captions), "repeats": repeats, "images": images, "model": "demo", "regions": "grid", "k": 10, "threads": 1,
+        "search": out, "added_ms": {"median_of_differences": round(statistics.median(diffs), 3),
+                                    "difference_of_medians": round(out["spacy"]["median_ms"] - out["regex"]["median_ms"], 3)},
+        "parse_alone": stats(parse_ms), "model_load_s": round(load_s, 3),
+        "loadavg_before": list(loadavg_before) if loadavg_before else None,
+        "loadavg_after": list(loadavg_after) if loadavg_after else None,
+    }
+
+
 def _figures_line(name: str, split: str, t: dict) -> str:
     def f(x: float | None) -> str:
         return "  -  " if x is None else f"{x:.3f}"
@@ -511,9 +585,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sugarcrepe-pairs", nargs="?", const=SUGARCREPE, type=Path, metavar="DIR",
                     help=f"compare the parses of SugarCrepe's true and false captions per category (DIR: its seven "
                          f"category files; default {SUGARCREPE}); writes results/parse_pairs_<date>.json")
+    ap.add_argument("--search-latency", action="store_true",
+                    help="time Searcher.search per caption with the spaCy parser vs the regex splitter; writes "
+                         "results/parse_search_<date>.json")
     args = ap.parse_args(argv)
     if args.sugarcrepe_pairs is not None:
         return _main_pairs(args)
+    if args.search_latency:
+        return _main_latency(args)
 
     names = args.parser or ["regex", "spacy"]
     records = load_annotations(args.annotations)
@@ -558,6 +637,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in agreement["mismatches"][:10]:
             print("  mismatch:", m)
     path = args.json or RESULTS / f"parse_{datetime.date.today().isoformat()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def _main_latency(args) -> int:
+    import subprocess
+
+    pinned = _pin_one_core()
+    captions = [r["caption"] for r in load_annotations(args.annotations)]
+    result = search_latency(captions)
+    result["timing_note"] = pinned
+    result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() or None
+    try:
+        from geosteer.environment import environment
+
+        result["environment"] = environment("cpu")
+    except Exception as exc:  # noqa: BLE001  (the record is informative only)
+        result["environment"] = {"error": repr(exc)}
+    s, r = result["search"]["spacy"], result["search"]["regex"]
+    print(f"Searcher.search, one caption per call, {result['captions']} real captions x {result['repeats']} repeats, "
+          f"{result['images']} images, "
+          f"demo model, one core ({pinned})")
+    print(f"  spacy  median {s['median_ms']} ms (p90 {s['p90_ms']})")
+    print(f"  regex  median {r['median_ms']} ms (p90 {r['p90_ms']})")
+    print(f"  added by the spaCy parser: median of per-caption differences {result['added_ms']['median_of_differences']} "
+          f"ms; the parse alone {result['parse_alone']['median_ms']} ms (p90 {result['parse_alone']['p90_ms']}); "
+          f"model load {result['model_load_s']} s once")
+    print(f"  load average before {result['loadavg_before']}, after {result['loadavg_after']}; {result['uptime']}")
+    path = args.json or RESULTS / f"parse_search_{datetime.date.today().isoformat()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {path}")
