@@ -563,6 +563,22 @@ def search_latency(captions: Sequence[str], images: int = 64, repeats: int = 3) 
     }
 
 
+def _environment() -> dict:
+    """The machine and versions, for the result file (an error string where it cannot be read)."""
+    try:
+        from geosteer.environment import environment
+
+        return environment("cpu")
+    except Exception as exc:  # noqa: BLE001  (the record is informative only)
+        return {"error": repr(exc)}
+
+
+def _write(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def _figures_line(name: str, split: str, t: dict) -> str:
     def f(x: float | None) -> str:
         return "  -  " if x is None else f"{x:.3f}"
@@ -599,12 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pinned = _pin_one_core()
     result: dict = {"annotations": str(args.annotations.relative_to(REPO)) if args.annotations.is_relative_to(REPO)
                     else str(args.annotations), "parsers": {}, "timing_note": pinned}
-    try:
-        from geosteer.environment import environment
-
-        result["environment"] = environment("cpu")
-    except Exception as exc:  # noqa: BLE001  (the record is informative only)
-        result["environment"] = {"error": repr(exc)}
+    result["environment"] = _environment()
     for name in names:
         if name == "spacy":
             try:
@@ -636,10 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"geoshapes: {agreement['agree']}/{agreement['captions']} captions parse as split_parts does")
         for m in agreement["mismatches"][:10]:
             print("  mismatch:", m)
-    path = args.json or RESULTS / f"parse_{datetime.date.today().isoformat()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    _write(result, args.json or RESULTS / f"parse_{datetime.date.today().isoformat()}.json")
     return 0
 
 
@@ -651,12 +659,7 @@ def _main_latency(args) -> int:
     result = search_latency(captions)
     result["timing_note"] = pinned
     result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() or None
-    try:
-        from geosteer.environment import environment
-
-        result["environment"] = environment("cpu")
-    except Exception as exc:  # noqa: BLE001  (the record is informative only)
-        result["environment"] = {"error": repr(exc)}
+    result["environment"] = _environment()
     s, r = result["search"]["spacy"], result["search"]["regex"]
     print(f"Searcher.search, one caption per call, {result['captions']} real captions x {result['repeats']} repeats, "
           f"{result['images']} images, "
@@ -667,10 +670,7 @@ def _main_latency(args) -> int:
           f"ms; the parse alone {result['parse_alone']['median_ms']} ms (p90 {result['parse_alone']['p90_ms']}); "
           f"model load {result['model_load_s']} s once")
     print(f"  load average before {result['loadavg_before']}, after {result['loadavg_after']}; {result['uptime']}")
-    path = args.json or RESULTS / f"parse_search_{datetime.date.today().isoformat()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    _write(result, args.json or RESULTS / f"parse_search_{datetime.date.today().isoformat()}.json")
     return 0
 
 
@@ -690,12 +690,7 @@ def _main_pairs(args) -> int:
         "equal": "not head_input: re-ranking gives both captions the same A and R",
         "other_only": "equal for the head, but the non-geometric relations (holding, riding, ...) differ",
     }
-    try:
-        from geosteer.environment import environment
-
-        result["environment"] = environment("cpu")
-    except Exception as exc:  # noqa: BLE001  (the record is informative only)
-        result["environment"] = {"error": repr(exc)}
+    result["environment"] = _environment()
     table = pairs_table(result, names)
     result["table"] = table
     print(table)
@@ -704,10 +699,7 @@ def _main_pairs(args) -> int:
             c = cat[p]["counts"]
             print(f"{name:12s} {p:6s} equal for the head {c['equal']}/{cat['pairs']}"
                   + (f", of which only non-geometric relations differ {c['other_only']}" if p == "spacy" else ""))
-    path = args.json or RESULTS / f"parse_pairs_{datetime.date.today().isoformat()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+    _write(result, args.json or RESULTS / f"parse_pairs_{datetime.date.today().isoformat()}.json")
     return 0
 
 

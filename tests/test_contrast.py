@@ -11,24 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
+from spacy_marks import needs_spacy
 
-from geosteer.encoders import scene_parse
 from geosteer.encoders.contrast import compose, contrast_texts, part_negatives
 from geosteer.encoders.parts import split_parts
 from geosteer.geoshapes.vocabulary import CONFUSERS
 
 SNAPSHOT = Path(__file__).resolve().parent / "data" / "geoshapes_contrast.jsonl"
 
-
-def _has_spacy() -> bool:
-    try:
-        scene_parse.load_pipeline()
-    except ImportError:
-        return False
-    return True
-
-
-needs_spacy = pytest.mark.skipif(not _has_spacy(), reason="spaCy or its English model is not installed (the parse extra)")
 PARSERS = ["regex", pytest.param("spacy", marks=needs_spacy)]
 
 
@@ -191,12 +181,3 @@ def test_compose_writes_any_relation():
         "two dogs, a cat on a sofa, the dogs on the sofa")
     assert compose(["a dog", "a dog", "a cat", "a sofa"], [(0, 3, "on"), (2, 3, "on")]) == (
         "two dogs, a cat on a sofa, the dog on the sofa")
-
-
-def test_contrast_errors():
-    with pytest.raises(TypeError, match="caption must be a str"):
-        contrast_texts(None)
-    with pytest.raises(ValueError, match="caption must hold at least one word"):
-        contrast_texts("   ")
-    with pytest.raises(ValueError, match="caption names no object"):
-        contrast_texts("the", parser="regex")

@@ -9,22 +9,13 @@ with its one warning when spaCy is not installed (simulated where it is).
 import warnings
 
 import pytest
+from spacy_marks import needs_spacy
 
 from geosteer.encoders import parts as parts_module
 from geosteer.encoders import scene_parse
+from geosteer.encoders.contrast import contrast_texts
 from geosteer.encoders.parts import query_parts, split_captions, split_parts, split_parts_regex
 
-
-def _has_spacy() -> bool:
-    try:
-        scene_parse.load_pipeline()
-    except ImportError:
-        return False
-    return True
-
-
-HAS_SPACY = _has_spacy()
-needs_spacy = pytest.mark.skipif(not HAS_SPACY, reason="spaCy or its English model is not installed (the parse extra)")
 
 CASES = [
     ("a red pentagon", ["a red pentagon"], []),
@@ -223,13 +214,20 @@ def test_split_parts_round_trips_benchmark_captions():
             assert part.endswith(f"{obj.colour} {obj.shape}")
 
 
-def test_bad_input():
-    with pytest.raises(TypeError, match="caption"):
-        split_parts(None)
+@pytest.mark.parametrize("read", [split_parts, contrast_texts])
+def test_bad_caption(read):
+    """Every reader of one caption refuses the same input the same way."""
+    with pytest.raises(TypeError, match="caption must be a str"):
+        read(None)
     with pytest.raises(ValueError, match="caption must hold at least one word"):
-        split_parts("   ")
+        read("   ")
     with pytest.raises(ValueError, match="caption names no object"):
-        split_parts("the", parser="regex")
+        read("the", parser="regex")
+    with pytest.raises(ValueError, match="parser must be one of"):
+        read("a cat", parser="nltk")
+
+
+def test_bad_input():
     with pytest.raises(ValueError, match="parts"):
         query_parts("a dog", parts=[])
     assert query_parts("a dog and a cat") == ["a dog", "a cat"]

@@ -298,16 +298,6 @@ def _regex_parse(caption: str) -> Parse:
     return Parse(caption=caption, objects=tuple(objects), relations=tuple(relations))
 
 
-def _check_captions(captions: Sequence[str]) -> list[str]:
-    if isinstance(captions, str):
-        raise TypeError("captions must be a sequence of str, not a single str (wrap it in a list)")
-    texts = list(captions)
-    for k, c in enumerate(texts):
-        if not isinstance(c, str):
-            raise TypeError(f"captions[{k}] must be a str, got {type(c).__name__}")
-    return texts
-
-
 def read_captions(captions: Sequence[str], parser: str | None = None) -> list[Parse]:
     """Each caption's parse: its objects (phrase, head noun, attribute words) and relations.
 
@@ -329,7 +319,7 @@ def read_captions(captions: Sequence[str], parser: str | None = None) -> list[Pa
         TypeError: `captions` is a bare str or holds a non-str (`captions[i]`).
         ValueError / ImportError: as `resolve_parser`.
     """
-    texts = _check_captions(captions)
+    texts = scene_parse.check_captions(captions)
     name = resolve_parser(parser)
     with _STATE_LOCK:
         found = {c: _CACHE[(name, c)] for c in texts if (name, c) in _CACHE}

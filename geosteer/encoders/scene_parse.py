@@ -54,6 +54,7 @@ __all__ = [
     "ModelUnavailable",
     "Parse",
     "SceneObject",
+    "check_captions",
     "load_pipeline",
     "model_info",
     "parse_caption",
@@ -1140,6 +1141,21 @@ def _prepare(caption: str) -> str:
     return re.sub(r"\s+", " ", caption).strip()
 
 
+def check_captions(captions: Sequence[str]) -> list[str]:
+    """`captions` as a list, checked: a sequence of str.
+
+    Raises:
+        TypeError: `captions` is a bare str, or holds a non-str (`captions[i]`).
+    """
+    if isinstance(captions, str):
+        raise TypeError("captions must be a sequence of str, not a single str (wrap it in a list)")
+    texts = list(captions)
+    for k, c in enumerate(texts):
+        if not isinstance(c, str):
+            raise TypeError(f"captions[{k}] must be a str, got {type(c).__name__}")
+    return texts
+
+
 def parse_captions(captions: Sequence[str], batch_size: int = 256) -> list[Parse]:
     """Parse captions into objects, attributes and relations, batched through spaCy.
 
@@ -1157,12 +1173,7 @@ def parse_captions(captions: Sequence[str], batch_size: int = 256) -> list[Parse
         TypeError: captions is a str, or holds a non-str.
         ImportError: spaCy or the English model is missing (`load_pipeline`).
     """
-    if isinstance(captions, str):
-        raise TypeError("captions must be a sequence of str, not a single str (wrap it in a list)")
-    texts = list(captions)
-    for k, c in enumerate(texts):
-        if not isinstance(c, str):
-            raise TypeError(f"captions[{k}] must be a str, got {type(c).__name__}")
+    texts = check_captions(captions)
     nlp = load_pipeline()
     docs = nlp.pipe((_prepare(c) for c in texts), batch_size=batch_size)
     return [_Reader(doc).read(c) for c, doc in zip(texts, docs)]
