@@ -1,10 +1,12 @@
-"""The README's real-photo tables, from the committed results of bench_photos, bench_regions and bench_index.
+"""The README's real-photo tables, from the committed results of bench_photos, bench_phrasings, bench_regions and bench_index.
 
     python -m bench.make_photo_tables                        # newest results, print
     python -m bench.make_photo_tables --write README.md      # replace the <!-- photos:start/end --> block
 
 Inputs (newest of each in bench/results/ unless given):
 `photos_*.json` (`python -m bench.bench_photos`: the collage benchmark),
+`phrasings_*.json` (`python -m bench.bench_phrasings`: the collages through
+`geosteer index` / `search`, every query in each phrasing),
 `photos_regions_*.json` (`python -m bench.bench_regions`: region recall and
 indexing images/s per method) and `index_*.jsonl` (`python -m
 bench.bench_index`: `Index.open` on a synthetic 100k-image index, build
@@ -71,6 +73,39 @@ def photo_table(res: dict) -> list[str]:
     return lines
 
 
+PHRASING_METHODS = ("rerank", "relations", "cosine")
+
+
+def phrasing_table(res: dict) -> list[str]:
+    """Through the product, per phrasing: R@1 / twin of `geosteer search`'s methods, and how often the parse was right."""
+    names = list(res["phrasings"])
+    seeds = res["seeds"]
+    methods = [m for m in PHRASING_METHODS if m in res["summary"][names[0]]]
+    presets = res["methods"]
+    gammas = ", ".join(f"`{m}` γ = {presets[m]['gamma']}" for m in methods if m != "cosine")
+    env = res["env"]
+    lines = [
+        f"The same collages through the product (`geosteer index --model bridge --regions {res['regions']}`, then "
+        f"`geosteer search`: encoder `{res['encoder']}`, K = {presets[methods[0]]['k']}, {gammas}; seeds "
+        f"{', '.join(map(str, seeds))}, {res['queries_per_seed']} queries each), every query asked in six phrasings "
+        f"({'; '.join(repr(res['phrasings'][n]).replace(chr(39), chr(34)) for n in names[2:5])}; stacked: "
+        f"{repr(res['phrasings_vertical'][names[4]]).replace(chr(39), chr(34))}, ...): "
+        "R@1 / twin %, mean over seeds; *parsed*: the query split into its two photos with the right relation "
+        f"(load {env['load1']:.1f}).",
+        "",
+        "| method | " + " | ".join(names) + " | mean |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    mean = res["mean_over_phrasings"]
+    for m in methods:
+        cells = [f"{100 * res['summary'][n][m]['r1']['mean']:.0f} / {100 * res['summary'][n][m]['twin']['mean']:.0f}"
+                 for n in names]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {100 * mean[m]['r1']:.1f} / {100 * mean[m]['twin']:.1f} |")
+    parsed = [100 * res["summary"][n]["parsed"]["mean"] for n in names]
+    lines.append("| parsed | " + " | ".join(f"{p:.0f}" for p in parsed) + f" | {sum(parsed) / len(parsed):.0f} |")
+    return lines
+
+
 def region_table(regions: dict, throughput: dict | None) -> list[str]:
     """Per region method: boxes per image, recall of the photos' boxes at IoU 0.5 / 0.7, images/s indexed."""
     props = regions["proposals"]
@@ -114,26 +149,31 @@ def open_lines(rows: list[dict]) -> list[str]:
             f"{r['bytes'] / 2**30:.2f} GiB, load {r['load1']:.1f}): " + "; ".join(parts) + "."]
 
 
-def make_markdown(photos: Path, regions: Path, index: Path | None) -> str:
-    """The whole block: photo table, region table, open figures, the commands that reproduce them."""
+def make_markdown(photos: Path, regions: Path, index: Path | None, phrasings: Path | None = None) -> str:
+    """The whole block: photo table, phrasing table, region table, open figures, the commands that reproduce them."""
     res = json.loads(photos.read_text())
     reg = json.loads(regions.read_text())
     rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()] if index else []
     opens = [r for r in rows if r.get("bench") == "index_open"]
     thr = [r for r in rows if r.get("bench") == "index_throughput"]
-    lines = photo_table(res) + [""] + region_table(reg, thr[-1] if thr else None)
+    lines = photo_table(res)
+    if phrasings:
+        lines += [""] + phrasing_table(json.loads(phrasings.read_text()))
+    lines += [""] + region_table(reg, thr[-1] if thr else None)
     if opens:
         lines += [""] + open_lines(opens)
-    srcs = [photos, regions] + ([index] if index else [])
-    lines += ["", "From " + ", ".join(f"`bench/results/{p.name}`" for p in srcs) + " (`python -m bench.bench_photos`, "
-              "`python -m bench.bench_regions`, `python -m bench.bench_index`; tables: `python -m bench.make_photo_tables "
-              "--write README.md`)."]
+    srcs = [photos] + ([phrasings] if phrasings else []) + [regions] + ([index] if index else [])
+    scripts = ["bench_photos"] + (["bench_phrasings"] if phrasings else []) + ["bench_regions", "bench_index"]
+    lines += ["", "From " + ", ".join(f"`bench/results/{p.name}`" for p in srcs) + " ("
+              + ", ".join(f"`python -m bench.{s}`" for s in scripts)
+              + "; tables: `python -m bench.make_photo_tables --write README.md`)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=Path, default=None, help="a bench_photos JSON (default: the newest)")
+    ap.add_argument("--phrasings", type=Path, default=None, help="a bench_phrasings JSON (default: the newest, if any)")
     ap.add_argument("--regions", type=Path, default=None, help="a bench_regions JSON (default: the newest)")
     ap.add_argument("--index", type=Path, default=None, help="a bench_index JSON-lines file (default: the newest)")
     ap.add_argument("--write", type=Path, default=None, help="replace the photos block of this file")
@@ -141,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     photos = args.photos or newest("photos_2*.json")
     regions = args.regions or newest("photos_regions_*.json")
     index = args.index or (newest("index_*.jsonl") if list(RESULTS.glob("index_*.jsonl")) else None)
-    body = make_markdown(photos, regions, index)
+    phrasings = args.phrasings or (newest("phrasings_2*.json") if list(RESULTS.glob("phrasings_2*.json")) else None)
+    body = make_markdown(photos, regions, index, phrasings)
     if args.write:
         args.write.write_text(replace_between_markers(args.write.read_text(), body, MARKER))
         print(f"wrote the {MARKER} block of {args.write}", file=sys.stderr)

@@ -1,0 +1,246 @@
+"""The real-photo collages through the product, asked in every phrasing: does the method survive how people say it?
+
+For each seed, the collage split of `geosteer.photos.make_split` (as
+bench_photos uses it: 20 queries, every target with its position-swapped
+twin, its other layout and its one-photo-replaced collages, 100 collages)
+is written to a folder as `geosteer photos` writes it (JPEG files,
+`geosteer.commands.photos.write_photos`), indexed as `geosteer index
+FOLDER --model bridge --regions REGIONS` indexes it (`Index.build` with the
+command's defaults: 16 regions, batches of 64, shards of 1,024) and
+searched as `geosteer search` searches (`geosteer.index.Searcher` with the
+command's method configs: rerank = the "default" preset, relations = the "relations" one;
+with every query said in each phrasing of `geosteer.photos.PHRASINGS`.
+
+Per phrasing and method: R@1, twin accuracy (the target above its
+position-swapped twin) and layout accuracy over the whole 100-collage
+ranking (K = 100 re-ranks the whole gallery), mean ± std over seeds; the
+cosine first stage beside them; and how the searcher's caption splitter
+read the phrasing (`parsed`: the share of queries split into the two
+photos' nouns with the right relation, or its converse, between them):
+`geosteer.encoders.parts.split_parts`, spaCy's parser when the `parse`
+extra is installed, else the regex splitter (`$GEOSTEER_PARSER` picks one);
+the record names it. `first`: what ranked first (the target, its twin, its
+other layout, a replaced collage, another collage).
+
+    python -m bench.bench_phrasings                                 # test seeds, writes bench/results/phrasings_<date>.json
+    python -m bench.bench_phrasings --seeds 0 1 2 --out /tmp/v.json  # validation seeds
+    python -m bench.bench_phrasings --resize letterbox              # the bridge squaring whole images another way
+    python -m bench.bench_phrasings --set gamma=0.5 --regions segments+grid
+    GEOSTEER_PARSER=regex python -m bench.bench_phrasings --out bench/results/phrasings_regex_<date>.json
+
+Image embeddings are cached on disk (`--cache-dir`, `geosteer.photos.cache`),
+so a re-run decodes, segments and searches, and encodes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geosteer.commands.args import METHODS, method_configs
+from geosteer.commands.index import DEFAULT_BATCH, DEFAULT_MAX_REGIONS, DEFAULT_SHARD
+from geosteer.commands.photos import default_photos, write_photos
+from geosteer.encoders.bridge import RESIZE_MODES
+from geosteer.encoders.clip import load_bridge, load_clip
+from geosteer.encoders.parts import resolve_parser
+from geosteer.environment import environment
+from geosteer.index import Index, Searcher, caption_parts
+from geosteer.photos import PHOTOS, PHRASINGS, TEST_SEEDS, make_split, phrase, ranking_metrics
+from geosteer.photos.cache import CachedEncoder
+
+REPO = Path(__file__).resolve().parent.parent
+#: The region method the README recommends for photos (`geosteer index --regions segments`).
+REGIONS = "segments"
+METRICS = ("r1", "r5", "twin", "layout", "replaced")
+#: The methods searched: the re-ranking ones of `geosteer search --method` (cosine: the first stage of the first).
+RERANKERS = ("rerank", "relations")
+_CONVERSE = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
+
+
+def read_right(parts: list[str], relations: list[tuple[int, int, str]], fact: tuple[str, str, str]) -> bool:
+    """Whether a split reads the fact: every part lies on one of its two photos, both photos are named, and the
+    relations between them are exactly the fact's (or its converse).
+
+    A photo's parts are those its noun holds ("a woman in uniform" read as "a woman" and "uniform", what she
+    wears: both on her photo).
+    """
+    a, rel, b = fact
+    nouns = [PHOTOS[a].noun, PHOTOS[b].noun]
+    owner = []
+    for p in (p.lower().strip() for p in parts):
+        mine = [k for k, n in enumerate(nouns) if n == p or n.startswith(p + " ") or n.endswith(" " + p)]
+        if len(mine) != 1:
+            return False
+        owner.append(mine[0])
+    if sorted(set(owner)) != [0, 1]:
+        return False
+    said = {(owner[i], owner[j], name) for i, j, name in relations}
+    return said in ({(0, 1, rel)}, {(1, 0, _CONVERSE[rel])})
+
+
+def first_places(split, indices: torch.Tensor) -> dict[str, float]:
+    """What ranks first, as shares of the queries: the target, its twin, its other layout, a replaced collage, another."""
+    kinds = {"target": 0, "twin": 0, "layout": 0, "replaced": 0, "other": 0}
+    for q, top in enumerate(indices[:, 0].tolist()):
+        kind = ("target" if top == split.targets[q] else "twin" if top == split.twins[q] else
+                "layout" if top == split.relaid[q] else "replaced" if top in split.replaced[q] else "other")
+        kinds[kind] += 1
+    return {k: v / len(split.targets) for k, v in kinds.items()}
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    vals = [float(v) for v in values]
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def splitter_probe() -> dict:
+    """What the searcher's caption splitter makes of phrasing 3 ("a rocket with a cat on its left"): which parser is on."""
+    text = phrase("a cat", "left_of", "a rocket", "with")
+    parts, relations, _ = caption_parts([text])
+    return {"caption": text, "parts": parts[0], "relations": [list(r) for r in relations[0]]}
+
+
+def run_seed(seed: int, args, encoder, configs: dict, work: Path) -> dict:
+    """Write, index and search one seed's split; per phrasing and method the metrics, and the parse check."""
+    photos = None if args.photos == "all" else default_photos()
+    split = make_split(seed, num_queries=args.queries, photos=photos)
+    folder = work / f"seed{seed}"
+    t0 = time.perf_counter()
+    count, pairs = write_photos(folder / "images", args.queries, seed, photos)
+    assert [q for q, _ in pairs] == split.queries and count == len(split.gallery)
+    index = Index.build(folder / "images", folder / "index", encoder, regions=args.regions,
+                        max_regions=DEFAULT_MAX_REGIONS, batch_size=DEFAULT_BATCH, shard_size=DEFAULT_SHARD,
+                        progress=False)
+    built = time.perf_counter() - t0
+    rows = [int(Path(p).stem.split("-")[1]) for p in index.paths]  # index row -> gallery position
+    if rows != list(range(len(split.gallery))):
+        raise RuntimeError(f"seed {seed}: the index holds the collages in another order: {rows[:10]}...")
+    searcher = Searcher(index, encoder, configs, k_max=len(split.gallery))
+    out: dict = {"seed": seed, "gallery": len(split.gallery), "queries": len(split.queries),
+                 "index_seconds": round(built, 1), "regions_per_image": float(index.gallery.parts_mask.sum(1).float().mean()),
+                 "phrasings": {}}
+    t1 = time.perf_counter()
+    for k, name in enumerate(PHRASINGS):
+        captions = split.phrased(k)
+        parts, relations, _ = caption_parts(captions)
+        row = {"parsed": statistics.fmean(read_right(p, r, f) for p, r, f in zip(parts, relations, split.named))}
+        for method in configs:
+            head = searcher.search(captions, method, k=1).head
+            row[method] = ranking_metrics(split, head.indices)
+            row[method]["first"] = first_places(split, head.indices)
+            if method == RERANKERS[0]:  # the cosine column of `geosteer search`: its K candidates in first-stage order
+                order = head.first_stage_rank.argsort(dim=1)
+                row["cosine"] = ranking_metrics(split, head.indices.gather(1, order))
+        out["phrasings"][name] = row
+    out["search_seconds"] = round(time.perf_counter() - t1, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(TEST_SEEDS),
+                    help="split seeds (default: the test seeds; the validation seeds are 0 1 2)")
+    ap.add_argument("--queries", type=int, default=20, help="queries per seed (5 collages each; default %(default)s)")
+    ap.add_argument("--photos", choices=("all", "default"), default="all",
+                    help="all installed photos (as bench_photos) or geosteer photos' default five")
+    ap.add_argument("--regions", default=REGIONS, help="region method, as geosteer index --regions (default %(default)s)")
+    ap.add_argument("--resize", choices=RESIZE_MODES, default=None,
+                    help="the bridge's squaring of whole images (default: load_clip('bridge')'s, what --model bridge loads)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a HeadConfig override applied to every method (exploration; default none: the presets)")
+    ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "geosteer" / "photos"))
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/phrasings_<date>.json)")
+    args = ap.parse_args(argv)
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        overrides[key] = int(value) if key == "k" else float(value)
+    start = time.perf_counter()
+    out_path = Path(args.out) if args.out else REPO / "bench" / "results" / f"phrasings_{datetime.date.today().isoformat()}.json"
+    env_before = environment()
+    model = load_clip("bridge") if args.resize is None else load_bridge(resize=args.resize)
+    encoder = CachedEncoder(model, args.cache_dir)
+    configs = {m: c for m, c in method_configs(overrides or None).items() if m in RERANKERS}
+    probe = splitter_probe()
+    parser = resolve_parser()
+    print(f"encoder {encoder.name} ({encoder.fingerprint}); regions {args.regions}; parser {parser}; probe {probe}",
+          file=sys.stderr)
+    seeds = []
+    with tempfile.TemporaryDirectory(prefix="geosteer-phrasings-") as tmp:
+        for seed in args.seeds:
+            seeds.append(run_seed(seed, args, encoder, configs, Path(tmp)))
+            encoder.save()
+            s = seeds[-1]
+            print(f"seed {seed}: indexed in {s['index_seconds']} s ({encoder.misses} images encoded, {encoder.hits} "
+                  f"from the cache), searched in {s['search_seconds']} s; R@1 rerank by phrasing: "
+                  + ", ".join(f"{n} {s['phrasings'][n]['rerank']['r1']:.2f}" for n in PHRASINGS), file=sys.stderr)
+    summary = {}
+    reported = [*configs, "cosine"]
+    for name in PHRASINGS:
+        rows = [s["phrasings"][name] for s in seeds]
+        summary[name] = {"parsed": summarise([r["parsed"] for r in rows]),
+                         **{m: {k: summarise([r[m][k] for r in rows]) for k in METRICS} for m in reported}}
+        for m in configs:
+            summary[name][m]["first"] = {k: statistics.fmean(r[m]["first"][k] for r in rows) for k in rows[0][m]["first"]}
+    means = {m: {k: statistics.fmean(summary[n][m][k]["mean"] for n in PHRASINGS) for k in METRICS} for m in reported}
+    record = {
+        "benchmark": "phrasings",
+        "encoder": encoder.name,
+        "encoder_fingerprint": encoder.fingerprint,
+        "regions": args.regions,
+        "max_regions": DEFAULT_MAX_REGIONS,
+        "methods": {m: {"preset": METHODS[m], **{k: v for k, v in dataclasses.asdict(c).items() if k in
+                                                 ("k", "lam", "gamma", "alpha", "beta")}}
+                    for m, c in configs.items()},
+        "cosine": f"the first-stage order of {RERANKERS[0]}'s K candidates (geosteer search's cosine column)",
+        "overrides": overrides,
+        "photos": args.photos,
+        "queries_per_seed": args.queries,
+        "seeds": args.seeds,
+        "phrasings": {name: phrase("a cat", "left_of", "a rocket", k) for k, name in enumerate(PHRASINGS)},
+        "phrasings_vertical": {name: phrase("a cat", "above", "a rocket", k) for k, name in enumerate(PHRASINGS)},
+        "parser": parser,
+        "splitter_probe": probe,
+        "per_seed": seeds,
+        "summary": summary,
+        "mean_over_phrasings": means,
+        "seconds": round(time.perf_counter() - start, 1),
+        "command": "python -m bench.bench_phrasings " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "env_before": env_before,
+        "env": environment(),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(record, indent=1) + "\n")
+    print(format_table(record))
+    print(f"wrote {out_path}", file=sys.stderr)
+    return 0
+
+
+def format_table(record: dict) -> str:
+    """Per phrasing: R@1 / twin of each re-ranking method and of cosine, and the share parsed right (%, mean over seeds)."""
+    methods = [m for m in RERANKERS if m in record["summary"][PHRASINGS[0]]] + ["cosine"]
+    lines = [f"seeds {record['seeds']}, {record['queries_per_seed']} queries each; encoder {record['encoder']}, "
+             f"regions {record['regions']}, parser {record['parser']}" + (f", overrides {record['overrides']}" if record["overrides"] else ""), "",
+             "| phrasing | example | " + " | ".join(f"{m} R@1 | {m} twin" for m in methods) + " | parsed |",
+             "|---|---|" + "---:|---:|" * len(methods) + "---:|"]
+    for name in PHRASINGS:
+        s = record["summary"][name]
+        cells = [f"{100 * s[m][k]['mean']:.1f}" for m in methods for k in ("r1", "twin")]
+        lines.append(f"| {name} | {record['phrasings'][name]} | " + " | ".join(cells)
+                     + f" | {100 * s['parsed']['mean']:.0f} |")
+    mean = record["mean_over_phrasings"]
+    lines.append("| mean | | " + " | ".join(f"{100 * mean[m][k]:.1f}" for m in methods for k in ("r1", "twin")) + " | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
