@@ -175,6 +175,7 @@ def test_auto_falls_back_to_the_regex_splitter_with_one_warning(no_spacy):
             assert split_parts(caption) == split_parts_regex(caption)
         assert split_captions(["a cat above a dog"]) == [split_parts_regex("a cat above a dog")]
     assert [w.category for w in caught] == [RuntimeWarning]
+    assert caught[0].filename == __file__  # it points at the caller's line, not into geosteer
     message = str(caught[0].message)
     assert "pip install 'geosteer[parse]'" in message and "regular-expression splitter" in message
     assert "GEOSTEER_PARSER=regex" in message

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -239,6 +240,15 @@ def _choice(parser: str | None) -> str:
     return parser
 
 
+def _outside_geosteer() -> int:
+    """The `stacklevel` of the first caller outside the geosteer package (the warning points at the user's call)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(2), 2  # 1: the warn call's own frame (resolve_parser)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def resolve_parser(parser: str | None = None) -> str:
     """The parser a call with `parser` runs: "spacy" or "regex".
 
@@ -270,7 +280,7 @@ def resolve_parser(parser: str | None = None) -> str:
             scene_parse.load_pipeline()
             return "spacy"
         except scene_parse.ModelUnavailable as exc:
-            _SPACY_MISSING = str(exc)
+            _SPACY_MISSING = str(exc).split(";")[0]  # what is missing; the warning says what to install
     with _STATE_LOCK:
         if not _WARNED:
             _WARNED = True
@@ -279,7 +289,7 @@ def resolve_parser(parser: str | None = None) -> str:
                 "for GeoShapes' templated captions: on real captions it finds 41% of the objects and 6% of the "
                 "relations, the spaCy parser 99% and 94% (docs/parsing.md). pip install 'geosteer[parse]' adds "
                 f"spaCy and its English model; {PARSER_ENV}=regex chooses this splitter without this warning.",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning, stacklevel=_outside_geosteer())
     return "regex"
 
 
