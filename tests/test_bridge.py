@@ -20,6 +20,14 @@ def bridge():
 
 
 @pytest.fixture(scope="module")
+def cropped():
+    """The bridge squaring images as CLIP does (their centre square), not the default letterbox."""
+    from geosteer.encoders.clip import load_bridge
+
+    return load_bridge(resize="crop")
+
+
+@pytest.fixture(scope="module")
 def photos():
     import skimage.data
 
@@ -92,10 +100,11 @@ def test_image_embeddings_live_in_the_text_space(bridge):
 
 
 @needs_skimage
-def test_it_recognises_scikit_image_photos(bridge, photos):
+def test_it_recognises_scikit_image_photos(bridge, cropped, photos):
+    """The full (3:2) photos, centre-cropped; letterboxed (the default), the rocket reads as a drilling platform."""
     from geosteer.encoders.bridge import top_classes
 
-    seen = dict(zip(photos, top_classes(bridge, list(photos.values()), k=3)))
+    seen = dict(zip(photos, top_classes(cropped, list(photos.values()), k=3)))
     first = {name: [c for c, _ in top] for name, top in seen.items()}
     assert first["chelsea"][0] in {"tabby", "tiger cat", "Egyptian cat"}
     assert first["coffee"][0] in {"espresso", "cup"}
@@ -105,12 +114,21 @@ def test_it_recognises_scikit_image_photos(bridge, photos):
 
 
 @needs_skimage
-def test_a_text_query_finds_its_photo(bridge, photos):
-    names = list(photos)
-    images = bridge.encode_images(list(photos.values()))
+def test_a_text_query_finds_its_photo(bridge, cropped, photos):
+    """Full photos centre-cropped, and the centre squares the collages hold letterboxed (the default) or not."""
+    def centre_square_of(im):
+        side = min(im.size)
+        x0, y0 = (im.width - side) // 2, (im.height - side) // 2
+        return im.crop((x0, y0, x0 + side, y0 + side))
+
     queries = {"a cat": "chelsea", "a cup of coffee": "coffee", "a rocket": "rocket", "a tripod": "camera"}
-    best = (bridge.encode_texts(list(queries)) @ images.T).argmax(dim=1).tolist()
-    assert [names[b] for b in best] == list(queries.values())
+    for encoder, square in ((cropped, False), (bridge, True), (cropped, True)):
+        names = list(photos)
+        images = encoder.encode_images([centre_square_of(p) if square else p for p in photos.values()])
+        best = (encoder.encode_texts(list(queries)) @ images.T).argmax(dim=1).tolist()
+        assert [names[b] for b in best] == list(queries.values()), (encoder.name, square)
+    # letterboxed whole, the 3:2 rocket photo is a third padding: among the 8 photos of geosteer.photos,
+    # "a rocket" finds the motorcycle (DEFAULT_RESIZE says what the letterbox gains on collages)
 
 
 def test_indexer_fingerprint_and_temperature(bridge):
@@ -133,6 +151,26 @@ def test_indexer_fingerprint_and_temperature(bridge):
         load_bridge(prompt="no slot")
     with pytest.raises(ValueError, match="resize"):
         load_bridge(resize="stretch")
+
+
+def test_the_default_letterboxes_and_the_fingerprint_knows_the_mode(bridge):
+    """A wide collage stays whole in the default; an index of either mode refuses the other's encoder."""
+    from geosteer.encoders.bridge import DEFAULT_RESIZE, ConceptBridge
+    from geosteer.encoders.clip import load_bridge
+    from geosteer.index import encoder_fingerprint
+
+    assert DEFAULT_RESIZE == "letterbox" and bridge.preprocess.resize == "letterbox"
+    assert dict(bridge.model.named_parameters())["letterbox"].item() == 1.0
+    crop = load_bridge(resize="crop")
+    assert crop.name == "bridge(resize='crop')" and crop.preprocess.resize == "crop"
+    assert dict(crop.model.named_parameters())["letterbox"].item() == 0.0
+    assert encoder_fingerprint(crop) != encoder_fingerprint(bridge)
+    im = Image.new("RGB", (300, 100), (255, 255, 255))
+    im.paste(Image.new("RGB", (100, 100), (0, 0, 255)), (0, 0))  # the left photo of a 3-photo row
+    assert bridge.preprocess(im)[2].max() > 0.9 and crop.preprocess(im)[2].max() > 0.9
+    assert (bridge.preprocess(im)[0] < -0.9).any() and not (crop.preprocess(im)[0] < -0.9).any()  # blue kept / cut
+    with pytest.raises(ValueError, match="resize"):
+        ConceptBridge(bridge.model.visual, bridge.model.text, bridge.model.classes, "stretch")
 
 
 def test_square_transform_modes():
