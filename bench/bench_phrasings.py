@@ -97,6 +97,16 @@ def first_places(split, indices: torch.Tensor) -> dict[str, float]:
     return {k: v / len(split.targets) for k, v in kinds.items()}
 
 
+def ranks(split, indices: torch.Tensor) -> dict[str, list[int]]:
+    """Per query, the 0-based rank of its target and of its twin (K where not among the K)."""
+    def rank(q: int, item: int) -> int:
+        hit = (indices[q] == item).nonzero()
+        return int(hit[0]) if len(hit) else int(indices.shape[1])
+
+    return {"target": [rank(q, t) for q, t in enumerate(split.targets)],
+            "twin": [rank(q, t) for q, t in enumerate(split.twins)]}
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     vals = [float(v) for v in values]
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
@@ -132,14 +142,19 @@ def run_seed(seed: int, args, encoder, configs: dict, work: Path) -> dict:
     for k, name in enumerate(PHRASINGS):
         captions = split.phrased(k)
         parts, relations, _ = caption_parts(captions)
-        row = {"parsed": statistics.fmean(read_right(p, r, f) for p, r, f in zip(parts, relations, split.named))}
+        right = [read_right(p, r, f) for p, r, f in zip(parts, relations, split.named)]
+        row = {"parsed": statistics.fmean(right), "queries": [
+            {"query": c, "parts": p, "relations": [list(x) for x in r], "read_right": ok}
+            for c, p, r, ok in zip(captions, parts, relations, right)]}
         for method in configs:
             head = searcher.search(captions, method, k=1).head
             row[method] = ranking_metrics(split, head.indices)
             row[method]["first"] = first_places(split, head.indices)
+            row[method]["ranks"] = ranks(split, head.indices)
             if method == RERANKERS[0]:  # the cosine column of `geosteer search`: its K candidates in first-stage order
                 order = head.first_stage_rank.argsort(dim=1)
                 row["cosine"] = ranking_metrics(split, head.indices.gather(1, order))
+                row["cosine"]["ranks"] = ranks(split, head.indices.gather(1, order))
         out["phrasings"][name] = row
     out["search_seconds"] = round(time.perf_counter() - t1, 1)
     return out

@@ -107,32 +107,28 @@ def phrasing_table(res: dict) -> list[str]:
 
 
 def region_table(regions: dict, throughput: dict | None) -> list[str]:
-    """Per region method: boxes per image, recall of the photos' boxes at IoU 0.5 / 0.7, images/s indexed."""
+    """Per region method, in one paragraph: boxes per image, recall of the photos' boxes at IoU 0.5 / 0.7, images/s indexed."""
     props = regions["proposals"]
     idx = regions["indexing"]
     encoders = [e for e in ("demo", "bridge") if e in idx]
     load = regions["env"].get("load1")
-    lines = [
-        f"Region methods on {regions['collages']} collages: recall of the photos' own boxes (a box found at "
-        f"IoU ≥ 0.5 / 0.7) and indexing images/s (decode, proposals, 1 + n crops encoded; "
-        f"{idx[encoders[0]]['grid']['images']} collages, {regions['env']['threads']} threads, load {load:.1f}):",
-        "",
-        "| regions | boxes / image | recall@0.5 | recall@0.7 | " + " | ".join(f"images/s `{e}`" for e in encoders) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(encoders),
-    ]
+    cells = []
     for r in REGIONS:
         p = props[r]
-        rates = [f"{idx[e][r]['images_per_s']:.1f}" for e in encoders]
-        lines.append(f"| `{r}` | {p['boxes_per_image']:.1f} | {100 * p['recall@0.5']:.1f} | "
-                     f"{100 * p['recall@0.7']:.1f} | " + " | ".join(rates) + " |")
+        rates = " / ".join(f"{idx[e][r]['images_per_s']:.1f}" for e in encoders)
+        cells.append(f"`{r}` {p['boxes_per_image']:.1f}, {100 * p['recall@0.5']:.1f} / {100 * p['recall@0.7']:.1f}, {rates}")
     plain = ", ".join(f"`{e}` {idx[e]['encoder_images_per_s']:.1f}" for e in encoders)
-    lines += ["", f"The encoder alone, crops/s: {plain}."]
+    line = (f"Region methods on {regions['collages']} collages, each: boxes per image, recall of the photos' own boxes "
+            f"(a box found at IoU ≥ 0.5 / 0.7, %), indexing images/s with " + " / ".join(f"`{e}`" for e in encoders)
+            + f" (decode, proposals, 1 + n crops encoded; {idx[encoders[0]]['grid']['images']} collages, "
+            f"{regions['env']['threads']} threads, load {load:.1f}): " + "; ".join(cells) + ". "
+            f"The encoder alone, crops/s: {plain}.")
     if throughput:
-        lines[-1] += (f" `Index.build` on {throughput['images']} rendered scenes ({throughput['size']} px, "
-                      f"`{throughput['model']}`, `{throughput['regions']}`, load {throughput['load1']:.1f}): "
-                      f"{throughput['build_images_per_s']:.1f} images/s, the in-memory indexer "
-                      f"{throughput['in_memory_images_per_s']:.1f}.")
-    return lines
+        line += (f" `Index.build` on {throughput['images']} rendered scenes ({throughput['size']} px, "
+                 f"`{throughput['model']}`, `{throughput['regions']}`, load {throughput['load1']:.1f}): "
+                 f"{throughput['build_images_per_s']:.1f} images/s, the in-memory indexer "
+                 f"{throughput['in_memory_images_per_s']:.1f}.")
+    return [line]
 
 
 def open_lines(rows: list[dict]) -> list[str]:
