@@ -374,6 +374,8 @@ def _continues(doc, i: int) -> bool:
         return k < len(doc) and _is_noun(doc[k])
     if t in ("DT", "PDT", "PRP$"):
         return False  # a determiner starts a new phrase ("two teddy bears a pink one")
+    if prev.tag_ == "PRP$" and _lower(tok) in _BARE_PARTS:
+        return True  # "to its left" with "left" tagged as a participle
     if t == "CD":
         return not _is_noun(prev)
     if t in _ADJ_TAGS or t in _NOUN_TAGS:
@@ -932,10 +934,9 @@ class _Reader:
         if prep.i > 0:
             prev_run = self.run_of.get(prep.i - 1)
             if prev_run is not None and prev_run.end == prep.i and self._objs(prev_run):
-                gov = doc[prev_run.head].head
-                if (_lower(gov) == "with" and self._run_of_token(gov.head) is not None) or (
-                        doc[prev_run.head].dep_ == "conj" and self._with_conjunct(prev_run)):
-                    return self._objs(prev_run)
+                placed = self._with_object(prev_run)
+                if placed is not None:
+                    return self._objs(placed)
         # a phrase that opens its segment places the next object of the segment ("to its right a tripod")
         a, b = self._segment_of(prep.i)
         before = [r for r in self.runs if a <= r.start and r.end <= prep.i and self._objs(r)]
@@ -977,6 +978,27 @@ class _Reader:
         for m in self._conjuncts(first_run):
             out.extend(self._objs(m))
         return out if set(got) <= set(out) else got
+
+    def _with_object(self, run: _Run) -> _Run | None:
+        """The object of "with" that `run` ends, through its own "of" / "in" phrases, or None.
+
+        "a cat with a cup of coffee on its right", "a palace with a woman in uniform on its
+        left": the place phrase after them places the cup, the woman (not the coffee, the uniform).
+        """
+        doc = self.doc
+        for _ in range(3):
+            tok = doc[run.head]
+            gov = tok.head
+            if (_lower(gov) == "with" and self._run_of_token(gov.head) is not None) or (
+                    tok.dep_ == "conj" and self._with_conjunct(run)):
+                return run
+            if tok.dep_ != "pobj" or gov.dep_ != "prep" or gov.head.i >= gov.i:
+                return None
+            owner = self._run_of_token(gov.head)
+            if owner is None or owner is run or not self._objs(owner):
+                return None
+            run = owner
+        return None
 
     def _with_conjunct(self, run: _Run) -> bool:
         tok = self.doc[run.head]
