@@ -290,6 +290,27 @@ def test_write_index_round_trip_in_several_shards(tmp_path):
         write_index(g, paths, tmp_path / "idx", encoder=("synthetic", "f" * 16))
 
 
+def test_identity_names_the_images_row_by_row(built, images, encoder, tmp_path):
+    import shutil
+
+    ident = built.identity
+    assert len(ident) == 16 and int(ident, 16) >= 0
+    assert Index.open(built.path).identity == ident  # stable across open / close
+    shutil.copytree(built.path, tmp_path / "copy")
+    assert Index.open(tmp_path / "copy").identity == ident  # a copy is the same index
+    # same encoder, D, n, regions and even the same file names and pixels, another folder: another index
+    make_images(tmp_path / "other", 22)
+    other = Index.build(tmp_path / "other", tmp_path / "other.index", encoder, progress=False)
+    assert all(other.manifest[k] == built.manifest[k] for k in ("encoder", "dim", "n", "regions", "count"))
+    assert other.paths == built.paths and other.identity != ident
+    # another set of images in the same place differs too, and add changes it
+    few = Index.build(sorted_files(images)[:5], tmp_path / "few.index", encoder, progress=False)
+    assert few.identity != ident
+    before = few.identity
+    few.add(sorted_files(images)[5:7], encoder, progress=False)
+    assert few.identity != before and Index.open(tmp_path / "few.index").identity == few.identity
+
+
 # ---------------------------------------------------------------- add
 
 

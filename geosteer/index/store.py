@@ -18,6 +18,7 @@ Writing is `geosteer.index.builder` (`Index.build`, `index.add`,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ class Index:
         self._checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> its fingerprint matched
         self._paths: tuple[str, ...] | None = None
         self._sizes: tuple[tuple[int, int] | None, ...] | None = None
+        self._identity: str | None = None
 
     # -- opening
 
@@ -157,6 +159,27 @@ class Index:
         m = self.manifest
         return (f"Index({str(self.path)!r}, {len(self)} images, encoder={m['encoder']['name']!r}, "
                 f"regions={m['regions']!r}, n={m['n']}, D={m['dim']}, shards={len(m['shards'])})")
+
+    @property
+    def identity(self) -> str:
+        """A short content fingerprint of the index (16 hex digits): which images it holds, row by row.
+
+        sha256 over the recorded image root and, in row order, each row's id
+        and recorded path (`os.fsencode` bytes); the first 16 hex digits.
+        It depends on the manifest only, never on where the index folder
+        lies: stable across open / close, equal for two copies of one
+        index (or a moved one), different for indexes of different image
+        folders even with the same encoder, D, n and regions (their roots
+        differ), and it changes when `add` appends rows. Two processes
+        compare it to know they search the same gallery row for row.
+        """
+        if self._identity is None:
+            h = hashlib.sha256(b"geosteer-index-identity\0")
+            h.update(os.fsencode(str(self.manifest["root"])) + b"\0")
+            for i, p in enumerate(self.manifest["paths"]):
+                h.update(b"%d\0" % i + os.fsencode(p) + b"\0")
+            self._identity = h.hexdigest()[:16]
+        return self._identity
 
     @property
     def root(self) -> Path:
@@ -388,6 +411,7 @@ class Index:
         self._gallery = None
         self._paths = None
         self._sizes = None
+        self._identity = None
 
 
 def write_index(
