@@ -18,8 +18,12 @@ A command checks its arguments and output paths before it loads a model or
 does any work; a bad one is one line on stderr, `geosteer <command>: error:
 <message naming it>`, and exit status 2 (as argparse's own errors). A
 `geosteer.commands.args.UsageError` that a command lets escape is printed
-the same way. Any other exception is a bug and keeps its traceback. Bare
-`geosteer` (no command) prints the help on stderr and exits 2.
+the same way. A command whose library work raises `ValueError` on bad data
+(`geosteer index`, `geosteer search`: NaN regions in an index, say) catches
+it around that work and prints it as one line too, exit status 2 (1 for a
+corrupt or outdated index, `StoreError`). Any other exception is a bug and
+keeps its traceback. Bare `geosteer` (no command) prints the help on stderr
+and exits 2.
 """
 
 from __future__ import annotations

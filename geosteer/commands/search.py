@@ -2,7 +2,9 @@
 
 `geosteer search INDEX "a red car to the left of a blue bus" [more queries]` encodes each query with the index's model (recorded in its manifest), runs the cosine first stage and the re-ranking head (--method, default rerank; `geosteer.index.Searcher`) and prints per query a table of rank, path, the re-ranked score and the cosine score and rank before re-ranking; --json prints the results as JSON instead (the form `geosteer serve` answers `POST /search` with), --html writes a self-contained page (thumbnails embedded, cosine and re-ranked columns side by side, the region matched to each query part drawn).
 
-It checks its arguments before loading anything and prints one line naming a bad one (exit status 2).
+It checks its arguments before loading anything and prints one line naming a bad one (exit status 2); a
+ValueError of the library while searching (NaN regions in the index, say) is one line and exit status 2 too,
+a corrupt or outdated index (`StoreError`) one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ def run_search(args: argparse.Namespace) -> int:
         return fail("search", str(e))
     except StoreError as e:  # a version, a truncated or corrupt shard: the data, not an argument
         return fail("search", str(e), status=1)
+    except ValueError as e:
+        # The library's bad-input errors name the argument or the data (NaN / inf region embeddings, a query
+        # side the head refuses), as `geosteer index` prints them. Only the work above is covered: a
+        # ValueError while printing or writing the results is a bug in this command and keeps its traceback.
+        return fail("search", str(e))
     info = {"index": str(args.index), "images": len(index), "model": index.manifest["encoder"]["name"],
             "preset": METHODS[args.method], "seconds": seconds}
     if args.html is not None:
