@@ -1,13 +1,17 @@
-"""`geosteer search` on hostile data: an index whose regions are NaN.
+"""`geosteer search` on hostile data: an index whose regions are NaN, an image whose file name is not UTF-8.
 
 Run in-process through `geosteer.cli.main` on a tiny index built with the
-shipped demo model.
+shipped demo model. pytest's captured stdout encodes strictly (as a UTF-8
+terminal outside the C locale does), so a name that cannot be encoded
+fails here as it fails for a user.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +22,10 @@ from geosteer import cli
 from geosteer.geoshapes import random_scene, render
 from geosteer.index import format as fmt
 
+#: A file name that is not UTF-8: `os.fsdecode` makes it 'bad\udcffname.png' (surrogateescape).
+BAD_NAME = os.fsdecode(b"bad\xffname.png")
+#: How the table and the page show it: the undecodable byte as `\xff`, like `ls -b`.
+SHOWN = "bad\\xffname.png"
 
 
 def main(*argv) -> int:
@@ -26,11 +34,11 @@ def main(*argv) -> int:
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
-    """An index of 4 images."""
+    """An index of 4 images, one of them named with the byte 0xff (every image ranks: -k 4)."""
     folder = tmp_path_factory.mktemp("hostile")
     images = folder / "images"
     images.mkdir()
-    for i, name in enumerate(["0.png", "1.png", "2.png", "3.png"]):
+    for i, name in enumerate(["0.png", "1.png", "2.png", BAD_NAME]):
         render(random_scene(random.Random(300 + i)), size=64).save(images / name)
     assert main("index", images, "--out", folder / "index", "--no-progress") == 0
     return folder / "index"
@@ -59,3 +67,53 @@ def test_nan_regions_are_one_line_and_status_2(index_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main("search", folder, "a red circle", "-k", "2") == 2
     _one_error_line(capsys, "search", "NaN or inf", "gallery_parts")
+
+
+def test_a_non_utf8_name_in_the_table(index_dir, capsys):
+    capsys.readouterr()
+    assert main("search", index_dir, "a red circle", "-k", "4") == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d+\s+-?\d\.\d{4}", line)]
+    assert len(rows) == 4 and sum(line.endswith(f"  {SHOWN}") for line in rows) == 1, rows
+
+
+def test_a_non_utf8_name_in_json_stays_a_usable_path(index_dir, capsys):
+    capsys.readouterr()
+    assert main("search", index_dir, "a red circle", "-k", "4", "--json") == 0
+    out = capsys.readouterr().out
+    assert out.isascii()  # every non-ASCII character is a JSON escape
+    hits = json.loads(out)["queries"][0]["reranked"]
+    paths = [h["path"] for h in hits]
+    assert BAD_NAME in paths
+    root = Path(json.loads((index_dir / "manifest.json").read_text())["root"])
+    # the escape decodes to the surrogate os.fsdecode made: os.fsencode gives back the file's real bytes
+    assert (root / BAD_NAME).is_file() and os.fsencode(root / BAD_NAME).endswith(b"/bad\xffname.png")
+
+
+def test_a_non_utf8_name_on_the_html_page(index_dir, tmp_path, capsys):
+    page = tmp_path / "out.html"
+    capsys.readouterr()
+    assert main("search", index_dir, "a red circle", "-k", "4", "--html", page) == 0
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_bytes().decode("utf-8")  # strict: the page is valid UTF-8
+    assert text.count(f'<span class="path">{SHOWN}</span>') == 2  # in the cosine and the re-ranked column
+    assert "image unavailable" not in text  # its thumbnail was read from the real file
+
+
+def test_a_non_utf8_output_path(index_dir, tmp_path, capsys):
+    """A name from the command line is surrogate-escaped too: the page is written where asked, the line prints."""
+    page = tmp_path / os.fsdecode(b"page\xfe.html")
+    capsys.readouterr()
+    assert main("search", index_dir, "a red circle", "-k", "2", "--html", page) == 0
+    assert f"wrote {tmp_path}/page\\xfe.html" in capsys.readouterr().out
+    assert os.path.isfile(os.fsencode(tmp_path) + b"/page\xfe.html")
+
+
+def test_a_query_that_is_not_utf8_is_refused_before_loading(index_dir, capsys, monkeypatch):
+    """Bytes from a terminal in another encoding: no caption parser reads them; one line naming the byte."""
+    from geosteer.commands import args as shared
+
+    monkeypatch.setattr(shared, "_load", lambda *a, **k: pytest.fail("the model loaded for a query it cannot read"))
+    capsys.readouterr()
+    assert main("search", index_dir, "a red circle", os.fsdecode(b"a caf\xe9"), "-k", "2") == 2
+    _one_error_line(capsys, "search", "QUERY 'a caf\\xe9' is not UTF-8 text", "byte 0xe9")

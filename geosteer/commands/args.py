@@ -29,8 +29,46 @@ class UsageError(Exception):
 
 def fail(command: str, message: str, status: int = 2) -> int:
     """Print `geosteer COMMAND: error: MESSAGE` on stderr; return `status` (the command's exit status)."""
-    print(f"geosteer {command}: error: {message}", file=sys.stderr)
+    echo(f"geosteer {command}: error: {message}", sys.stderr)
     return status
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes that were not UTF-8 shown as `\\xNN` (as `ls -b` does): safe to print or write as UTF-8.
+
+    A file name or command-line argument that is not UTF-8 reaches Python as
+    a str holding lone surrogates (`os.fsdecode`'s surrogateescape: byte 0xff
+    is U+DCFF); encoding it as UTF-8 raises. Keep the str itself for opening
+    the file (it round-trips through `os.fsencode`); show this.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte (U+D800..U+DC7F): show its code point
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def echo(text: str, file=None) -> None:
+    """Print `text` (`printable`) on `file` (default stdout), escaping what its encoding cannot write.
+
+    pytest's captured streams, `PYTHONIOENCODING` and UTF-8 locales other
+    than C encode strictly: a plain print of a surrogate raises there.
+    """
+    file = sys.stdout if file is None else file
+    text = printable(text)
+    encoding = getattr(file, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=file)
+
+
+def check_text(name: str, value: str) -> None:
+    """`value` (a caption from the command line) is UTF-8 text, else a UsageError naming the first byte that is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(value[e.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"code point U+{code:04X}"
+        raise UsageError(f"{name} '{printable(value)}' is not UTF-8 text ({what} at character {e.start}); type it "
+                         f"in a UTF-8 terminal (LANG=C.UTF-8, say)") from None
 
 
 def check_positive(name: str, value: int | None) -> None:

@@ -27,10 +27,13 @@ from geosteer.commands.args import (
     check_index_argument,
     check_model,
     check_positive,
+    check_text,
     check_writable_file,
+    echo,
     fail,
     index_encoder,
     method_configs,
+    printable,
     set_threads,
 )
 
@@ -68,6 +71,8 @@ def _search_plan(args: argparse.Namespace) -> None:
     empty = [q for q in args.queries if not q.strip()]
     if empty:
         raise UsageError(f"QUERY {empty[0]!r} is empty")
+    for q in args.queries:  # bytes from a terminal in another encoding: no caption parser can read them
+        check_text("QUERY", q)
     if args.html is not None:
         check_writable_file("--html", args.html)
     check_device(args.device)
@@ -108,16 +113,17 @@ def run_search(args: argparse.Namespace) -> int:
             "preset": METHODS[args.method], "seconds": seconds}
     if args.html is not None:
         page = write_search_html(Path(args.html), index, result, info)
-        print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
+        echo(f"wrote {page}", sys.stderr if args.json else sys.stdout)
     if args.json:
+        # ASCII: a file name that is not UTF-8 is a \udcNN escape; json.loads + os.fsencode give back its bytes
         print(json.dumps({**info, **result.to_dict()}, indent=1))
     else:
-        print(format_results(result, info))
+        echo(format_results(result, info))
     return 0
 
 
 def format_results(result, info: dict) -> str:
-    """The text tables of a `SearchResult`: one per query, rank / before / scores / path."""
+    """The text tables of a `SearchResult`: one per query, rank / before / scores / path (`printable`)."""
     lines = []
     k, big_k = result.k, result.config.k
     for q, ranking in enumerate(result.reranked):
@@ -130,7 +136,7 @@ def format_results(result, info: dict) -> str:
         lines.append(f"{'rank':>4}  {'before':>6}  {'score':>7}  {'cosine':>7}  {'align':>6}  {'struct':>6}  path")
         for row in ranking.rows():
             lines.append(f"{row['rank']:>4}  {row['rank_before']:>6}  {row['score']:>7.4f}  {row['first_stage']:>7.4f}  "
-                         f"{row['alignment']:>6.3f}  {row['structure']:>6.3f}  {row['path']}")
+                         f"{row['alignment']:>6.3f}  {row['structure']:>6.3f}  {printable(row['path'])}")
     return "\n".join(lines)
 
 
@@ -181,7 +187,8 @@ def write_search_html(path: Path, index, result, info: dict) -> Path:
 
     Thumbnails are embedded (base64 JPEG), so the page opens from disk
     anywhere; in the after column each query part's matched region is
-    framed in that part's colour.
+    framed in that part's colour. Names that are not UTF-8 are shown as
+    `printable` writes them; the thumbnails are read from the files.
 
     Returns:
         `path`.
@@ -199,28 +206,29 @@ def write_search_html(path: Path, index, result, info: dict) -> Path:
                   f"R {ranking.structure[r]:.3f} · was #{ranking.ranks_before[r]}" if after else
                   f"cos {ranking.scores[r]:.4f}")
         return (f'<div class="hit"><img src="{uri}" alt=""><div>#{r + 1} <span class="path">'
-                f'{html.escape(ranking.paths[r])}</span></div><div class="score">{scores}</div>'
+                f'{html.escape(printable(ranking.paths[r]))}</span></div><div class="score">{scores}</div>'
                 + (f'<div class="small">{html.escape(note)}</div>' if note else "") + "</div>")
 
     body = []
     for q in range(len(result.reranked)):
         text = result.queries[q] if result.queries is not None else f"query {q + 1}"
         chips = "".join(f'<span class="chip" style="background: rgb{PART_COLOURS[j % len(PART_COLOURS)]}">'
-                        f"{html.escape(p)}</span>" for j, p in enumerate(result.parts[q]))
+                        f"{html.escape(printable(p))}</span>" for j, p in enumerate(result.parts[q]))
         before = "".join(hit_html(result.cosine[q], r, False) for r in range(len(result.cosine[q].ids)))
         after = "".join(hit_html(result.reranked[q], r, True) for r in range(len(result.reranked[q].ids)))
-        body.append(f"<h2>{html.escape(text)}</h2><div>{chips}</div><div class='cols'>"
+        body.append(f"<h2>{html.escape(printable(text))}</h2><div>{chips}</div><div class='cols'>"
                     f"<div class='col'><h3>before: cosine top-{result.k}</h3><div class='hits'>{before}</div></div>"
                     f"<div class='col'><h3>after: {html.escape(result.method)} top-{result.k}</h3>"
                     f"<div class='hits'>{after}</div></div></div>")
-    notes = (f"index {html.escape(info['index'])}: {info['images']} images, model {html.escape(info['model'])}, regions "
-             f"{html.escape(index.manifest['regions'])}; method {html.escape(result.method)} (preset "
-             f"{html.escape(info['preset'])}, K={result.config.k} candidates re-ranked). S = fused score, "
-             f"cos = cosine, A = part alignment, R = relations holding; frames = the region matched to each part.")
+    notes = (f"index {html.escape(printable(info['index']))}: {info['images']} images, model "
+             f"{html.escape(info['model'])}, regions {html.escape(index.manifest['regions'])}; method "
+             f"{html.escape(result.method)} (preset {html.escape(info['preset'])}, K={result.config.k} candidates "
+             f"re-ranked). S = fused score, cos = cosine, A = part alignment, R = relations holding; frames = the "
+             f"region matched to each part.")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>geosteer search</title><style>{_CSS}</style>"
             f"</head><body><h1>geosteer search</h1><p class='small'>{notes}</p>{''.join(body)}</body></html>\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8")  # what its <meta charset> says, whatever the locale
     os.replace(tmp, path)  # all or nothing: an interrupted run leaves no half page
     return path
