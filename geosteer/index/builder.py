@@ -420,6 +420,7 @@ def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: in
     t0 = time.perf_counter()
     if state == "partial":
         prog = fmt.read_json(folder / fmt.PROGRESS, "build progress file")
+        fmt.check_progress(prog, folder / fmt.PROGRESS)
         _check_same(prog, settings, plan, folder)
     else:
         ranges = [[s, min(s + shard_size, len(plan))] for s in range(0, len(plan), shard_size)]

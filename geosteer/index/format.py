@@ -18,7 +18,9 @@ Every file is written atomically (temp file, fsync, `os.replace`, fsync of
 the folder). Shards are safetensors files whose header is padded to 64
 bytes, so each tensor stays 4-byte aligned when the file is memory-mapped.
 Format version 2 added the images' sizes and the encoder's pretrained tag;
-a version 1 index is refused with a message to rebuild it.
+a version 1 index is refused with a message to rebuild it. A manifest (on
+open) and a build.json (on resume) are checked field by field: a file of
+the wrong structure is one `StoreError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -54,8 +58,8 @@ _ST_DTYPES = {"F32": np.float32, "BOOL": np.bool_}
 _NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.bool_): "BOOL"}
 _HEADER_ALIGN = 64
 _MAX_HEADER = 1 << 24  # a shard header is a few hundred bytes; more is not one of ours
-_MANIFEST_KEYS = ("encoder", "regions", "max_regions", "dim", "n", "count", "root", "paths", "sizes", "skipped",
-                  "shards", "build")
+_SHARD_FILE = re.compile(r"shards/shard-\d{5,}\.safetensors")  # what shard_name writes: never a path out of the folder
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class StoreError(ValueError):
@@ -382,22 +386,172 @@ def check_version(obj: dict, path: Path, what: str) -> None:
                          f"build again)")
 
 
+# ---------------------------------------------------------------- the schema
+#
+# A manifest or build file is checked field by field when it is read, so a
+# file of the wrong structure (a shard without "count", "shards": 5, "paths":
+# null) is one StoreError naming the file and the field, never a KeyError or
+# TypeError later, deep inside a search or a resumed build.
+
+
+def _describe(v: Any) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return type(v) is int and v >= low  # type(): a bool is not a count
+
+
+_INT0 = (lambda v: _is_int(v, 0), "an int >= 0")
+_INT1 = (lambda v: _is_int(v, 1), "an int >= 1")
+_OPT_INT1 = (lambda v: v is None or _is_int(v, 1), "an int >= 1 or null")
+_STR = (lambda v: type(v) is str, "a string")
+_NAME = (lambda v: type(v) is str and bool(v), "a non-empty string")
+_OPT_STR = (lambda v: v is None or type(v) is str, "a string or null")
+_OBJ = (lambda v: type(v) is dict, "an object")
+_LIST = (lambda v: type(v) is list, "a list")
+_SIZE = (lambda v: v is None or (type(v) is list and len(v) == 2 and _is_int(v[0], 1) and _is_int(v[1], 1)),
+         "[width, height] (ints >= 1) or null")
+_RANGE = (lambda v: type(v) is list and len(v) == 2 and _is_int(v[0], 0) and _is_int(v[1], 0) and v[0] <= v[1],
+          "[start, stop] (ints, start <= stop)")
+_HEX = (lambda v: type(v) is str and _HEX64.fullmatch(v) is not None, "64 hex digits (a sha256)")
+_SHARD = (lambda v: type(v) is str and _SHARD_FILE.fullmatch(v) is not None,
+          "a shard file name 'shards/shard-NNNNN.safetensors'")
+_OPT_SHARD = (lambda v: v is None or _SHARD[0](v), "a shard file name or null")
+
+
+class _Fields:
+    """Checks the fields of one JSON file; the first bad one is a StoreError "FILE: FIELD: problem"."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def fail(self, name: str, problem: str) -> None:
+        raise StoreError(f"{self.path}: {name}: {problem}")
+
+    def value(self, v: Any, name: str, kind: tuple) -> Any:
+        if not kind[0](v):
+            self.fail(name, f"must be {kind[1]}, got {_describe(v)}")
+        return v
+
+    def field(self, obj: dict, key: str, where: str, kind: tuple, optional: bool = False) -> Any:
+        name = f"{where}.{key}" if where else key
+        if key not in obj:
+            if not optional:
+                self.fail(name, "missing")
+            return None
+        return self.value(obj[key], name, kind)
+
+    def items(self, obj: dict, key: str, kind: tuple, where: str = "") -> list:
+        """A list field whose every item is of `kind` (a fast all() first: a manifest holds a row per image)."""
+        name = f"{where}.{key}" if where else key
+        items = self.field(obj, key, where, _LIST)
+        if not all(kind[0](v) for v in items):
+            i = next(i for i, v in enumerate(items) if not kind[0](v))
+            self.value(items[i], f"{name}[{i}]", kind)
+        return items
+
+    def encoder(self, obj: dict) -> dict:
+        enc = self.field(obj, "encoder", "", _OBJ)
+        self.field(enc, "name", "encoder", _NAME)
+        self.field(enc, "pretrained", "encoder", _OPT_STR, optional=True)
+        self.field(enc, "fingerprint", "encoder", _NAME)
+        self.field(enc, "embed_dim", "encoder", _INT1)
+        self.field(enc, "image_size", "encoder", (lambda v: v is None or _is_int(v, 1), "an int >= 1 or null"),
+                   optional=True)
+        return enc
+
+    def skipped(self, obj: dict, where: str = "") -> None:
+        name = f"{where}.skipped" if where else "skipped"
+        for i, s in enumerate(self.field(obj, "skipped", where, _LIST)):
+            self.value(s, f"{name}[{i}]", _OBJ)
+            self.field(s, "path", f"{name}[{i}]", _STR)
+            self.field(s, "error", f"{name}[{i}]", _STR)
+
+    def checksums(self, entry: dict, where: str) -> None:
+        sha = self.field(entry, "sha256", where, _OBJ)
+        for t in TENSORS:
+            self.field(sha, t, f"{where}.sha256", _HEX)
+
+
 def check_manifest(m: dict, path: Path) -> None:
-    """Raise unless `m` is a readable manifest of this format version, self-consistent in its counts.
+    """Raise unless `m` is a readable manifest of this format version: every field of the right type, counts adding up.
 
     Raises:
-        StoreError: naming the file and what is wrong.
+        StoreError: naming the file and the first bad field
+            ("my.index/manifest.json: shards[0].count: missing").
     """
     if m.get("format") != FORMAT_NAME:
         raise StoreError(f"manifest {str(path)!r} is not a geosteer index manifest (format {m.get('format')!r})")
     check_version(m, path, "manifest")
-    missing = [k for k in _MANIFEST_KEYS if k not in m]
-    if missing:
-        raise StoreError(f"manifest {str(path)!r} lacks {', '.join(missing)}")
-    rows = sum(s["count"] for s in m["shards"])
-    if rows != m["count"] or len(m["paths"]) != m["count"] or len(m["sizes"]) != m["count"]:
-        raise StoreError(f"manifest {str(path)!r}: its shards hold {rows} rows, its paths {len(m['paths'])}, its "
-                         f"sizes {len(m['sizes'])}, its count says {m['count']}")
+    f = _Fields(path)
+    enc = f.encoder(m)
+    f.field(m, "regions", "", _NAME)
+    f.field(m, "max_regions", "", _INT1)
+    dim = f.field(m, "dim", "", _INT1)
+    if dim != enc["embed_dim"]:
+        f.fail("dim", f"{dim}, but encoder.embed_dim is {enc['embed_dim']}")
+    f.field(m, "n", "", _INT1)
+    count = f.field(m, "count", "", _INT0)
+    f.field(m, "root", "", _STR)
+    f.field(m, "root_from_index", "", _OPT_STR, optional=True)
+    paths = f.items(m, "paths", _STR)
+    sizes = f.items(m, "sizes", _SIZE)
+    f.skipped(m)
+    shards = f.field(m, "shards", "", _LIST)
+    for i, s in enumerate(shards):
+        where = f"shards[{i}]"
+        f.value(s, where, _OBJ)
+        f.field(s, "file", where, _SHARD)
+        f.field(s, "count", where, _INT0)
+        f.field(s, "bytes", where, _INT0)
+        f.checksums(s, where)
+    build = f.field(m, "build", "", _OBJ)
+    f.field(build, "batch_size", "build", _OPT_INT1, optional=True)
+    f.field(build, "shard_size", "build", _OPT_INT1, optional=True)
+    f.field(m, "metadata", "", _OBJ, optional=True)
+    f.field(m, "skipped_count", "", _INT0, optional=True)
+    rows = sum(s["count"] for s in shards)
+    if rows != count or len(paths) != count or len(sizes) != count:
+        raise StoreError(f"manifest {str(path)!r}: its shards hold {rows} rows, its paths {len(paths)}, its "
+                         f"sizes {len(sizes)}, its count says {count}")
+
+
+def check_progress(prog: dict, path: Path) -> None:
+    """Raise unless `prog` is a readable build progress file (build.json) of this format version.
+
+    Raises:
+        StoreError: naming the file and the first bad field ("my.index/build.json: shards[0].range: missing").
+    """
+    check_version(prog, path, "build progress file")
+    f = _Fields(path)
+    f.encoder(prog)
+    f.field(prog, "regions", "", _NAME)
+    for key in ("max_regions", "batch_size", "shard_size"):
+        f.field(prog, key, "", _INT1)
+    f.field(prog, "root", "", _STR)
+    f.field(prog, "metadata", "", _OBJ, optional=True)
+    plan = f.items(prog, "plan", _STR)
+    ranges = f.items(prog, "ranges", _RANGE)
+    for i, s in enumerate(f.field(prog, "shards", "", _LIST)):
+        where = f"shards[{i}]"
+        f.value(s, where, _OBJ)
+        a, b = f.field(s, "range", where, _RANGE)
+        if [a, b] not in ranges:
+            f.fail(f"{where}.range", f"{[a, b]} is not one of the plan's ranges")
+        kept = f.items(s, "kept", (lambda v: _is_int(v, a) and v < b, f"a plan position in [{a}, {b})"), where)
+        f.items(s, "sizes", _SIZE, where)
+        if f.field(s, "count", where, _INT0) != len(kept) or len(s["sizes"]) != len(kept):
+            f.fail(where, f"count {s['count']}, {len(kept)} kept and {len(s['sizes'])} sizes do not agree")
+        f.skipped(s, where)
+        if f.field(s, "file", where, _OPT_SHARD) is not None:
+            f.field(s, "bytes", where, _INT0)
+            f.checksums(s, where)
+        elif kept:
+            f.fail(f"{where}.file", f"null, but {len(kept)} images were kept")
+    if ranges and ranges[-1][1] > len(plan):
+        f.fail("ranges", f"reach position {ranges[-1][1]}, past the plan's {len(plan)} images")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -414,9 +568,9 @@ def read_manifest(folder: Path) -> dict:
         raise FileNotFoundError(f"index {str(folder)!r} does not exist")
     if state == "partial":
         prog = read_json(folder / PROGRESS, "build progress file")
-        done, total = len(prog.get("shards", [])), len(prog.get("ranges", []))
-        raise StoreError(f"index {str(folder)!r} is an unfinished build ({done} of {total} shards written, no "
-                         f"{MANIFEST} yet); run the build again with the same arguments to resume it")
+        count = lambda key: len(v) if isinstance(v := prog.get(key), list) else "?"  # noqa: E731 - any content
+        raise StoreError(f"index {str(folder)!r} is an unfinished build ({count('shards')} of {count('ranges')} shards "
+                         f"written, no {MANIFEST} yet); run the build again with the same arguments to resume it")
     if state != "complete":
         raise StoreError(f"{str(folder)!r} is not an index: it has no {MANIFEST}")
     manifest = read_json(folder / MANIFEST, "manifest")
@@ -444,6 +598,8 @@ def recorded_model(record: dict, model: str | None = None, pretrained: str | Non
     if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"]:
         raise StoreError("its manifest.json records no encoder (not a geosteer index)")
     name, tag = enc["name"], enc.get("pretrained")
+    if tag is not None and not isinstance(tag, str):
+        raise StoreError(f"its manifest.json: encoder.pretrained: must be a string or null, got {_describe(tag)}")
     if model is not None and model != name:
         name, tag = model, None
     return name, pretrained if pretrained is not None else tag

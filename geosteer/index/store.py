@@ -87,7 +87,8 @@ class Index:
             FileNotFoundError: `path` does not exist.
             StoreError (a ValueError) naming the file: no manifest (not an
                 index, or an unfinished build), a manifest of another format
-                version (rebuild it), a missing, truncated or mismatched shard.
+                version (rebuild it) or of the wrong structure (naming the
+                field), a missing, truncated or mismatched shard.
             ValueError: naming the index and both encoders, when `encoder`
                 is not the one the index was built with.
         """
