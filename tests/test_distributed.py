@@ -336,3 +336,28 @@ def test_rank_failure_messages_name_the_ranks():
     some = RankFailure("merge", {0: "KeyError: a", 2: "OSError: b"}, 3)
     assert "on ranks 0, 2 of 3" in str(some) and "rank 2: OSError: b" in str(some)
     assert "rank 1 has 24" in str(ShardMismatch("dim", {0: 16, 1: 24}))
+
+
+# ---------------------------------------------------------------- the command's arguments (no group started)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--timeout", "0"], "argument --timeout: must be a positive, finite number of seconds, got '0'"),
+    (["--timeout", "nan"], "argument --timeout: must be a positive, finite number of seconds, got 'nan'"),
+    (["--timeout", "inf"], "argument --timeout: must be a positive, finite number of seconds, got 'inf'"),
+    (["--timeout", "-5"], "argument --timeout: must be a positive, finite number of seconds, got '-5'"),
+    (["--timeout", "soon"], "argument --timeout: must be a positive, finite number of seconds, got 'soon'"),
+    (["-k", "0"], "argument -k: must be a positive integer, got '0'"),
+    (["-k", "2.5"], "argument -k: must be a positive integer, got '2.5'"),
+    (["--threads", "-1"], "argument --threads: must be a positive integer, got '-1'"),
+])
+def test_the_torchrun_entry_refuses_bad_numbers_as_argparse_errors(argv, fragment, tmp_path, capsys, monkeypatch):
+    """Exit 2 with argparse's error line naming the argument, before any process group starts."""
+    from geosteer.distributed import search as entry
+
+    monkeypatch.setattr(entry, "init_distributed", lambda *a, **k: pytest.fail("a group started for a bad argument"))
+    with pytest.raises(SystemExit) as info:
+        entry.main([str(tmp_path), "a red circle", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"{entry.PROG}: error: {fragment}", err

@@ -11,13 +11,16 @@ manifest records (`Index.load_encoder`; or reads `--queries-file`, a
 `ShardedHead` returns: the same ranking `geosteer search` prints for the
 whole gallery, and with --json the same JSON form (`SearchResult.to_dict()`;
 paths are the image files). Without torchrun it runs as one rank. Exit
-status: 0, 1 for a failed search (every rank reports it), 2 for bad arguments.
+status: 0, 1 for a failed search (every rank reports it), 2 for bad arguments
+(argparse's error naming the argument: -k, --threads and --timeout must be
+positive, --timeout finite too; checked before the process group starts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -29,11 +32,32 @@ from geosteer.distributed.comm import DEFAULT_TIMEOUT_S, init_distributed
 from geosteer.distributed.faults import CollectiveError, RankFailure, ShardMismatch
 from geosteer.distributed.head import ShardedHead
 from geosteer.distributed.shard import ShardedGallery, shard_folders
-from geosteer.encoders.clip import check_positive_int
 from geosteer.index import Index, Indexer, head_k, query_side, search_result
 from geosteer.inputs import QuerySide
 
 PROG = "python -m torch.distributed.run --nproc-per-node N -m geosteer.distributed.search"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse prints the error naming the argument, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number > 0 (`init_distributed` would raise a ValueError mid-start on 0 or nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,15 +65,16 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("index", metavar="INDEX", help="sharded index folder (shards.json) or one index folder")
     p.add_argument("queries", metavar="QUERY", nargs="*", help="captions to search for")
-    p.add_argument("-k", type=int, default=10, help="results per query (default: %(default)s)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default: %(default)s)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="head preset (default: %(default)s)")
     p.add_argument("--queries-file", default=None, metavar="Q.pt",
                    help="torch.save'd dict of QuerySide fields (embeddings, parts, ...) instead of captions")
     p.add_argument("--model", default=None, help="text encoder (default: the one the index records)")
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint of --model")
     p.add_argument("--faiss", default=None, choices=("ivf", "hnsw", "flat"), help="first stage: a FAISS index per shard")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="collective timeout, s (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads per rank")
+    p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S,
+                   help="collective timeout, s (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
 
@@ -70,18 +95,15 @@ def load_queries(args: argparse.Namespace, folder) -> tuple[list[str] | None, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command (every rank); rank 0 prints."""
-    args = parser().parse_args(argv)
-    try:
-        check_positive_int("-k", args.k)
-        if args.threads is not None:
-            check_positive_int("--threads", args.threads)
-    except ValueError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    """Run the command (every rank); rank 0 prints. Returns the exit status.
+
+    Raises:
+        SystemExit: status 2, from argparse, for a bad argument.
+    """
+    p = parser()
+    args = p.parse_args(argv)  # a bad number: argparse's error naming it, exit 2 (every rank alike, no group yet)
     if not args.queries and args.queries_file is None:
-        print(f"{PROG}: give captions (QUERY ...) or --queries-file", file=sys.stderr)
-        return 2
+        p.error("give captions (QUERY ...) or --queries-file")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     comm = init_distributed(timeout_s=args.timeout)
