@@ -242,3 +242,80 @@ def test_the_index_command_prints_one_line_for_a_malformed_build_file(partial, t
     assert main("search", folder, "a cat") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unfinished build" in err[0], err
+
+
+# ---------------------------------------------------------------- files that are not regular files
+
+
+def _unblock(fifo: Path) -> None:
+    """Open the FIFO's write end without blocking and close it, so a reader stuck in open() gets EOF."""
+    import os
+
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader waiting: nothing is stuck
+        pass
+
+
+def _bounded(fn, fifos: list[Path], seconds: float = 60.0):
+    """fn() in a thread; a failure (never a hung test) if it has not returned within `seconds`."""
+    import threading
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    hung = t.is_alive()
+    while t.is_alive():  # let the stuck thread finish, so it does not outlive the test
+        for f in fifos:
+            _unblock(f)
+        t.join(0.2)
+    assert not hung, f"blocked for {seconds} s (in open() of a FIFO?)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs os.mkfifo")
+def test_a_fifo_among_the_images_is_skipped_never_opened(tmp_path, encoder):
+    import os
+
+    make_images(tmp_path / "images", 3)
+    fifo = tmp_path / "images" / "pipe.jpg"
+    os.mkfifo(fifo)
+    index = _bounded(lambda: Index.build(tmp_path / "images", tmp_path / "index", encoder, progress=False), [fifo])
+    assert len(index) == 3 and "pipe.jpg" not in index.paths
+    (entry,) = index.skipped
+    assert entry["path"] == "pipe.jpg" and "not a regular file" in entry["error"] and "FIFO" in entry["error"]
+    # add, a list of files, and a symlink to a character device are skipped the same way
+    make_images(tmp_path / "images", 1, start=3)
+    fifo2 = tmp_path / "images" / "pipe2.png"
+    os.mkfifo(fifo2)
+    zero = tmp_path / "images" / "zero.png"
+    zero.symlink_to("/dev/zero")
+    _bounded(lambda: index.add(tmp_path / "images", encoder, progress=False), [fifo, fifo2])
+    assert len(index) == 4 and {s["path"] for s in index.skipped} == {"pipe.jpg", "pipe2.png", "zero.png"}
+    assert "character device" in next(s["error"] for s in index.skipped if s["path"] == "zero.png")
+    listed = _bounded(lambda: Index.build([fifo, tmp_path / "images" / "img_000.png"], tmp_path / "index2", encoder,
+                                          progress=False), [fifo])
+    assert len(listed) == 1 and listed.skipped[0]["path"] == "pipe.jpg"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs os.mkfifo")
+def test_a_fifo_in_place_of_a_shard_is_named_never_opened(good, tmp_path):
+    import os
+
+    folder = tmp_path / "my.index"
+    shutil.copytree(good, folder)
+    shard = folder / json.loads((folder / "manifest.json").read_text())["shards"][0]["file"]
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(StoreError, match=rf"shard '{shard}' is not a regular file \(a FIFO\)"):
+        _bounded(lambda: Index.open(folder), [shard])

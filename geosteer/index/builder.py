@@ -11,7 +11,9 @@ shards are merged into one file (a streamed copy, seconds next to hours of
 encoding), so `Index.open` maps every tensor whole, zero-copy.
 
 Images that fail to decode (not an image, truncated, unreadable, too small)
-are skipped and listed in the manifest with their error. Every image is
+are skipped and listed in the manifest with their error; so is anything
+that is not a regular file (a FIFO, a socket, a device: found by stat,
+never opened, since opening a FIFO blocks forever). Every image is
 converted to RGB (`load_image`: EXIF orientation applied, transparency on
 white, 16-bit and float greyscale scaled to 8 bits), and its (width,
 height) recorded: the pixels its region boxes are in.
@@ -122,8 +124,24 @@ def new_files(manifest: dict, source, index_root: Path | None = None, retry_skip
     return [f for f in files if all(fmt.record_path(f, r) not in known for r in roots)]
 
 
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why the index skips `path` without opening it (a FIFO, a device, a folder, gone), or None for a regular file.
+
+    stat only: opening a FIFO blocks until something writes to it, and a
+    device such as /dev/zero never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    kind = fmt.file_kind(mode)
+    return None if kind is None else f"not a regular file ({kind}); not opened"
+
+
 def decode(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
-    """(RGB image, None), or (None, the error) for a file the index skips."""
+    """(RGB image, None), or (None, the error) for a file the index skips (never opened unless a regular file)."""
+    if (why := not_regular(path)) is not None:
+        return None, why
     try:
         im = load_image(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file", never the build
@@ -135,6 +153,8 @@ def decode(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
 
 def image_size(path: str | os.PathLike) -> list[int] | None:
     """[width, height] of an image file as `load_image` turns it upright, read from its header; None if unreadable."""
+    if not_regular(path) is not None:
+        return None
     try:
         with Image.open(path) as im:
             w, h = im.size

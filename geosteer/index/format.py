@@ -188,15 +188,29 @@ def write_safetensors(path: Path, tensors: ShardTensors) -> dict:
     return {"bytes": size, "sha256": {name: d.hexdigest() for name, d in digests.items()}}
 
 
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("a FIFO", "a directory", ...): never opened, since opening
+    a FIFO blocks until a writer comes and a device can stream forever."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
 def read_header(path: Path) -> tuple[dict, int, int]:
     """(header, byte offset of the data, file size) of a safetensors file.
 
     Raises:
-        StoreError: naming the file, when it is missing, not safetensors, or
-            its size is not what its header says (truncated or extended).
+        StoreError: naming the file, when it is missing, not a regular file
+            (never opened), not safetensors, or its size is not what its
+            header says (truncated or extended).
     """
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if (kind := file_kind(st.st_mode)) is not None:
+            raise StoreError(f"shard {str(path)!r} is not a regular file ({kind})")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
