@@ -273,6 +273,30 @@ def case_mismatch(comm: Comm, ctx: dict) -> dict:
     return out
 
 
+def case_mixed(comm: Comm, ctx: dict) -> dict:
+    """Ranks given different indexes of one encoder, D, n and regions: refused at start-up, on every rank.
+
+    split: rank 0 opens one index folder, the others another (each rank takes
+    its rows of "the" index); listed: rank 0 a sharded index, the others
+    another one's shards.json; rebuilt: shard 1's folder replaced after its
+    shards.json was written; same: every rank one folder (no error).
+    """
+    out = {}
+    world, first = comm.world_size, comm.rank == 0
+    for name, path in (("split", ctx["mix_a"] if first else ctx["mix_b"]),
+                       ("listed", ctx[f"index{world}"] if first else ctx[f"other{world}"]),
+                       ("rebuilt", ctx[f"rebuilt{world}"]),
+                       ("same", ctx["mix_a"])):
+        try:
+            ShardedGallery.open(comm, path)
+            out[name] = {"error": None}
+        except Exception as e:  # noqa: BLE001
+            out[name] = {"error": f"{type(e).__name__}: {e}", "mismatch": isinstance(e, ShardMismatch),
+                         "rank_failure": isinstance(e, RankFailure), "value_error": isinstance(e, ValueError),
+                         "field": getattr(e, "field", None)}
+    return out
+
+
 def case_docs_example(comm: Comm, ctx: dict) -> dict:
     """docs/distributed.md's Python example, run as written on the sharded test index."""
     q, gal = problem(9)

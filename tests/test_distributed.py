@@ -46,7 +46,7 @@ HAS_FAISS = importlib.util.find_spec("faiss") is not None
 REPO = Path(__file__).resolve().parent.parent
 SPAWN_TIMEOUT_S = 120.0
 COMMON = ["parts_masks", "steer", "relations", "everything_q1", "k_over_n", "pooled", "neighbourhood", "faiss", "index",
-          "rank_fails", "bad_queries", "mismatch"]
+          "rank_fails", "bad_queries", "mismatch", "mixed"]
 CASES = {2: [*COMMON, "docs_example", "timeout"], 3: COMMON}  # timeout last: it breaks its group on purpose
 
 
@@ -62,11 +62,14 @@ def image_paths(num: int, root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory) -> dict:
-    """Sharded indexes on disk for 2 and 3 ranks: a good one, one with another encoder, one of another version."""
+    """Sharded indexes on disk for 2 and 3 ranks: a good one, one with another encoder, one of another version,
+    another gallery's (other: the same rows, images in another folder), the good one with shard 1 replaced by
+    other's (rebuilt); and two one-folder indexes of that kind (mix_a, mix_b)."""
     base = tmp_path_factory.mktemp("sharded")
     _, gal = workers.problem(9)
     paths = image_paths(40, base / "images")
-    ctx = {}
+    ctx = {name: str(write_index(gal, image_paths(40, base / f"{name}_images"), base / name, encoder=("tiny", "fp-a")).path)
+           for name in ("mix_a", "mix_b")}
     for world in (2, 3):
         sizes = workers.sizes_for(world, 40)
         good = write_sharded_index(gal, paths, base / f"index{world}", world, encoder=("tiny", "fp-a"), sizes=sizes)
@@ -85,6 +88,14 @@ def indexes(tmp_path_factory) -> dict:
         m["version"] = 99  # a format this geosteer does not read
         manifest.write_text(json.dumps(m))
         ctx[f"bad_version{world}"] = str(old)
+        other = write_sharded_index(gal, image_paths(40, base / "other_images"), base / f"other{world}", world,
+                                    encoder=("tiny", "fp-a"), sizes=sizes)
+        ctx[f"other{world}"] = str(other)
+        rebuilt = base / f"rebuilt{world}"
+        shutil.copytree(good, rebuilt)
+        shutil.rmtree(rebuilt / "shard-00001")
+        shutil.copytree(other / "shard-00001", rebuilt / "shard-00001")
+        ctx[f"rebuilt{world}"] = str(rebuilt)
     return ctx
 
 
@@ -234,6 +245,29 @@ def test_mismatched_shards_are_refused_at_start_up(spawned, world):
         assert res["empty"]["value_error"] and "holds no rows" in res["empty"]["error"], res["empty"]
 
 
+def identity(folder) -> str:
+    from geosteer.index import Index
+
+    return Index.open(folder).identity
+
+
+@WORLDS
+def test_ranks_given_different_indexes_are_refused_naming_both(spawned, indexes, world):
+    """Same encoder, D, n, regions and row count, other images: refused on every rank, both identities named."""
+    a, b = identity(indexes["mix_a"]), identity(indexes["mix_b"])
+    listed, opened = (identity(Path(indexes[f"{name}{world}"]) / "shard-00001") for name in ("index", "other"))
+    assert len({a, b, listed, opened}) == 4
+    for res in results(spawned, world, "mixed"):
+        split, lists, rebuilt = res["split"], res["listed"], res["rebuilt"]
+        assert split.get("mismatch") and split["value_error"] and split["field"] == "index identity", split
+        assert a in split["error"] and b in split["error"] and "mix_a" in split["error"], split["error"]
+        assert lists.get("mismatch") and lists["field"] == "index of shard 1", lists
+        assert listed in lists["error"] and opened in lists["error"] and "shards.json" in lists["error"], lists["error"]
+        assert rebuilt.get("rank_failure") and rebuilt["value_error"] and not rebuilt["mismatch"], rebuilt
+        assert listed in rebuilt["error"] and opened in rebuilt["error"] and "write_shard_list" in rebuilt["error"]
+        assert res["same"]["error"] is None, res["same"]
+
+
 def test_the_docs_example_runs_as_written(spawned):
     for res in results(spawned, 2, "docs_example"):
         assert_same_as_head(res)
@@ -264,6 +298,27 @@ def test_the_torchrun_entry_prints_the_heads_ranking(indexes, tmp_path):
     for row, want in zip(out["queries"], expected.indices[:, :4].tolist()):
         assert [hit["id"] for hit in row["reranked"]] == want
         assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["reranked"])
+
+
+def test_the_torchrun_entry_refuses_ranks_given_different_indexes(indexes, tmp_path):
+    """The probe's launch: a wrapper gives each rank its own INDEX. Every rank says why, exit status nonzero."""
+    q, _ = workers.problem(9)
+    qfile = tmp_path / "q.pt"
+    torch.save({k: v for k, v in vars(q).items() if v is not None}, qfile)
+    links = tmp_path / "rank"  # rank0 -> mix_a, rank1 -> mix_b: the wrapper appends $RANK
+    for r, name in enumerate(("mix_a", "mix_b")):
+        Path(f"{links}{r}").symlink_to(indexes[name])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "--no-python", "sh", "-c",
+           'exec "$0" -m geosteer.distributed.search "$1$RANK" --queries-file "$2" -k 4 --threads 1 --timeout 30',
+           sys.executable, str(links), str(qfile)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S, env=env, cwd=REPO)
+    assert done.returncode != 0 and done.stdout == "", done.stdout[-2000:]
+    a, b = identity(indexes["mix_a"]), identity(indexes["mix_b"])
+    for r in (0, 1):
+        said = [line for line in done.stderr.splitlines() if f"geosteer.distributed.search (rank {r}): " in line]
+        assert len(said) == 1 and a in said[0] and b in said[0] and "index identity" in said[0], done.stderr[-3000:]
 
 
 # ---------------------------------------------------------------- in this process

@@ -17,7 +17,13 @@ Three ways to make one, each a collective (every rank calls it):
 
 At start-up the ranks compare what they hold and refuse to go on, on every
 rank, when it does not make one gallery (`ShardMismatch`): another encoder,
-D, region count n, format version, dtype, set of fields, device.
+D, region count n, format version, dtype, set of fields, device. `open`
+also exchanges the ranks' `Index.identity` (which images, row by row), so
+ranks given different indexes of one encoder, D, n and regions are refused
+too instead of returning a ranking mixed from two folders: one index split
+by rows must be the same index on every rank, and the shards of a sharded
+index must be the ones its `shards.json` records (`write_shard_list` writes
+each shard's identity there; a list written before it did checks nothing).
 """
 
 from __future__ import annotations
@@ -101,12 +107,13 @@ def _summary(gallery) -> dict:
     }
 
 
-def _agree(summaries: list[dict], keys: Sequence[str], where: dict[int, str] | None = None, hint: str = "") -> None:
-    """Raise `ShardMismatch` (on every rank alike: all see the same list) where a key differs."""
+def _agree(summaries: list[dict], keys: Sequence[str], where: dict[int, str] | None = None, hint: str = "",
+           field: str | None = None) -> None:
+    """Raise `ShardMismatch` (on every rank alike: all see the same list) where a key differs (`field`: its name)."""
     for key in keys:
         values = {r: s[key] for r, s in enumerate(summaries)}
         if len({repr(v) for v in values.values()}) > 1:
-            raise ShardMismatch(key, values, where, hint)
+            raise ShardMismatch(field or key, values, where, hint)
 
 
 @dataclass
@@ -220,7 +227,7 @@ class ShardedGallery:
 
     @classmethod
     def open(cls, comm: Comm, path: str | os.PathLike | Sequence[str | os.PathLike], *, encoder=None) -> ShardedGallery:
-        """Open on-disk shards: each rank maps its own (a collective).
+        """Open on-disk shards: each rank maps its own, and the ranks check they hold one gallery (a collective).
 
         Args:
             comm: the group.
@@ -234,22 +241,38 @@ class ShardedGallery:
 
         Raises:
             ShardMismatch, on every rank: the shards' manifests disagree
-                (format, version, encoder, D, n, region method, dtype).
+                (format, version, encoder, D, n, region method, dtype); the
+                ranks were given different indexes (`Index.identity`: one
+                index split by rows that is another index on some rank, or a
+                shard that is not the one another rank's `shards.json` records).
             RankFailure (ValueError kind), on every rank: a folder that is
                 not an index, as many shards as ranks missing, a truncated or
-                corrupt shard, the wrong encoder.
+                corrupt shard, the wrong encoder, a shard folder that is not
+                the index its `shards.json` records (rebuilt or replaced since).
         """
         from geosteer.index import Index
 
         with comm.step("open"):
-            folders, split = shard_folders(path, comm.world_size)
+            folders, split, listed, listing = _read_shards(path, comm.world_size)
             folder = folders[comm.rank]
             summary = manifest_summary(folder)
-        summaries = comm.all_gather_object(summary, "open")
-        _agree(summaries, MANIFEST_FIELDS, {r: str(f) for r, f in enumerate(folders)},
+        # each rank names the folder it opened: the same path may be another index on another rank's machine
+        summaries = comm.all_gather_object({**summary, "folder": str(folder)}, "open")
+        where = {r: s["folder"] for r, s in enumerate(summaries)}
+        _agree(summaries, MANIFEST_FIELDS, where,
                "build every shard with one encoder, region method and geosteer index format")
         with comm.step("open"):
             index = Index.open(folder, encoder=encoder)
+            if listed is not None and listed[comm.rank] != index.identity:
+                raise ValueError(
+                    f"shard folder {str(folder)!r} holds index {index.identity} but {listing!r} "
+                    f"records {listed[comm.rank]} for shard {comm.rank}: the folder was rebuilt or replaced after the "
+                    f"list was written; write the list again (write_shard_list) if the new shard is meant")
+        views = comm.all_gather_object(
+            {"identity": index.identity, "layout": "one index split by rows" if split else "one shard per rank",
+             "listed": listed, "list": listing}, "open/identity")
+        check_one_gallery(views, where)
+        with comm.step("open"):
             gallery = index.gallery  # checks the embeddings' checksums
             files, sizes = [str(p) for p in index.files], index.sizes
             if split:
@@ -324,6 +347,40 @@ class ShardedGallery:
         return found
 
 
+def check_one_gallery(views: list[dict], where: dict[int, str] | None = None) -> None:
+    """Raise `ShardMismatch` unless the ranks' opened indexes are the rows of one gallery (same answer on every rank).
+
+    Args:
+        views: per rank, in rank order: "identity" (`Index.identity` of the
+            index it opened), "layout" ("one index split by rows" or "one
+            shard per rank"), "listed" (the shard identities its
+            `shards.json` records, or None) and "list" (that file, or None).
+        where: rank -> the folder it opened, for the message.
+
+    Raises:
+        ShardMismatch: the layouts differ; an index split by rows is not the
+            same index on every rank (field "index identity"); or a rank
+            opened another shard than a rank's `shards.json` records for it
+            (field "index of shard S"). The message names both identities.
+    """
+    _agree(views, ("layout",), where, "give every rank the same INDEX")
+    if views[0]["layout"] == "one index split by rows":
+        _agree(views, ("identity",), where,
+               "every rank must open the same index, whose rows they split; the ranks were given different index "
+               "folders (or one path that holds another index on some machine)", field="index identity")
+        return
+    opened = [v["identity"] for v in views]
+    for r, view in enumerate(views):
+        if view["listed"] is None:  # a list written before identities were recorded, or folders given in Python
+            continue
+        for s, (want, got) in enumerate(zip(view["listed"], opened)):
+            if want != got and s != r:  # s == r: checked by rank r itself while opening (a RankFailure)
+                raise ShardMismatch(f"index of shard {s}", {r: want, s: got},
+                                    {r: view["list"], s: (where or {}).get(s, f"shard {s}")},
+                                    "the ranks were given different sharded indexes (each shards.json records the "
+                                    "index of every shard); give every rank the same one")
+
+
 # ---------------------------------------------------------------- on disk
 
 
@@ -334,11 +391,18 @@ def shard_folders(path, world_size: int) -> tuple[list[Path], bool]:
         ValueError: `path` is neither a sharded index, a list of index
             folders nor an index; or it holds another number of shards than ranks.
     """
+    folders, split, _, _ = _read_shards(path, world_size)
+    return folders, split
+
+
+def _read_shards(path, world_size: int) -> tuple[list[Path], bool, list[str] | None, str | None]:
+    """`shard_folders`, the shard identities the list records and the list's file (both None: folders given in
+    Python, one index split by rows; the identities None for a list written before `write_shard_list` recorded them)."""
     if isinstance(path, (list, tuple)):
         folders = [Path(p).expanduser() for p in path]
         if len(folders) != world_size:
             raise ValueError(f"{len(folders)} shard folders given for {world_size} ranks; pass one per rank")
-        return folders, False
+        return folders, False, None, None
     folder = Path(path).expanduser()
     listing = folder / SHARD_LIST
     if listing.is_file():
@@ -352,9 +416,13 @@ def shard_folders(path, world_size: int) -> tuple[list[Path], bool]:
         if len(shards) != world_size:
             raise ValueError(f"sharded index {str(folder)!r} holds {len(shards)} shards but the group has {world_size} "
                              f"ranks; launch one rank per shard (torchrun --nproc-per-node {len(shards)} ...)")
-        return shards, False
+        listed = spec.get("identities")
+        if listed is not None and (not isinstance(listed, list) or len(listed) != len(shards)
+                                   or not all(isinstance(i, str) for i in listed)):
+            raise ValueError(f"{str(listing)!r}: 'identities' must list one identity string per shard")
+        return shards, False, listed, str(listing)
     if (folder / "manifest.json").is_file():
-        return [folder] * world_size, world_size > 1
+        return [folder] * world_size, world_size > 1, None, None
     raise ValueError(f"{str(folder)!r} is neither an index (manifest.json) nor a sharded index ({SHARD_LIST})")
 
 
@@ -379,22 +447,28 @@ def write_shard_list(out: str | os.PathLike, folders: Sequence[str | os.PathLike
     """Write `out/shards.json` listing index folders (one per rank, in rank order) as one sharded index.
 
     Use it for shards built separately (`geosteer index` per machine). Folders
-    under `out` are recorded relative to it.
+    under `out` are recorded relative to it; each shard's `Index.identity` is
+    recorded too, so `ShardedGallery.open` refuses ranks that were given
+    different sharded indexes, or a shard folder rebuilt since.
 
     Returns:
         The shard list's path.
 
     Raises:
-        ValueError: no folder, or one that is not a finished index.
+        ValueError: no folder, or one that is not a finished index
+            (`StoreError`, naming the file, for one that does not open).
     """
+    from geosteer.index import Index
+
     base = Path(out).expanduser()
     if not folders:
         raise ValueError("folders must list at least one index folder")
-    entries = []
+    entries, identities = [], []
     for f in folders:
         p = Path(f).expanduser()
         if not (p / "manifest.json").is_file():
             raise ValueError(f"shard {str(p)!r} is not a finished index (no manifest.json)")
+        identities.append(Index.open(p).identity)
         try:
             entries.append(p.resolve().relative_to(base.resolve()).as_posix())
         except ValueError:
@@ -402,7 +476,9 @@ def write_shard_list(out: str | os.PathLike, folders: Sequence[str | os.PathLike
     base.mkdir(parents=True, exist_ok=True)
     listing = base / SHARD_LIST
     tmp = listing.with_name(f"{SHARD_LIST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"format": SHARD_LIST_FORMAT, "version": SHARD_LIST_VERSION, "shards": entries}, indent=1) + "\n")
+    # "identities" is an added key: a version-1 reader that predates it ignores it, so the version stays 1
+    tmp.write_text(json.dumps({"format": SHARD_LIST_FORMAT, "version": SHARD_LIST_VERSION, "shards": entries,
+                               "identities": identities}, indent=1) + "\n")
     os.replace(tmp, listing)
     return listing
 
