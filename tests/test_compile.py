@@ -220,18 +220,25 @@ from geosteer.kernels.part_cost import _part_cost_kernel
 from geosteer.kernels.project import _project_kernel
 
 KERNELS = {
-    _part_cost_kernel: ({"a_ptr": "*{dt}", "a_mask_ptr": "*u8", "ids_ptr": "*i64", "b_ptr": "*{dt}", "b_mask_ptr": "*u8",
-                         "out_ptr": "*fp32", "pad": "fp32"}, {"BLOCK_R": 64, "BLOCK_M": 16}),
+    _part_cost_kernel: ({"a_ptr": "*{dt}", "a_mask_ptr": "*u8", "ids_ptr": "*i64", "b_ptr": "*{gt}", "b_mask_ptr": "*u8",
+                         "b_scale_ptr": "*fp32", "out_ptr": "*fp32", "pad": "fp32"}, {"BLOCK_R": 64, "BLOCK_M": 16}),
     _project_kernel: ({"g_ptr": "*{dt}", "ids_ptr": "*i64", "v_ptr": "*{dt}", "out_ptr": "*fp32"}, {"BLOCK_K": 64, "BLOCK_J": 16}),
 }
+# (query dtype, gallery dtype): the float galleries, and part_cost's int8 regions
+# (compact, with a scale per row) next to fp16 and fp32 queries.
+CASES = [("fp16", "fp16"), ("fp32", "fp32"), ("fp16", "i8"), ("fp32", "i8")]
 for arch in (80, 90):
-    for dt in ("fp16", "fp32"):
+    for dt, gt in CASES:
         for fn, (types, blocks) in KERNELS.items():
+            if gt == "i8" and fn is not _part_cost_kernel:
+                continue
             consts = dict(blocks, BLOCK_D=32 if dt == "fp32" else 64, UPCAST=dt == "fp32")
-            sig = {a: "constexpr" if a in consts else types.get(a, "i32").format(dt=dt) for a in fn.arg_names}
+            if fn is _part_cost_kernel:
+                consts["HAS_SCALE"] = gt == "i8"
+            sig = {a: "constexpr" if a in consts else types.get(a, "i32").format(dt=dt, gt=gt) for a in fn.arg_names}
             compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32))
             mma = "mma" in compiled.asm["ptx"]
-            print(fn.__name__, arch, dt, len(compiled.asm["cubin"]), mma)
+            print(fn.__name__, arch, dt if gt == dt else f"{dt}-{gt}", len(compiled.asm["cubin"]), mma)
 '''
 
 
@@ -241,14 +248,15 @@ def test_triton_kernels_compile_for_sm80_and_sm90():
 
     A separate process without TRITON_INTERPRET (tests run with it on, which
     turns every @triton.jit into the interpreter at import). Half inputs must
-    reach the tensor cores (an `mma` instruction in the PTX).
+    reach the tensor cores (an `mma` instruction in the PTX), int8 regions
+    with fp16 queries too (the codes are converted to fp16 in registers).
     """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.split() for line in proc.stdout.splitlines()]
-    assert len(lines) == 8, proc.stdout
+    assert len(lines) == 12, proc.stdout
     for name, arch, dtype, cubin_bytes, mma in lines:
         assert int(cubin_bytes) > 0
-        if dtype == "fp16":
+        if dtype.startswith("fp16"):
             assert mma == "True", f"{name} sm_{arch} fp16 does not use the tensor cores"

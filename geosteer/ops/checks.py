@@ -14,7 +14,7 @@ What is scanned when (the README's "Guarantees" list):
   (`_FINITE_SEEN`) and not scanned again until it changes.
 - `check_range`: the same, for boxes and external first-stage scores.
 - `check_rows`: only the candidates' rows of `gallery_parts`, on every call
-  (each distinct candidate once).
+  (each distinct candidate once); int8 rows with their scales.
 """
 
 from __future__ import annotations
@@ -40,12 +40,50 @@ UNIT_TOLERANCE = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 2e-3,
 _ROWS_CHUNK_ELEMENTS = 1 << 22
 
 
+def unit_tolerance(dtype: torch.dtype, dim: int, scale: Tensor | None = None) -> float | Tensor:
+    """Largest |1 - ‖row‖| accepted for a row of `dtype` (int8: the row's value `scale * q`).
+
+    Float dtypes: `UNIT_TOLERANCE[dtype]`. float16 rounds each entry to within
+    a relative 2^-11, so a unit row cast to float16 keeps its norm within
+    4.9e-4; 2e-3 is 4 such units, room for the float32 norm's own rounding.
+
+    int8 (`geosteer.quantize.quantize_rows`): each entry of `scale * q` is
+    within `scale / 2` of the unit row it came from, so the error vector's norm
+    is at most `sqrt(D) * scale / 2` and, by the triangle inequality, so is the
+    change of the row's norm. The tolerance is that bound plus float32's
+    `UNIT_TOLERANCE`, per row: never refuses a row quantised from a unit row,
+    whatever its spread (a row with one large entry has a large scale). With
+    127 levels and max|x| <= 1 the bound is at most sqrt(D) / 254 (0.089 at
+    D = 512); dense D = 512 embeddings (max|x| ~ 0.15) get ~0.014, far below
+    the norms of 5-30 an encoder that forgot to normalise gives.
+
+    Args:
+        dtype: the rows' dtype.
+        dim: D, the row length (int8 only).
+        scale: int8 only: the rows' scales, any shape.
+
+    Returns:
+        a float, or (int8) a float32 tensor shaped like `scale`.
+    """
+    if dtype == torch.int8:
+        if scale is None:
+            raise ValueError("int8 rows need their scale to be checked")
+        return UNIT_TOLERANCE[torch.float32] + 0.5 * dim**0.5 * scale.float()
+    return UNIT_TOLERANCE[dtype]
+
+
 def _zero(x: Tensor) -> Tensor:
     return torch.zeros((), dtype=torch.float32, device=x.device)
 
 
-def _row_norms(x: Tensor) -> Tensor:
-    """‖row‖ over the last dim, in float32 (float64 for float64), one streaming pass."""
+def _row_norms(x: Tensor, scale: Tensor | None = None) -> Tensor:
+    """‖row‖ over the last dim, in float32 (float64 for float64), one streaming pass.
+
+    int8 rows (a gathered block, not a gallery) are upcast and their norms
+    multiplied by `scale` (`x.shape[:-1]`): the norm of `scale * q`.
+    """
+    if x.dtype == torch.int8:
+        return torch.linalg.vector_norm(x.float(), dim=-1) * scale
     return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
@@ -136,7 +174,7 @@ def _(x: Tensor, name: str, bound: float, hint: str) -> Tensor:
 
 
 @torch.library.custom_op("geosteer::check_rows", mutates_args=())
-def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Tensor:
+def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str, scale: Tensor | None = None) -> Tensor:
     """Raise `ValueError` if a candidate's valid row of `parts [N, n, D]` is not finite and L2-normalised.
 
     Only the rows of the items in `ids` are checked (the rows the head reads),
@@ -148,25 +186,37 @@ def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Te
     `mask [N, n]` masks out are exempt (padding may be zeros or anything).
 
     Args:
-        parts: `[N, n, D]` float.
+        parts: `[N, n, D]` float, or int8 with `scale`.
         mask: `[N, n]` bool or None (all valid).
         ids: `[Q, K]` int candidate ids in `[0, N)`.
         name: the argument's name, for the message.
+        scale: `[N, n]` float32 scales of int8 `parts` (`geosteer.quantize`),
+            else None; a row's norm is `scale * ‖q‖`, checked within
+            `unit_tolerance` (a NaN/inf or negative scale fails).
     """
     if not parts.numel() or not ids.numel():
         return _zero(parts)
+    if (parts.dtype == torch.int8) != (scale is not None):
+        raise ValueError(f"{name}: a scale goes with int8 rows and only with them (got {parts.dtype} rows, "
+                         f"scale {'given' if scale is not None else 'None'})")
     items = ids.reshape(-1).unique()
     rows = max(1, _ROWS_CHUNK_ELEMENTS // max(parts.shape[1] * parts.shape[2], 1))
-    tol = UNIT_TOLERANCE[parts.dtype]
+    dim = parts.shape[2]
     # Gathering a row costs about two streamed ones: past half the gallery,
     # stream all of it in slices (no copy) and keep the candidates' norms.
     streamed = None
     if 2 * items.numel() > parts.shape[0]:
-        streamed = torch.cat([_row_norms(parts[i : i + rows]) for i in range(0, parts.shape[0], rows)])
+        streamed = torch.cat([_row_norms(parts[i : i + rows], None if scale is None else scale[i : i + rows])
+                              for i in range(0, parts.shape[0], rows)])
     for block in items.split(rows):
-        norms = _row_norms(parts.index_select(0, block)) if streamed is None else streamed.index_select(0, block)  # [b, n]
+        block_scale = None if scale is None else scale.index_select(0, block)
+        norms = (_row_norms(parts.index_select(0, block), block_scale) if streamed is None
+                 else streamed.index_select(0, block))  # [b, n]
+        tol = unit_tolerance(parts.dtype, dim, block_scale)
         if mask is not None:
-            norms = norms[mask.index_select(0, block)]
+            kept = mask.index_select(0, block)
+            norms = norms[kept]
+            tol = tol if block_scale is None else tol[kept]
         if bool(((norms - 1.0).abs() <= tol).all()):
             continue
         if not bool(torch.isfinite(norms).all()):
@@ -174,27 +224,32 @@ def check_rows(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Te
             raw = raw if mask is None else raw[mask.index_select(0, block)]
             if not bool(torch.isfinite(raw).all()):
                 raise ValueError(f"{name} contains NaN or inf entries in the candidates' rows; embeddings must be finite")
+            if block_scale is not None:
+                raise ValueError(f"{name}_scale contains NaN or inf entries in the candidates' rows; scales must be finite")
         _raise_not_unit(name, norms, " in the candidates' rows" + ("" if mask is None else f" that {name}_mask keeps"))
     return _zero(parts)
 
 
-def check_unit_norms(norms: Tensor, valid: Tensor, dtype: torch.dtype, name: str) -> None:
-    """Raise `ValueError` unless every `valid` entry of `norms` is 1 within `UNIT_TOLERANCE[dtype]`.
+def check_unit_norms(norms: Tensor, valid: Tensor, tolerance: float | Tensor, name: str) -> None:
+    """Raise `ValueError` unless every `valid` entry of `norms` is 1 within `tolerance`.
 
     For norms a kernel took on its way (`geosteer::part_cost` with
     `unit_check`): the candidates' rows, with the message `check_rows` gives.
 
     Args:
         norms: `[...]` float32 row norms; valid: the same shape, bool.
-        dtype: the rows' dtype (its tolerance); name: the argument, for the message.
+        tolerance: `unit_tolerance` of the rows: a float, or a tensor shaped
+            like `norms` (int8 rows).
+        name: the argument, for the message.
     """
     kept = norms[valid]
-    if kept.numel() and not bool(((kept - 1.0).abs() <= UNIT_TOLERANCE[dtype]).all()):
+    tol = tolerance[valid] if isinstance(tolerance, Tensor) else tolerance
+    if kept.numel() and not bool(((kept - 1.0).abs() <= tol).all()):
         _raise_not_unit(name, kept, f" in the candidates' rows that {name}_mask keeps")
 
 
 @check_rows.register_fake
-def _(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str) -> Tensor:
+def _(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str, scale: Tensor | None = None) -> Tensor:
     return parts.new_empty((), dtype=torch.float32)
 
 

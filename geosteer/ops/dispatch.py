@@ -13,8 +13,11 @@ and a numba kernel for CPU tensors (`geosteer.cpu_kernels.<op>`). Its
 
 A dtype a kernel does not read (float64, say) takes the reference; on CUDA
 "auto" says so once, on the CPU silently (the numba kernels are a CPU speed-up
-for float32, the common case). Ops without any kernel (`first_stage`'s matmul)
-run the same code for every backend; `backend` is still validated.
+for float32, the common case, and for the compact region dtypes they read).
+Which dtypes each kernel reads is its op's `KernelSpec` (`geosteer::part_cost`
+also reads float16 and int8 region rows, `geosteer.quantize`). Ops without
+any kernel (`first_stage`'s matmul) run the same code for every backend;
+`backend` is still validated.
 
 One op routes further by problem size once the implementation is picked:
 `geosteer::assign` on CUDA (`geosteer.ops.assign.CUDA_ROUTES`): a subset DP
@@ -59,11 +62,14 @@ class KernelSpec:
         op: the op's name, for messages ("geosteer::part_cost").
         triton: a Triton kernel exists for CUDA tensors.
         numba: dtypes the numba CPU kernel reads (empty: no CPU kernel).
+        triton_extra: dtypes the Triton kernel reads besides `TRITON_DTYPES`
+            (part_cost: int8 region rows, with their scales).
     """
 
     op: str
     triton: bool = False
     numba: tuple[torch.dtype, ...] = ()
+    triton_extra: tuple[torch.dtype, ...] = ()
 
 
 def warn_once(message: str, stacklevel: int = 3) -> None:
@@ -125,7 +131,7 @@ def resolve(spec: KernelSpec, backend: str, device: torch.device, dtypes: tuple[
         spec: the op's kernels.
         backend: "auto" | "triton" | "torch" (module docstring).
         device: where the op's tensors live.
-        dtypes: the floating dtypes a kernel would read.
+        dtypes: the dtypes of the embeddings a kernel would read.
 
     Returns:
         "triton", "numba" or "torch" (the reference).
@@ -140,7 +146,7 @@ def resolve(spec: KernelSpec, backend: str, device: torch.device, dtypes: tuple[
     if device.type == "cuda":
         if not spec.triton:
             return "torch"
-        problem = triton_problem(device, dtypes)
+        problem = triton_problem(device, tuple(d for d in dtypes if d not in spec.triton_extra))
         if problem is None:
             return "triton"
         if backend == "triton":
