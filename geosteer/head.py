@@ -92,6 +92,7 @@ class GeoSteerHead(nn.Module):
         gallery_part_boxes: Tensor | None = None,
         gallery_neighbors: Tensor | None = None,
         first_stage: tuple[Tensor, Tensor] | None = None,
+        gallery_parts_scale: Tensor | None = None,
     ) -> HeadResult:
         """Re-rank the gallery for each query.
 
@@ -104,7 +105,8 @@ class GeoSteerHead(nn.Module):
                 L2-normalised where valid.
             query_parts_mask: `[Q, m]` bool, True = valid (default all valid).
             gallery_parts: `[N, n, D]` region / annotation embeddings,
-                L2-normalised where valid.
+                L2-normalised where valid: the query's dtype, or compact
+                (DESIGN §5): float16, or int8 with `gallery_parts_scale`.
             gallery_parts_mask: `[N, n]` bool.
             negatives: `[Q, u, D]` contrast (confuser) embeddings for steering,
                 L2-normalised where valid.
@@ -121,6 +123,9 @@ class GeoSteerHead(nn.Module):
             first_stage: `(scores [Q, K'], ids [Q, K'])` from an external
                 inner-product index (FAISS) with K' >= K and distinct ids per
                 row, used instead of the exact first stage.
+            gallery_parts_scale: `[N, n]` float32 scale of each int8 row of
+                `gallery_parts` (`geosteer.quantize.quantize_rows`); None
+                for float parts.
 
         Returns:
             `HeadResult`, every `[Q, K]` field in final order, K = min(k, N).
@@ -137,7 +142,8 @@ class GeoSteerHead(nn.Module):
         q = query_side(query, query_parts=query_parts, query_parts_mask=query_parts_mask, negatives=negatives,
                        negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
         g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
-                         gallery_part_boxes=gallery_part_boxes, gallery_neighbors=gallery_neighbors)
+                         gallery_part_boxes=gallery_part_boxes, gallery_neighbors=gallery_neighbors,
+                         gallery_parts_scale=gallery_parts_scale)
         parts_mode = uses_parts(cfg, q.parts, g.parts)
         rerank = cfg.lam > 0 or cfg.gamma > 0
         with self._stage("validate"):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from geosteer.ops import checks
+from geosteer.quantize import COMPACT_DTYPES
 
 if TYPE_CHECKING:
     from geosteer.config import HeadConfig
@@ -83,10 +84,14 @@ class GallerySide(_KeywordView):
 
     Attributes:
         embeddings: `[N, D]` float, L2-normalised (`gallery`).
-        parts: `[N, n, D]` region / annotation embeddings (`gallery_parts`).
+        parts: `[N, n, D]` region / annotation embeddings (`gallery_parts`): the
+            embeddings' dtype, or compact (DESIGN §5): float16, or int8 with
+            `parts_scale` (`geosteer.quantize.quantize_rows`).
         parts_mask: `[N, n]` bool (`gallery_parts_mask`).
         part_boxes: `[N, n, 4]` float (x0, y0, x1, y1) boxes of the parts (`gallery_part_boxes`).
         neighbors: `[N, k']` int64 kNN graph (`geosteer.knn_graph`, `gallery_neighbors`).
+        parts_scale: `[N, n]` float32 scale of each int8 part row, the row being
+            `parts_scale[i, j] * parts[i, j]`; None for float parts (`gallery_parts_scale`).
     """
 
     embeddings: Tensor
@@ -94,10 +99,11 @@ class GallerySide(_KeywordView):
     parts_mask: Tensor | None = None
     part_boxes: Tensor | None = None
     neighbors: Tensor | None = None
+    parts_scale: Tensor | None = None
 
     _KEYWORDS = {
         "embeddings": "gallery", "parts": "gallery_parts", "parts_mask": "gallery_parts_mask",
-        "part_boxes": "gallery_part_boxes", "neighbors": "gallery_neighbors",
+        "part_boxes": "gallery_part_boxes", "neighbors": "gallery_neighbors", "parts_scale": "gallery_parts_scale",
     }
 
 
@@ -134,6 +140,8 @@ def map_tensors(side: QuerySide | GallerySide, fn: Callable[[Tensor], Tensor]) -
                          for f in dataclasses.fields(side)})
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# What a gallery region set may also be (DESIGN §5), for the dtype messages.
+_COMPACT_HINT = ", or store them compact: float16, or int8 with gallery_parts_scale (geosteer.quantize)"
 
 
 def _not_a_tensor(name: str, x, shape_doc: str) -> TypeError:
@@ -157,14 +165,21 @@ def on_device(name: str, x: Tensor, like: Tensor) -> None:
         raise ValueError(f"{name} is on {x.device} but query is on {like.device}")
 
 
-def embeddings(name: str, x, ndim: int, shape_doc: str, like: Tensor | None = None) -> Tensor:
-    """A floating embedding tensor; with `like`, same dtype, device and dim D."""
+def embeddings(name: str, x, ndim: int, shape_doc: str, like: Tensor | None = None, compact: bool = False) -> Tensor:
+    """A floating embedding tensor; with `like`, same dtype, device and dim D.
+
+    With `compact` (the gallery's region sets) the dtype may also be one of
+    `geosteer.quantize.COMPACT_DTYPES` (float16; int8, whose scales the
+    caller checks).
+    """
     tensor(name, x, ndim, shape_doc)
-    if x.dtype not in _FLOAT_TYPES:
-        raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
+    hint = _COMPACT_HINT if compact else ""
+    is_compact = compact and x.dtype in COMPACT_DTYPES
+    if x.dtype not in _FLOAT_TYPES and not is_compact:
+        raise TypeError(f"{name} must be float16/bfloat16/float32/float64{hint}, got {x.dtype}")
     if like is not None:
-        if x.dtype != like.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but query has {like.dtype}; cast them to one dtype")
+        if x.dtype != like.dtype and not is_compact:
+            raise TypeError(f"{name} has dtype {x.dtype} but query has {like.dtype}; cast them to one dtype{hint}")
         on_device(name, x, like)
         if x.shape[-1] != like.shape[-1]:
             raise ValueError(f"{name} has dim D={x.shape[-1]} but query has D={like.shape[-1]}")
@@ -200,19 +215,21 @@ def nonempty(name: str, x: Tensor, dim: int, what: str) -> None:
 
 
 def part_set(
-    name: str, parts, parts_mask, rows: int, rows_name: str, set_name: str, query: Tensor, check_values: bool
+    name: str, parts, parts_mask, rows: int, rows_name: str, set_name: str, query: Tensor, check_values: bool,
+    compact: bool = False,
 ) -> list[Tensor]:
     """Check an optional part set `[R, s, D]` and its mask `[R, s]`; return value-check flags.
 
     With `check_values` the set must be finite and its valid rows
-    L2-normalised (masked-out rows are exempt from the norm check).
+    L2-normalised (masked-out rows are exempt from the norm check). With
+    `compact` it may be float16 or int8 whatever the query's dtype (`embeddings`).
     """
     flags = []
     if parts is None:
         if parts_mask is not None:
             raise ValueError(f"{name}_mask was given without {name}")
         return flags
-    embeddings(name, parts, 3, f"[{rows_name}, {set_name}, D]", like=query)
+    embeddings(name, parts, 3, f"[{rows_name}, {set_name}, D]", like=query, compact=compact)
     leading(name, parts, rows, rows_name)
     nonempty(name, parts, 1, set_name)
     if parts_mask is not None:
@@ -220,6 +237,37 @@ def part_set(
         flags.append(checks.check_rows_any(parts_mask, f"{name}_mask"))
     if check_values:
         flags.append(checks.check_finite(parts, name, True, parts_mask))
+    return flags
+
+
+def gallery_parts(items: GallerySide, query: Tensor) -> list[Tensor]:
+    """Check the gallery's part set `[N, n, D]`, its mask and, for int8 parts, their scales `[N, n]`.
+
+    The parts have the query's dtype or are compact (DESIGN §5): float16, or
+    int8 with `gallery_parts_scale` float32 `[N, n]`. Only metadata is read
+    here; values are checked in the candidates' rows.
+
+    Returns:
+        the mask's value-check flags.
+    """
+    parts, scale, num_items = items.parts, items.parts_scale, items.embeddings.shape[0]
+    if scale is not None and parts is None:
+        raise ValueError("gallery_parts_scale was given without gallery_parts")
+    flags = part_set("gallery_parts", parts, items.parts_mask, num_items, "N", "n", query, check_values=False,
+                     compact=True)
+    if parts is None:
+        return flags
+    if parts.dtype == torch.int8:
+        if scale is None:
+            raise ValueError("int8 gallery_parts need gallery_parts_scale [N, n] float32, one scale per row "
+                             "(geosteer.quantize.quantize_rows)")
+        tensor("gallery_parts_scale", scale, 2, "[N, n]")
+        if scale.dtype != torch.float32 or tuple(scale.shape) != tuple(parts.shape[:2]):
+            raise ValueError(f"gallery_parts_scale must be float32 {list(parts.shape[:2])}, "
+                             f"got {scale.dtype} {list(scale.shape)}")
+        on_device("gallery_parts_scale", scale, query)
+    elif scale is not None:
+        raise ValueError(f"gallery_parts_scale is for int8 gallery_parts; gallery_parts are {parts.dtype}, pass None")
     return flags
 
 
@@ -261,10 +309,10 @@ def validate(
     # per tensor (checks._FINITE_SEEN) until TensorCache sees it change.
     flags = [checks.check_finite(query, "query", True), checks.check_finite(items.embeddings, "gallery", True)]
     flags += part_set("query_parts", queries.parts, queries.parts_mask, num_queries, "Q", "m", query, check_values=True)
-    # Values of gallery_parts are checked in the candidates' rows only
-    # (checks.check_rows, after the first stage): scanning all N x n x D here
-    # would cost as much as the re-ranking itself.
-    flags += part_set("gallery_parts", items.parts, items.parts_mask, num_items, "N", "n", query, check_values=False)
+    # Values of gallery_parts (and their int8 scales) are checked in the
+    # candidates' rows only (part_cost / checks.check_rows, after the first
+    # stage): scanning all N x n x D here would cost as much as the re-ranking.
+    flags += gallery_parts(items, query)
     flags += _anchors(cfg, queries)
     flags += _structure(cfg, queries, items, parts_mode)
     flags += _neighbors(cfg, items, parts_mode, rerank, num_cands)

@@ -71,6 +71,7 @@ def score_pairs(
     positives: Tensor | None = None,
     query_relations: Tensor | None = None,
     gallery_part_boxes: Tensor | None = None,
+    gallery_parts_scale: Tensor | None = None,
 ) -> PairScores:
     """Score given (query, candidate) pairs with the head's fused score, no first stage.
 
@@ -90,7 +91,8 @@ def score_pairs(
             pairs (C = N, in gallery order).
         query_parts, query_parts_mask, gallery_parts, gallery_parts_mask,
         negatives, negatives_mask, positives, query_relations,
-        gallery_part_boxes: as in `GeoSteerHead.forward`.
+        gallery_part_boxes, gallery_parts_scale: as in `GeoSteerHead.forward`
+        (compact region sets, DESIGN §5, included).
 
     Returns:
         `PairScores`, each field `[Q, C]` (assignment `[Q, C, m]`, m = 1
@@ -122,7 +124,7 @@ def score_pairs(
     q = query_side(query, query_parts=query_parts, query_parts_mask=query_parts_mask, negatives=negatives,
                    negatives_mask=negatives_mask, positives=positives, query_relations=query_relations)
     g = gallery_side(gallery, gallery_parts=gallery_parts, gallery_parts_mask=gallery_parts_mask,
-                     gallery_part_boxes=gallery_part_boxes)
+                     gallery_part_boxes=gallery_part_boxes, gallery_parts_scale=gallery_parts_scale)
     parts_mode = uses_parts(cfg, q.parts, g.parts, pool=False)
     rerank = (cfg.lam > 0 or cfg.gamma > 0) and parts_mode  # γ > 0 alone without part sets: nothing to match
     # validate's neighbourhood-mode checks do not apply to pairs (rerank only with part sets).

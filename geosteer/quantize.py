@@ -96,7 +96,7 @@ def dequantize_rows(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32
     return q.to(dtype) * scale.to(dtype)[..., None]
 
 
-def compact(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+def compact_parts(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
     """Region embeddings in a compact dtype: float16 (no scale) or int8 (+ scale per row).
 
     Args:

@@ -79,7 +79,8 @@ def candidate_terms(
             matching, backend, solver.
         q: the query side; `parts` `[Q, m, D]` (normalised here), `parts_mask`
             `[Q, m]`, `relations` `[Q, r, 3]` are read, the rest is not.
-        g: the gallery side; `embeddings` `[N, D]`, `parts` `[N, n, D]`,
+        g: the gallery side; `embeddings` `[N, D]`, `parts` `[N, n, D]` (float,
+            or compact: float16, int8 with `parts_scale` `[N, n]`),
             `parts_mask` `[N, n]`, `part_boxes` `[N, n, 4]` are read.
         ids: `[Q, C]` int64 candidate rows of `g`.
         first_scores: `[Q, C]` float32 q·c, read by the pooled penalty only.
@@ -114,10 +115,11 @@ def candidate_terms(
     if penalty_here or contrast_here:
         with timed("steer"):
             if parts_mode and not rerank:
-                flags = flags + check_rows(g.parts, gmask, ids, "gallery_parts")
+                flags = flags + check_rows(g.parts, gmask, ids, "gallery_parts", g.parts_scale)
             pos, neg, neg_mask = anchors
             penalty, con = anchor_terms(pos, neg, neg_mask, ids, g.embeddings, g.parts if parts_mode else None, gmask,
-                                        first_scores, penalty_here, contrast_here, cfg.backend)
+                                        first_scores, penalty_here, contrast_here, cfg.backend,
+                                        g.parts_scale if parts_mode else None)
             contrast = contrast if con is None else con
     align, structure = torch.zeros_like(first_scores), torch.zeros_like(first_scores)
     cols = torch.full((*ids.shape, 1), -1, dtype=torch.long, device=ids.device)
@@ -129,7 +131,7 @@ def candidate_terms(
                 # pad_cost(n, n) >= pad_cost(m, n): valid for every m, and one value per
                 # gallery, so torch.compile(dynamic=True) does not recompile per m.
                 pad = pad_cost(g.parts.shape[1], g.parts.shape[1])
-                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend, "gallery_parts")
+                cost = part_cost(qp, qmask, ids, g.parts, gmask, pad, cfg.backend, "gallery_parts", g.parts_scale)
                 num_valid = qmask.sum(dim=1)
             else:
                 cost = neighbourhood_cost()

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geosteer.choices import check_choice
+from geosteer.ops.part_cost import pad_cost, part_cost
 from geosteer.ops.project import project
 
 _EPS = 1e-6
@@ -226,24 +227,35 @@ def confuser_penalty(first_scores: Tensor, negative_sims: Tensor, negatives_mask
 
 def region_anchor_sims(
     anchors: Tensor, ids: Tensor, gallery_parts: Tensor, gallery_parts_mask: Tensor, backend: str = "auto",
+    gallery_parts_scale: Tensor | None = None,
 ) -> Tensor:
     """Each candidate's best region for each anchor: max_b a_j·b over its valid regions.
 
     The regions of the K candidates are gathered as K·n rows of the
     flattened `[N·n, D]` region table and projected on the anchors with the
     `geosteer::project` op (a fused Triton gather + projection on CUDA).
+    int8 regions (`gallery_parts_scale` given) go through `geosteer::part_cost`
+    instead, the op that reads them with their scales: the similarities are
+    1 - its costs (equal to the projection up to float32 rounding).
 
     Args:
         anchors: `[Q, J, D]` unit anchors (part phrases, their negatives).
         ids: `[Q, K]` candidate pool.
-        gallery_parts: `[N, n, D]` region embeddings; gallery_parts_mask `[N, n]`.
+        gallery_parts: `[N, n, D]` region embeddings (float, or compact); gallery_parts_mask `[N, n]`.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        gallery_parts_scale: `[N, n]` float32 scales of int8 regions, else None.
 
     Returns:
         `[Q, K, J]` float32.
     """
     num_items, num_regions, dim = gallery_parts.shape
     num_queries, num_cands = ids.shape
+    if gallery_parts_scale is not None:
+        every = torch.ones(anchors.shape[:2], dtype=torch.bool, device=anchors.device)
+        cost = part_cost(anchors, every, ids, gallery_parts, gallery_parts_mask, pad_cost(anchors.shape[1], num_regions),
+                         backend, "", gallery_parts_scale)  # [Q, K, J, n]
+        valid = gallery_parts_mask[ids][:, :, None, :]  # [Q, K, 1, n]
+        return (1.0 - cost).masked_fill(~valid, float("-inf")).amax(dim=3)
     offsets = torch.arange(num_regions, device=ids.device)
     region_ids = (ids[..., None] * num_regions + offsets).reshape(num_queries, num_cands * num_regions)
     sims = project(gallery_parts.reshape(num_items * num_regions, dim), region_ids, anchors, backend)
@@ -260,6 +272,7 @@ def candidate_anchor_sims(
     gallery_parts: Tensor | None,
     gallery_parts_mask: Tensor | None,
     backend: str = "auto",
+    gallery_parts_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Each candidate's similarity to every positive and negative anchor, in one projection.
 
@@ -271,6 +284,7 @@ def candidate_anchor_sims(
         ids: `[Q, K]` candidates; gallery `[N, D]` (read only without regions).
         gallery_parts: `[N, n, D]` or None; gallery_parts_mask `[N, n]`.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        gallery_parts_scale: `[N, n]` scales of int8 `gallery_parts`, else None.
 
     Returns:
         pos_sims `[Q, K, J or 1]`, neg_sims `[Q, K, J]`, float32.
@@ -279,7 +293,7 @@ def candidate_anchor_sims(
     if gallery_parts is None:
         sims = project(gallery, ids, anchors, backend).float()
     else:
-        sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend)
+        sims = region_anchor_sims(anchors, ids, gallery_parts, gallery_parts_mask, backend, gallery_parts_scale)
     pos_sims, neg_sims = sims.split([positives.shape[1], negatives.shape[1]], dim=2)
     return pos_sims, neg_sims
 
@@ -296,6 +310,7 @@ def anchor_terms(
     penalty: bool,
     contrast: bool,
     backend: str = "auto",
+    gallery_parts_scale: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """The β confuser penalty and the δ contrast of every candidate, from one pass over its anchors.
 
@@ -316,6 +331,7 @@ def anchor_terms(
         first_scores: `[Q, K]` q·c (read by the pooled penalty only).
         penalty, contrast: which terms to compute.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
+        gallery_parts_scale: `[N, n]` scales of int8 `gallery_parts`, else None.
 
     Returns:
         (penalty `[Q, K]` or None, contrast `[Q, K]` or None), float32.
@@ -325,7 +341,7 @@ def anchor_terms(
     regions = gallery_parts is not None
     if regions or contrast:
         pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, gallery_parts,
-                                                   gallery_parts_mask, backend)
+                                                   gallery_parts_mask, backend, gallery_parts_scale)
     elif penalty:  # pooled penalty alone: the positive is the query's own score
         neg_sims = project(gallery, ids, negatives, backend)
     pen = confuser_penalty(pos_sims if regions else first_scores, neg_sims, negatives_mask) if penalty else None
