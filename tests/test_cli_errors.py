@@ -162,3 +162,35 @@ def test_method_configs_takes_a_dict_of_overrides():
     assert configs["rerank"] == get_config("default", backend="torch")
     with pytest.raises(TypeError, match="overrides must be a dict of HeadConfig fields or None, got list"):
         method_configs([("backend", "torch")])
+
+
+@pytest.mark.parametrize("argv", [
+    ["search", "{vit_index}", "a cat"],
+    ["index", "{images}", "--out", "{tmp}/i", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+    ["eval", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+])
+def test_uncached_weights_offline_are_one_line_before_loading(argv, tmp_path, capsys, no_work, monkeypatch):
+    """HF_HUB_OFFLINE and a tag not in the cache: refused with the argument checks (no model load, no network)."""
+    import socket
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)  # nothing cached
+    monkeypatch.setenv("HOME", str(tmp_path))  # nor in ~/.cache/clip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("offline: the network was tried"))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "vit_index").mkdir()
+    (tmp_path / "vit_index" / "manifest.json").write_text(
+        '{"encoder": {"name": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}}')
+    fill = dict(tmp=tmp_path, images=tmp_path / "images", vit_index=tmp_path / "vit_index")
+    assert cli.main([a.format(**fill) for a in argv]) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.err, out.err
+    assert lines[0] == (
+        f"geosteer {argv[0]}: error: --pretrained 'laion2b_s34b_b79k': the weights of 'ViT-B-32' for this tag are not "
+        f"in the local cache and HF_HUB_OFFLINE is set; pass a local copy of open_clip_pytorch_model.bin from "
+        f"laion/CLIP-ViT-B-32-laion2B-s34B-b79K on the Hugging Face Hub as --pretrained /path/to/"
+        f"open_clip_pytorch_model.bin, or run once with a network to cache them"), lines[0]
+    assert not (tmp_path / "i").exists()

@@ -215,6 +215,64 @@ def test_an_uncached_tag_without_a_network_is_refused_at_once(empty_weights_cach
     assert len(hosts) == 1 and hosts[0], hosts  # one probe, to the weights' host
 
 
+@pytest.mark.parametrize("env", [{"TRANSFORMERS_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "yes"}, {"HF_HUB_OFFLINE": "ON"}])
+def test_every_offline_switch_huggingface_hub_reads_is_offline(empty_weights_cache, monkeypatch, env):
+    """huggingface_hub reads HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, any of 1 / ON / YES / TRUE: no probe then."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("offline: nothing may try the network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailable, match=f"not in the local cache and {next(iter(env))} is set"):
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+
+
+@pytest.mark.parametrize("tag, source", [
+    ("laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K on the Hugging Face Hub"),
+    ("openai", "timm/vit_base_patch32_clip_224.openai on the Hugging Face Hub"),
+])
+def test_the_refusal_says_which_file_to_fetch_and_how_to_pass_it(empty_weights_cache, monkeypatch, tag, source):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable) as e:
+        load_clip("ViT-B-32", pretrained=tag)
+    message = str(e.value)
+    assert source in message and "open_clip_pytorch_model.bin" in message, message
+    assert "load_clip('ViT-B-32', pretrained='/path/to/open_clip_pytorch_model.bin')" in message, message
+    assert (e.value.name, e.value.tag, e.value.reason) == ("ViT-B-32", tag, "HF_HUB_OFFLINE is set")
+    assert e.value.source == source and e.value.weights_file == "open_clip_pytorch_model.bin"
+
+
+def test_behind_a_proxy_the_proxy_is_probed_not_the_hub(empty_weights_cache, monkeypatch):
+    """A direct connection fails behind a proxy though downloads through it work: ask the proxy, honour no_proxy."""
+    hosts = []
+
+    def unreachable(address, *args, **kwargs):
+        hosts.append(address)
+        raise OSError("Connection refused")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for key in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(WeightsUnavailable, match="proxy proxy.example:3128 .HTTPS_PROXY. cannot be reached"):
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert hosts == [("proxy.example", 3128)]
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")
+    with pytest.raises(WeightsUnavailable, match="huggingface.co cannot be reached"):
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert hosts[-1] == ("huggingface.co", 443)
+
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())  # the proxy answers
+    with pytest.raises(AssertionError, match="open_clip was asked"):  # so open_clip downloads through it
+        load_clip("ViT-B-32", pretrained="laion2b_s34b_b79k")
+
+
 def test_a_cached_tag_goes_to_open_clip(monkeypatch, tmp_path):
     import huggingface_hub
 

@@ -173,10 +173,12 @@ def check_model(model: str, pretrained: str | None) -> None:
 
     Only the certain cases: an unknown architecture name, a missing local-dir
     folder, a checkpoint file given as --model, --pretrained where none
-    belongs or where one is required. Anything else goes to `load_clip`,
-    whose argument errors `load_model` also turns into a UsageError.
+    belongs or where one is required, a pretrained tag whose weights are not
+    cached and cannot be downloaded now (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE,
+    or the host unreachable: `check_pretrained_available`). Anything else goes
+    to `load_clip`, whose argument errors `load_model` also turns into a UsageError.
     """
-    from geosteer.encoders.clip import BRIDGE, DEMO
+    from geosteer.encoders.clip import BRIDGE, DEMO, WeightsUnavailable, check_pretrained_available
 
     if not model:
         raise UsageError("--model is empty")
@@ -210,6 +212,12 @@ def check_model(model: str, pretrained: str | None) -> None:
                          f"or a checkpoint file")
     if not os.path.isfile(pretrained) and pretrained.lower() not in {t.lower() for t in tags}:
         raise UsageError(f"--pretrained {pretrained!r} is neither a tag of {model!r} ({tags}) nor an existing file")
+    try:  # offline, open_clip would retry the Hub for about a minute before its traceback
+        check_pretrained_available(model, pretrained)
+    except WeightsUnavailable as e:
+        raise UsageError(f"--pretrained {pretrained!r}: the weights of {model!r} for this tag are not in the local "
+                         f"cache and {e.reason}; pass a local copy of {e.weights_file} from {e.source} as --pretrained "
+                         f"/path/to/{e.weights_file}, or run once with a network to cache them") from None
 
 
 @functools.lru_cache(maxsize=2)

@@ -64,20 +64,40 @@ _MINILM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spec
 # The checkpoint name open_clip's local-dir schema looks for first.
 _LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-#: Seconds to wait for the weights' host before calling a tag unavailable.
+#: Seconds to wait for the weights' host (or the HTTPS proxy) before calling a tag unavailable.
 CONNECT_TIMEOUT_S = 3.0
+#: Values of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE that mean offline, as huggingface_hub reads them.
+_OFFLINE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+#: Variables naming the proxy an HTTPS download goes through (urllib's and httpx's reading), in precedence order.
+_PROXY_VARS = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 __all__ = [
     "BRIDGE", "CONNECT_TIMEOUT_S", "ClipEncoder", "DEMO", "DEMO_CONFIG", "DEMO_DIR", "DEMO_METRICS", "DEMO_WEIGHTS",
-    "MINILM_HUB_ID", "WeightsUnavailable", "as_rgb_image", "check_positive_int", "check_texts", "demo_model_cfg",
+    "MINILM_HUB_ID", "WeightsUnavailable", "as_rgb_image", "check_positive_int", "check_pretrained_available",
+    "check_texts", "demo_model_cfg",
     "export_local_dir", "load_bridge", "load_clip", "load_demo_from", "load_demo_model", "minilm_path",
     "quiet_transformers", "trim_padding",
 ]
 
 
 class WeightsUnavailable(FileNotFoundError):
-    """A pretrained tag whose weights are not in the local cache and cannot be downloaded now (offline)."""
+    """A pretrained tag whose weights are not in the local cache and cannot be downloaded now (offline).
+
+    Attributes (None when unpickled):
+        name: the architecture, e.g. "ViT-B-32".
+        tag: the pretrained tag.
+        reason: why they cannot be downloaded now ("HF_HUB_OFFLINE is set",
+            "huggingface.co cannot be reached", ...).
+        source: where open_clip downloads them from ("<repo> on the Hugging Face Hub", or a URL).
+        weights_file: the weights file's name there, which `pretrained` also
+            takes as a local path. (Not `filename`: OSError prints that one.)
+    """
+
+    def __init__(self, message: str, *, name: str | None = None, tag: str | None = None, reason: str | None = None,
+                 source: str | None = None, weights_file: str | None = None) -> None:
+        super().__init__(message)
+        self.name, self.tag, self.reason, self.source, self.weights_file = name, tag, reason, source, weights_file
 
 # ---------------------------------------------------------------- images
 
@@ -318,8 +338,7 @@ def load_clip(
             hint = f"; did you mean one of {close}?" if close else "; see open_clip.list_models()"
             raise ValueError(f"name_or_path {name!r} is not an open_clip architecture, a folder, 'demo' or 'bridge'{hint}")
         _check_pretrained(name, pretrained)
-        if not os.path.isfile(pretrained):
-            _check_tag_available(name, pretrained)
+        check_pretrained_available(name, pretrained)
 
     with quiet_transformers():
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -554,11 +573,15 @@ def _check_pretrained(name: str, pretrained: str | None) -> None:
     raise ValueError(f"pretrained {pretrained!r} is neither a tag of {name!r} ({tags}) nor an existing file")
 
 
-def _tag_source(name: str, tag: str) -> tuple[list[str], str]:
-    """Where open_clip would take a tag's weights from: (local files it would use if present, the host it downloads from).
+def _tag_source(name: str, tag: str) -> tuple[list[str], str, str, str]:
+    """Where open_clip would take a tag's weights from.
 
     Mirrors `open_clip.pretrained.download_pretrained`: the Hugging Face Hub
     when the tag has an `hf_hub` entry (the safetensors twin first), else its URL.
+
+    Returns:
+        (local files it would use if present, the host it downloads from,
+        that source as words, the weights file's name there).
     """
     import open_clip
 
@@ -574,36 +597,89 @@ def _tag_source(name: str, tag: str) -> tuple[list[str], str]:
         if filename == "open_clip_pytorch_model.bin":
             names.insert(0, "open_clip_model.safetensors")
         found = [try_to_load_from_cache(repo, n) for n in names]
-        return [f for f in found if isinstance(f, str)], urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+        host = urlsplit(constants.ENDPOINT).hostname or "huggingface.co"
+        return [f for f in found if isinstance(f, str)], host, f"{repo} on the Hugging Face Hub", filename
     url = cfg.get("url", "")
-    local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlsplit(url).path)
-    return ([str(local)] if url and local.is_file() else []), urlsplit(url).hostname or ""
+    filename = os.path.basename(urlsplit(url).path)
+    local = Path(os.path.expanduser("~/.cache/clip")) / filename
+    return ([str(local)] if url and local.is_file() else []), urlsplit(url).hostname or "", url, filename
 
 
-def _reachable(host: str) -> bool:
+def _offline_switch() -> str | None:
+    """The variable that puts huggingface_hub offline now, or None.
+
+    It reads `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE` (the first one set
+    decides), true for 1 / ON / YES / TRUE in any case; read here at each
+    call, so a variable set after import counts too.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(var)
+        if value:
+            return var if value.upper() in _OFFLINE_VALUES else None
+    return None
+
+
+def _probe_address(host: str) -> tuple[tuple[str, int], str]:
+    """((host, port) to connect to, how to name it): the HTTPS proxy a download of `host` goes through, else `host`.
+
+    Behind a proxy a direct connection fails though the download works:
+    probe the proxy then (no_proxy honoured), not the weights' host.
+    """
+    import urllib.request
+
+    var = next((v for v in _PROXY_VARS if os.environ.get(v)), None)
+    if var is not None and not urllib.request.proxy_bypass_environment(host):
+        url = os.environ[var]
+        proxy = urlsplit(url if "://" in url else f"http://{url}")
+        port = proxy.port or (443 if proxy.scheme == "https" else 80)
+        return (proxy.hostname or "", port), f"proxy {proxy.hostname}:{port} ({var})"
+    return (host, 443), host
+
+
+def _reachable(address: tuple[str, int]) -> bool:
     try:
-        with socket.create_connection((host, 443), timeout=CONNECT_TIMEOUT_S):
+        with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S):
             return True
     except OSError:
         return False
 
 
-def _check_tag_available(name: str, tag: str) -> None:
-    """Refuse at once a tag that is neither cached nor downloadable (open_clip would retry for about a minute).
+def check_pretrained_available(name: str, pretrained: str) -> None:
+    """Refuse at once a pretrained tag that is neither cached nor downloadable now (open_clip would retry for a minute).
+
+    A checkpoint file, or a tag whose weights are in the local cache (the
+    Hugging Face cache, or ~/.cache/clip for URL tags), passes. Otherwise
+    offline (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) refuses without
+    touching the network; online, one TCP connection to the weights' host
+    (or the HTTPS proxy) decides, within `CONNECT_TIMEOUT_S`.
+
+    Args:
+        name: an open_clip architecture ("ViT-B-32").
+        pretrained: one of its tags, or a checkpoint file.
 
     Raises:
-        WeightsUnavailable: naming the tag, why, and what to pass instead.
+        WeightsUnavailable: naming the tag, why, the file to fetch and where,
+            and how to pass it instead (`pretrained='/path/to/<file>'`).
     """
-    cached, host = _tag_source(name, tag)
+    if os.path.isfile(pretrained):
+        return
+    cached, host, source, filename = _tag_source(name, pretrained)
     if cached:
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline or not host or not _reachable(host):
-        why = "HF_HUB_OFFLINE is set" if offline else f"{host or 'its host'} cannot be reached"
-        raise WeightsUnavailable(
-            f"the weights of pretrained tag {tag!r} for {name!r} are not in the local cache and {why}; download "
-            f"them once with a network (load_clip({name!r}, pretrained={tag!r})), or pass a checkpoint file "
-            f"as pretrained (or use 'demo' / 'bridge', which ship their weights)")
+    offline = _offline_switch()
+    if offline:
+        why = f"{offline} is set"
+    else:
+        address, shown = _probe_address(host) if host else ((host, 443), "its host")
+        if host and _reachable(address):
+            return
+        why = f"{shown} cannot be reached"
+    raise WeightsUnavailable(
+        f"the weights of pretrained tag {pretrained!r} for {name!r} are not in the local cache and {why}; download "
+        f"them once with a network (load_clip({name!r}, pretrained={pretrained!r})), or fetch {filename} from "
+        f"{source} and pass the file: load_clip({name!r}, pretrained='/path/to/{filename}') (or use 'demo' / "
+        f"'bridge', which ship their weights)",
+        name=name, tag=pretrained, reason=why, source=source, weights_file=filename)
 
 
 def _masks_padding(model: nn.Module) -> bool:
