@@ -65,9 +65,10 @@ def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_scale, has_s
     `b_j` is `gallery_scale[c, j] * gallery_parts[c, j]` when `has_scale`
     (int8 rows), else the row itself; the scale multiplies each dot product
     once, after the sum. With `want_norms`, also `norms[q, k, j] = ‖b_j‖` of
-    each candidate part (`[Q, K, n]`), read again while the row is still in
-    L1: the head's unit-norm check of the candidates' rows without a second
-    pass over them.
+    each candidate part (`[Q, K, n]`), summed in the first four-part pass
+    (for m < 4 in a pass of its own while the row is still in L1): the head's
+    unit-norm check of the candidates' rows without a second read of them.
+    int8 codes square and sum exactly in float32 up to D = 1040.
     """
     num_cands = ids.shape[1]
     num_parts = query_parts.shape[1]
@@ -80,18 +81,33 @@ def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_scale, has_s
             for j in range(num_regions):
                 # float rows: times 1, exact (and the same code for every dtype).
                 scale = gallery_scale[c, j] if has_scale else one
+                norm_done = not want_norms
                 i = 0
                 while i + 4 <= num_parts:
                     s0 = np.float32(0.0)
                     s1 = np.float32(0.0)
                     s2 = np.float32(0.0)
                     s3 = np.float32(0.0)
-                    for d in range(dim):
-                        g = _to_float32(gallery_parts[c, j, d])
-                        s0 += query_parts[q, i, d] * g
-                        s1 += query_parts[q, i + 1, d] * g
-                        s2 += query_parts[q, i + 2, d] * g
-                        s3 += query_parts[q, i + 3, d] * g
+                    if not norm_done:
+                        # The norm rides along the first pass: each element is loaded
+                        # and converted once (a second pass cost compact rows 25%).
+                        ss = np.float32(0.0)
+                        for d in range(dim):
+                            g = _to_float32(gallery_parts[c, j, d])
+                            s0 += query_parts[q, i, d] * g
+                            s1 += query_parts[q, i + 1, d] * g
+                            s2 += query_parts[q, i + 2, d] * g
+                            s3 += query_parts[q, i + 3, d] * g
+                            ss += g * g
+                        norms[q, k, j] = np.sqrt(ss) * scale
+                        norm_done = True
+                    else:
+                        for d in range(dim):
+                            g = _to_float32(gallery_parts[c, j, d])
+                            s0 += query_parts[q, i, d] * g
+                            s1 += query_parts[q, i + 1, d] * g
+                            s2 += query_parts[q, i + 2, d] * g
+                            s3 += query_parts[q, i + 3, d] * g
                     out[q, k, i, j] = one - s0 * scale
                     out[q, k, i + 1, j] = one - s1 * scale
                     out[q, k, i + 2, j] = one - s2 * scale
@@ -103,8 +119,7 @@ def _cost_rows(query_parts, query_mask, ids, gallery_parts, gallery_scale, has_s
                         s += query_parts[q, i, d] * _to_float32(gallery_parts[c, j, d])
                     out[q, k, i, j] = one - s * scale
                     i += 1
-                if want_norms:
-                    # int8 codes square and sum exactly in float32 up to D = 1040.
+                if not norm_done:  # m < 4: a pass of its own
                     ss = np.float32(0.0)
                     for d in range(dim):
                         g = _to_float32(gallery_parts[c, j, d])
