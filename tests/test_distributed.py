@@ -416,3 +416,29 @@ def test_the_torchrun_entry_refuses_bad_numbers_as_argparse_errors(argv, fragmen
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == f"{entry.PROG}: error: {fragment}", err
+
+
+def test_the_entry_prints_file_names_that_are_not_utf8(tmp_path, capsys):
+    """One rank, in this process: a row whose image name holds byte 0xff prints as \\xff (stdout here is strict)."""
+    from geosteer.distributed import search as entry
+
+    q, gal = workers.problem(9, num_queries=1)
+    paths = image_paths(40, tmp_path / "images")
+    paths[:] = [os.fsdecode(os.fsencode(p).replace(b"img", b"im\xffg")) for p in paths]
+    folder = write_index(gal, paths, tmp_path / "index", encoder=("tiny", "fp-a")).path
+    qfile = tmp_path / "q.pt"
+    torch.save({k: v for k, v in vars(q).items() if v is not None}, qfile)
+    assert entry.main([str(folder), "--queries-file", str(qfile), "-k", "3", "--timeout", "30"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert len(rows) == 3 and all("im\\xffg" in line for line in rows), rows
+
+
+def test_the_entry_refuses_a_query_that_is_not_utf8(tmp_path, capsys, monkeypatch):
+    from geosteer.distributed import search as entry
+
+    monkeypatch.setattr(entry, "init_distributed", lambda *a, **k: pytest.fail("a group started for a bad argument"))
+    with pytest.raises(SystemExit) as info:
+        entry.main([str(tmp_path), "a red circle", os.fsdecode(b"a caf\xe9")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{entry.PROG}: error: QUERY 'a caf\\xe9' is not UTF-8 text; type it in a UTF-8 terminal (LANG=C.UTF-8, say)")

@@ -60,6 +60,19 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def printable(text: str) -> str:
+    """`text` with bytes that were not UTF-8 (a file name's, kept as lone surrogates by os.fsdecode) shown as \\xNN.
+
+    The same as `geosteer.commands.args.printable`, which a library module
+    may not import (tests/test_layers.py).
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte: show its code point
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
@@ -104,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)  # a bad number: argparse's error naming it, exit 2 (every rank alike, no group yet)
     if not args.queries and args.queries_file is None:
         p.error("give captions (QUERY ...) or --queries-file")
+    for q in args.queries:  # bytes from a terminal in another encoding: no caption parser reads them
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:
+            p.error(f"QUERY '{printable(q)}' is not UTF-8 text; type it in a UTF-8 terminal (LANG=C.UTF-8, say)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     comm = init_distributed(timeout_s=args.timeout)
@@ -139,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{gallery.num_items} images in {comm.world_size} shards, preset {args.preset}, {seconds:.3f} s")
             for q, ranking in enumerate(found.reranked):
                 print(f"\n{texts[q] if texts is not None else f'query {q + 1}'}")
-                for h in ranking.rows():
+                for h in ranking.rows():  # --json is ASCII already (a \udcNN escape, back to bytes with os.fsencode)
                     print(f"  {h['rank']:3d}. {h['score']:.4f}  cos {h['first_stage']:.4f}  "
-                          f"align {h['alignment']:.4f}  {h['path']}")
+                          f"align {h['alignment']:.4f}  {printable(h['path'])}")
     comm.close()
     return 0
 
