@@ -8,15 +8,23 @@ recomputed with numpy and scipy's Hungarian solver, the one JSON form
 message, never a 500), the image endpoint (404s, no path traversal), the
 page and its static files (nothing loaded from elsewhere), the heads built
 once, eager heads by default on a CPU, and `run_serve` up to the point where
-uvicorn would start.
+uvicorn would start (with the limits it starts uvicorn with).
+
+Hostile clients and files: test_serve_hostile.py; the schema fuzz:
+test_serve_fuzz.py; concurrent clients on a live server: test_serve_load.py
+(they use `build_geoshapes_index` and `live_server` from here).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import re
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +60,37 @@ def build_geoshapes_index(folder: Path, encoder, num_queries: int = NUM_QUERIES,
     return index, split.queries
 
 
+@contextlib.contextmanager
+def live_server(app, read_timeout_s: float | None = None, start_s: float = 30.0) -> Iterator[tuple[str, int]]:
+    """`app` served by uvicorn with `geosteer serve`'s limits (`serve.server_options`) on 127.0.0.1 in a thread.
+
+    Yields (host, port); the server is stopped (bounded wait) on exit.
+    """
+    import uvicorn
+
+    if read_timeout_s is None:
+        read_timeout_s = serve.READ_TIMEOUT_S
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, **serve.server_options("127.0.0.1", port, "warning", read_timeout_s))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_s
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start within {start_s} s")
+            time.sleep(0.02)
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 @pytest.fixture(scope="module")
 def encoder():
     from geosteer.encoders import load_clip
@@ -81,7 +120,8 @@ def app(index, encoder):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    # the service answers loopback Host names only (TestClient's default "testserver" gets 421)
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -229,8 +269,10 @@ def test_image(client, index):
     want = Image.open(Path(index.root) / index.paths[3]).convert("RGB")  # a PNG: no EXIF turn
     assert im.size == want.size == (96, 96)  # a thumbnail never upscales
     assert list(im.convert("RGB").getdata()) == list(want.getdata())
-    small = Image.open(io.BytesIO(client.get("/image/3", params={"size": 32}).content))
-    assert small.size == (32, 32)
+    # sizes snap up to 128 / 256 / 512 (never upscaled): 96 x 96 from every size up to 512
+    for size in (16, 32, 100, 128, 129, 600, 1024):
+        r = client.get("/image/3", params={"size": size})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (96, 96)
 
 
 @pytest.mark.parametrize("path", [
@@ -256,7 +298,7 @@ def test_image_whose_file_is_gone_is_404(client, app, index):
     moved = f.with_name(f.name + ".away")
     f.rename(moved)
     try:
-        r = client.get("/image/5", params={"size": 48})  # a size not cached yet
+        r = client.get("/image/5", params={"size": 512})  # a size not cached yet
         assert r.status_code == 404 and "missing" in r.json()["detail"]
         assert str(f) not in r.text  # the server's paths stay private
         # a search over every image (past the request cap, so through the service) still answers; the
@@ -354,7 +396,7 @@ def test_config_overrides_keep_each_preset(index, encoder):
     assert heads["relations"].config.gamma == get_config("relations").gamma
     assert all(h.config.k == len(index) for h in heads.values())  # K capped at the index
     assert app.state.service.searcher.k_max == len(index)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         assert c.post("/search", json={"query": "a red star", "k": 24}).status_code == 200
         assert c.post("/search", json={"query": "a red star", "k": 25}).status_code == 422
 
@@ -365,6 +407,8 @@ def test_serve_arguments():
     args = p.parse_args(["some/index"])
     assert (args.index, args.host, args.port, args.method, args.k_max, args.model, args.compile) == (
         "some/index", "127.0.0.1", 8000, "rerank", 100, None, None)
+    assert (args.allow_host, args.queue) == ([], serve.QUEUE_SIZE)
+    assert p.parse_args(["x", "--allow-host", "geo.lan", "--allow-host", "10.0.0.2"]).allow_host == ["geo.lan", "10.0.0.2"]
     assert p.parse_args(["x", "--compile"]).compile is True and p.parse_args(["x", "--no-compile"]).compile is False
     for bad in (["x", "--method", "bm25"], ["x", "--method", "rerank+steer"], ["x", "--compile", "--no-compile"]):
         with pytest.raises(SystemExit):
@@ -381,9 +425,9 @@ def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys, flags,
 
     seen = {}
 
-    def fake_run(app, host, port, log_level):
-        seen.update(app=app, host=host, port=port)
-        with TestClient(app) as c:
+    def fake_run(app, host, port, log_level, **options):
+        seen.update(app=app, host=host, port=port, options=options)
+        with TestClient(app, base_url="http://127.0.0.1:8123") as c:
             seen["health"] = c.get("/health").json()
 
     real = serve.create_app
@@ -401,6 +445,12 @@ def test_run_serve_starts_uvicorn_on_loopback(index, monkeypatch, capsys, flags,
     assert made == [{"--compile": True, "--no-compile": False}.get(flags[0]) if flags else None]
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert seen["health"]["k_max"] == 7 and seen["health"]["images"] == 24 and seen["health"]["compiled"] is compiled
+    # the limits uvicorn runs with: a read deadline (the guarded protocol), keep-alive, connections, header bytes
+    opts = seen["options"]
+    assert opts["http"] is serve.guarded_protocol() and opts["timeout_keep_alive"] == serve.KEEP_ALIVE_S
+    assert opts["limit_concurrency"] == serve.MAX_CONNECTIONS
+    assert opts["h11_max_incomplete_event_size"] == serve.MAX_HEADER_BYTES
+    assert seen["app"].state.hosts == {"localhost", "127.0.0.1", "::1"}
     err = capsys.readouterr().err
     assert "24 images, model demo" in err and "http://127.0.0.1:8123/" in err and "warning" not in err
     assert f"heads {'compiled' if compiled else 'eager'} on cpu" in err
@@ -422,6 +472,8 @@ def test_a_cpu_service_is_eager_by_default(index, encoder):
     (["{index}", "--port", "{taken}"], "cannot listen there"),
     (["{index}", "--host", "203.0.113.7"], "--host '203.0.113.7' --port 8000: cannot listen there"),
     (["{index}", "--model", "no-such-model"], "--model 'no-such-model'"),
+    (["{index}", "--queue", "0"], "--queue must be >= 1, got 0"),
+    (["{index}", "--allow-host", "http://geo.lan/"], "--allow-host: 'http://geo.lan/' is not a host name"),
 ])
 def test_run_serve_bad_argument_is_one_line_and_status_2(tmp_path, index, capsys, argv, message):
     """Checked before the model loads where it can be: one line naming the argument, exit status 2."""
