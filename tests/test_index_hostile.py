@@ -110,6 +110,10 @@ BAD_MANIFESTS = [
     (_set("build", []), "build: "),
     (_set("build.shard_size", "4"), "build.shard_size: "),
     (_set("metadata", "notes"), "metadata: "),
+    (_set("files", None), "files: "),
+    (_set("files", DELETE), "files: missing"),  # version 3 records every row's file (or null)
+    (_set("files.0", [10, 20, "zz"]), "files[0]: "),
+    (_set("files.0", {"bytes": 10}), "files[0]: "),
 ]
 
 

@@ -309,6 +309,12 @@ def test_identity_names_the_images_row_by_row(built, images, encoder, tmp_path):
     before = few.identity
     few.add(sorted_files(images)[5:7], encoder, progress=False)
     assert few.identity != before and Index.open(tmp_path / "few.index").identity == few.identity
+    # one folder built twice, an image's pixels changed in between (same paths, same rows): other content
+    again = Index.build(tmp_path / "other", tmp_path / "again.index", encoder, progress=False)
+    assert again.identity == other.identity
+    make_images(tmp_path / "other", 1, start=30)[0].replace(tmp_path / "other" / "a" / "scene_000.png")
+    rebuilt = Index.build(tmp_path / "other", tmp_path / "rebuilt.index", encoder, progress=False)
+    assert rebuilt.paths == other.paths and rebuilt.identity != other.identity
 
 
 # ---------------------------------------------------------------- add
@@ -693,7 +699,7 @@ def test_an_index_of_the_previous_format_is_refused_in_one_line(copy_of):
     with pytest.raises(StoreError) as info:
         Index.open(folder)
     assert "\n" not in str(info.value)
-    assert f"manifest '{manifest}' is of format version 1; this geosteer reads version 2 only: rebuild" in str(info.value)
+    assert f"manifest '{manifest}' is of format version 1; this geosteer reads versions 2 and 3: rebuild" in str(info.value)
 
 
 def test_add_leaves_skipped_images_unless_asked_to_retry_them(tmp_path, encoder):

@@ -1,6 +1,6 @@
 """`geosteer index`: your own images, indexed on disk.
 
-`geosteer index IMAGES_DIR --out INDEX` encodes every image under IMAGES_DIR (recursively) with the model (default: the shipped demo model) and its region crops (--regions, default grid) into the index folder INDEX: safetensors shards and a JSON manifest, which records the model, so `geosteer search` and `geosteer serve` load it again. It shows a progress bar (moving per image, images/s), skips files that do not decode (listed in the manifest) and ends with a summary. Interrupted, the same command resumes from the last finished shard; run again on a finished index, it adds the images new in IMAGES_DIR, and with nothing new it says so without loading the model.
+`geosteer index IMAGES_DIR --out INDEX` encodes every image under IMAGES_DIR (recursively) with the model (default: the shipped demo model) and its region crops (--regions, default grid) into the index folder INDEX: safetensors shards and a JSON manifest, which records the model, so `geosteer search` and `geosteer serve` load it again. It shows a progress bar (moving per image, images/s), skips files that do not decode (listed in the manifest) and ends with a summary. Interrupted, the same command resumes from the last finished shard; run again on a finished index, it brings the index in line with IMAGES_DIR (`Index.sync`): it adds the images new there, encodes again the ones whose bytes changed (size / mtime, then a content hash, against what was recorded when they were indexed), drops the ones deleted, and prints how many of each; with nothing to encode it does not load the model.
 
 It checks its arguments before loading anything and prints one line naming a bad one (exit status 2).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from geosteer.commands.args import (
@@ -33,7 +34,8 @@ DEFAULT_SHARD = 1024
 def add_index_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `geosteer index`."""
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="INDEX", help="index folder to write (or to resume / extend)")
+    p.add_argument("--out", required=True, metavar="INDEX", help="index folder to write (or to resume, or to bring in "
+                   "line with IMAGES_DIR: new images added, changed ones encoded again, deleted ones dropped)")
     p.add_argument("--model", default=None, help="anything geosteer.encoders.load_clip takes: 'demo' (default for a "
                    "new index; an existing one keeps its own), an open_clip architecture with --pretrained, "
                    "'local-dir:<folder>', 'hf-hub:<repo>'")
@@ -94,7 +96,7 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    """Run a parsed `geosteer index`: build, resume or extend the index; print a summary."""
+    """Run a parsed `geosteer index`: build or resume the index, or bring it in line with IMAGES_DIR; print a summary."""
     from geosteer.index import Index, StoreError, recorded_model
 
     progress = not args.no_progress
@@ -105,15 +107,13 @@ def run_index(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         if state == "complete":
             index = Index.open(args.out)
-            # what is new is known from the files and the manifest alone: no model for a re-run with nothing new
-            new = index.new_files(args.images, retry_skipped=args.retry_skipped)
-            index.stats = {"encoded": 0, "skipped": 0, "images_per_s": 0.0}
-            what = "nothing new; model not loaded"
-            if new:
-                encoder = index_encoder(index, args.model, args.pretrained, args.device, say)
-                before = len(index)
-                index.add(new, encoder, batch_size=args.batch_size, progress=progress, retry_skipped=args.retry_skipped)
-                what = f"{len(index) - before} new images added"
+            # what changed is known from the files and the manifest alone: the model loads only to encode
+            changes = index.changes(args.images, retry_skipped=args.retry_skipped)
+            encoder = index_encoder(index, args.model, args.pretrained, args.device, say) if changes.to_encode else None
+            with warnings.catch_warnings():  # said below, in the command's words
+                warnings.filterwarnings("ignore", message=".*indexed without a file record", category=RuntimeWarning)
+                index.sync(args.images, encoder, batch_size=args.batch_size, progress=progress, changes=changes)
+            what = sync_report(index.stats) + ("" if changes.to_encode else "; model not loaded")
         else:
             model, pretrained = (recorded_model(recorded, args.model, args.pretrained) if recorded is not None
                                  else (args.model or DEFAULT_MODEL, args.pretrained))
@@ -135,11 +135,29 @@ def run_index(args: argparse.Namespace) -> int:
     except ValueError as e:  # another encoder, a changed source, an old format, nothing decodable: one line
         return fail("index", str(e), status=1 if isinstance(e, StoreError) else 2)
     print(summary(args.out, index, what, time.perf_counter() - t0))
+    if state == "complete":
+        for listed, verb in ((changes.changed, "encoded again (changed)"), (changes.deleted, "dropped (deleted)")):
+            for path in listed[:5]:
+                print(f"  {verb} {path}", file=sys.stderr)
+            if len(listed) > 5:
+                print(f"  ... and {len(listed) - 5} more {verb.split()[0]}", file=sys.stderr)
+        if changes.adopted:
+            print(f"  note: {len(changes.adopted)} images were indexed before file records (format 2): recorded as they "
+                  f"are now; one replaced before this run keeps its old embedding (rebuild to be sure)", file=sys.stderr)
     for item in index.skipped[:5]:
         print(f"  skipped {item['path']}: {item['error']}", file=sys.stderr)
     if len(index.skipped) > 5:
         print(f"  ... and {len(index.skipped) - 5} more (listed in {Path(args.out) / 'manifest.json'})", file=sys.stderr)
     return 0
+
+
+def sync_report(stats: dict) -> str:
+    """What a re-run did, in words: "nothing new", or "2 new images added, 1 changed encoded again, 3 deleted dropped"."""
+    parts = [f"{stats[key]} {words}" for key, words in (
+        ("new", "new images added"), ("changed", "changed encoded again"), ("deleted", "deleted dropped"),
+        ("forgotten", "skipped ones gone"), ("touched", "touched (same bytes)"),
+        ("adopted", "recorded (indexed before file records)")) if stats.get(key)]
+    return ", ".join(parts) or "nothing new"
 
 
 def summary(out: str, index, what: str, seconds: float) -> str:

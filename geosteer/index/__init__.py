@@ -5,8 +5,9 @@
 - `geosteer.index.format`: the on-disk format, the only code that writes an
   index folder's files and the package's one reader of them (manifest,
   safetensors shards, checksums).
-- `geosteer.index.builder`: `Index.build` / `index.add` / `write_index`:
-  collect files, decode, encode shard by shard, resume, merge.
+- `geosteer.index.builder`: `Index.build` / `index.add` / `index.sync` /
+  `index.remove` / `write_index`: collect files, decode, encode shard by
+  shard, resume, merge; bring an index in line with its images (`Changes`).
 - `geosteer.index.store`: `Index`: open, the memory-mapped gallery, paths,
   sizes, checks, the encoder it was built with (`load_encoder`).
 - `geosteer.index.search`: `Searcher`: one head per method built once,
@@ -14,7 +15,7 @@
 """
 
 from geosteer.encoders.images import load_image, to_rgb  # the index's decoder, kept under geosteer.index too
-from geosteer.index.builder import IMAGE_EXTENSIONS
+from geosteer.index.builder import IMAGE_EXTENSIONS, Changes
 from geosteer.index.format import FORMAT_VERSION, StoreError, index_state, recorded_model
 from geosteer.index.indexer import (
     ANCHORS,
@@ -43,6 +44,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "WARM_UP_QUERIES",
     "Catalog",
+    "Changes",
     "Index",
     "Indexer",
     "Ranking",

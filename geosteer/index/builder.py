@@ -25,6 +25,7 @@ once are not supported. Every file goes through `geosteer.index.format`.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import os
 import threading
@@ -138,17 +139,43 @@ def not_regular(path: str | os.PathLike) -> str | None:
     return None if kind is None else f"not a regular file ({kind}); not opened"
 
 
+def read_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | None, list | None]:
+    """Read and decode one image file: (RGB image, None, record), or (None, the error, record or None) to skip it.
+
+    The file is read once: its bytes are hashed (the record, `format.file_record`:
+    [bytes, mtime_ns, blake2b], taken from fstat before reading) and decoded
+    from memory. Never opened unless `stat` says it is a regular file, and
+    then non-blocking and checked again with fstat (a file swapped for a
+    FIFO in between is not waited on).
+    """
+    if (why := not_regular(path)) is not None:
+        return None, why, None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        return None, f"{type(e).__name__}: {e}", None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if (kind := fmt.file_kind(st.st_mode)) is not None:
+            return None, f"not a regular file ({kind}); not opened", None
+        try:
+            data = f.read()
+        except OSError as e:
+            return None, f"{type(e).__name__}: {e}", None
+    record = fmt.file_record(st, fmt.content_hash(data).hexdigest())
+    try:
+        im = load_image(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file", never the build
+        return None, f"{type(e).__name__}: {e}", record
+    if min(im.size) < MIN_SIDE:
+        return None, f"image is {im.width}x{im.height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is indexed", record
+    return im, None, record
+
+
 def decode(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
     """(RGB image, None), or (None, the error) for a file the index skips (never opened unless a regular file)."""
-    if (why := not_regular(path)) is not None:
-        return None, why
-    try:
-        im = load_image(path)
-    except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file", never the build
-        return None, f"{type(e).__name__}: {e}"
-    if min(im.size) < MIN_SIDE:
-        return None, f"image is {im.width}x{im.height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is indexed"
-    return im, None
+    im, err, _ = read_image(path)
+    return im, err
 
 
 def image_size(path: str | os.PathLike) -> list[int] | None:
@@ -219,6 +246,7 @@ class _Encoded:
     mask: list[np.ndarray] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)  # plan positions encoded
     sizes: dict[int, list[int]] = field(default_factory=dict)  # plan position -> [width, height]
+    records: dict[int, list] = field(default_factory=dict)  # plan position -> its file's record as read
     skipped: list[tuple[int, str]] = field(default_factory=list)  # plan positions and errors
 
     def append(self, g: GallerySide, n: int) -> None:
@@ -287,8 +315,10 @@ def _encode_shard(indexer: Indexer, files: list[Path], method: str, max_regions:
     def load(gi: int) -> list[tuple[Image.Image | None, str | None]]:
         out = []
         for i in groups[gi]:
-            out.append(decode(files[i]))
-            shares[gi](DECODE_SHARE if out[-1][0] is not None else 1.0)  # a skipped image is done once decoded
+            im, err, record = read_image(files[i])
+            out.append((im, err))
+            enc.records[i] = record
+            shares[gi](DECODE_SHARE if im is not None else 1.0)  # a skipped image is done once decoded
         return out
 
     pending = pool.submit(load, 0) if groups else None
@@ -342,6 +372,7 @@ def _run_shards(folder: Path, prog: dict, files: list[Path], indexer: Indexer, n
                                     bar, pool)
                 entry: dict[str, Any] = {"range": [a, b], "count": len(enc.kept), "kept": [a + i for i in enc.kept],
                                          "sizes": [enc.sizes[i] for i in enc.kept],
+                                         "files": [enc.records[i] for i in enc.kept],
                                          "skipped": [{"path": prog["plan"][a + i], "error": e} for i, e in enc.skipped]}
                 # each range has its own file name, so a resumed build writes the same names
                 entry["file"] = fmt.shard_name(seq + prog["ranges"].index([a, b])) if enc.kept else None
@@ -358,6 +389,11 @@ def _run_shards(folder: Path, prog: dict, files: list[Path], indexer: Indexer, n
         if bar is not None:
             bar.close()
     return encoded, skipped
+
+
+def _records(shard: dict) -> list:
+    """A finished shard's file records (a version 2 build.json has none: unknown)."""
+    return shard.get("files") or [None] * len(shard["kept"])
 
 
 def _stats(encoded: int, skipped: int, seconds: float, resumed: int) -> dict[str, Any]:
@@ -404,7 +440,8 @@ def _already_built(folder: Path, settings: dict, plan: list[str]) -> dict[str, A
     new = [p for p in plan if p not in known and fmt.record_path(Path(settings["root"]) / p, Path(m["root"])) not in known]
     if new:
         raise ValueError(f"out {str(folder)!r} already holds a finished index, without {len(new)} of the source's "
-                         f"images (e.g. {new[0]!r}); add them with Index.open(out).add(source, encoder)")
+                         f"images (e.g. {new[0]!r}); bring it in line with the source (new images added, changed "
+                         f"ones encoded again, deleted ones dropped) with Index.open(out).sync(source, encoder)")
     return _stats(0, 0, 0.0, len(m["shards"]))
 
 
@@ -466,45 +503,246 @@ def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: in
     manifest = fmt.build_manifest(prog, info, n, entries,
                                   paths=[prog["plan"][i] for sh in prog["shards"] for i in sh["kept"]],
                                   sizes=[s for sh in prog["shards"] for s in sh["sizes"]],
-                                  skipped=[s for sh in prog["shards"] for s in sh["skipped"]], folder=folder)
+                                  skipped=[s for sh in prog["shards"] for s in sh["skipped"]], folder=folder,
+                                  files=[r for sh in prog["shards"] for r in _records(sh)])
     fmt.write_json(folder / fmt.MANIFEST, manifest)  # the index exists from here on
     fmt.remove_strays(folder, {e["file"] for e in entries})
     (folder / fmt.PROGRESS).unlink(missing_ok=True)
     return folder, _stats(encoded, skipped, time.perf_counter() - t0, resumed), info["fingerprint"]
 
 
-def add(folder: Path, manifest: dict, files: list[Path], encoder, batch_size: int | None,
-        progress: bool) -> tuple[dict, dict[str, Any]]:
-    """Encode `files` (new to the index) as new shards after the index's; the new manifest (written) and stats.
+# ---------------------------------------------------------------- sync: the index in line with its images
+#
+# Design: a sync (and add, and remove) is one transaction whose commit point
+# is the manifest, as for a build. New and changed images are encoded into
+# new shard files, their plan and finished shards kept in sync.json (so an
+# interrupted sync resumes from its finished shards, like a build); the rows
+# dropped (deleted images, and the old rows of changed ones) are left out by
+# rewriting only the shards that hold them, as new files (a streamed copy of
+# the kept runs of rows); then the manifest is replaced, and only then are
+# the old shard files and sync.json deleted. Until the manifest is replaced
+# the index opens as it was; after, as it is. Rewriting the affected shards
+# costs a copy of them (seconds per GB, next to hours of encoding) but keeps
+# the store simple: no tombstones for every reader to honour, and the
+# gallery stays the shards' rows, memory-mapped.
 
-    The caller has checked the encoder. An interrupted `add` leaves the
-    index as it was: the manifest is written last.
+
+@dataclass
+class Changes:
+    """How an index differs from the image files of a source: what `Index.sync` does (computed without an encoder).
+
+    Attributes:
+        new: files of the source the index neither holds nor skipped before
+            (with retry_skipped, skipped ones too): encoded and appended.
+        changed: recorded paths of rows whose file's bytes are not the ones
+            indexed: their rows dropped, the files encoded again.
+        deleted: recorded paths of rows whose file the source no longer holds
+            (gone, or no longer a regular file): their rows dropped.
+        forgotten: skipped paths the source no longer holds: dropped from the skipped list.
+        touched: row -> new record, for files whose size or mtime changed but whose bytes hash the same.
+        adopted: row -> `[bytes, mtime_ns, None]`, for rows indexed without a
+            record (format 2, `write_index`): taken as they are now (see `Index.sync`).
+        unchanged: rows whose file's size and mtime are as indexed.
+        files: changed recorded path -> its file.
+        stamps: file to encode -> `[bytes, mtime_ns]` seen now (a resumed sync
+            reuses finished shards only for the same files at the same stamps).
+        identity: the `Index.identity` these changes were computed against.
+    """
+
+    new: list[Path] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    touched: dict[int, list] = field(default_factory=dict)
+    adopted: dict[int, list] = field(default_factory=dict)
+    unchanged: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+    stamps: dict[Path, list] = field(default_factory=dict)
+    identity: str = ""
+
+    @property
+    def to_encode(self) -> list[Path]:
+        """The files a sync encodes: new and changed, sorted."""
+        return sorted(set(self.new) | {self.files[p] for p in self.changed})
+
+    def __bool__(self) -> bool:
+        """Whether a sync would write anything."""
+        return bool(self.new or self.changed or self.deleted or self.forgotten or self.touched or self.adopted)
+
+    def counts(self) -> dict[str, int]:
+        """{"new", "changed", "deleted", "forgotten", "touched", "adopted", "unchanged"}: how many of each."""
+        return {"new": len(self.new), "changed": len(self.changed), "deleted": len(self.deleted),
+                "forgotten": len(self.forgotten), "touched": len(self.touched), "adopted": len(self.adopted),
+                "unchanged": self.unchanged}
+
+
+def _stamp(path: Path) -> list:
+    try:
+        st = os.stat(path)
+    except OSError:  # gone since it was listed: the encode records why it is skipped
+        return [0, 0]
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def changes(manifest: dict, source, index_root: Path, identity: str, retry_skipped: bool = False) -> Changes:
+    """What `sync` would do to bring the index in line with `source` (`Index.changes` documents it).
+
+    Files are compared by size and mtime_ns with the record taken when they
+    were indexed; where those differ, the file is hashed (blake2b) and
+    compared with the recorded hash, so a file only touched is not encoded
+    again. Deletions are looked for only among the rows under a folder
+    source (a list of files deletes nothing it does not list).
+
+    Raises:
+        As `collect`.
+    """
+    src_root, files = collect(source)
+    m = manifest
+    rows = {p: i for i, p in enumerate(m["paths"])}
+    skipped = {s["path"] for s in m["skipped"]}
+    records = m.get("files") or [None] * len(m["paths"])
+    roots = list(dict.fromkeys([Path(m["root"]), index_root]))
+    ch = Changes(identity=identity)
+    seen: set[str] = set()
+    for f in files:
+        p = next((q for q in (fmt.record_path(f, r) for r in roots) if q in rows or q in skipped), None)
+        if p is None or (p not in rows and retry_skipped):
+            ch.new.append(f)
+            ch.stamps[f] = _stamp(f)
+            seen.add(p)
+            continue
+        seen.add(p)
+        if p not in rows:  # skipped before, and not retried
+            continue
+        i = rows[p]
+        try:
+            st = os.stat(f)
+        except OSError:  # gone since the folder was listed
+            ch.deleted.append(p)
+            continue
+        if fmt.file_kind(st.st_mode) is not None:  # an image replaced by a FIFO, a device ...: dropped, listed as skipped
+            ch.deleted.append(p)
+            ch.new.append(f)
+            ch.stamps[f] = [int(st.st_size), int(st.st_mtime_ns)]
+            continue
+        rec = records[i]
+        if rec is None:
+            ch.adopted[i] = fmt.file_record(st, None)
+        elif rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
+            ch.unchanged += 1
+        else:
+            now = fmt.hash_file(f) if rec[2] is not None else None
+            if now is not None and now[2] == rec[2]:
+                ch.touched[i] = now
+            else:  # other bytes, or no hash to compare with: encode it again
+                ch.changed.append(p)
+                ch.files[p] = f
+                ch.stamps[f] = [int(st.st_size), int(st.st_mtime_ns)]
+    if isinstance(source, (str, os.PathLike)):  # a folder: what it no longer holds is deleted
+        def under(p: str) -> bool:
+            return (index_root / p).is_relative_to(src_root)
+
+        ch.deleted += [p for p in m["paths"] if p not in seen and under(p)]
+        ch.forgotten = [s["path"] for s in m["skipped"] if s["path"] not in seen and under(s["path"])]
+    return ch
+
+
+def _resumable(path: Path, want: dict, folder: Path) -> dict | None:
+    """The progress of an interrupted sync of exactly this plan (same files, stamps, encoder, settings), or None."""
+    if not path.is_file():
+        return None
+    try:
+        prog = fmt.read_json(path, "sync progress file")
+        fmt.check_sync(prog, path)
+    except fmt.StoreError:  # ours and only a cache of finished work: a damaged one is started over
+        return None
+    if any(prog.get(k) != v for k, v in want.items()):
+        return None
+    prog["shards"] = [s for s in prog["shards"] if fmt.shard_intact(folder, s)]
+    return prog
+
+
+def sync(folder: Path, manifest: dict, ch: Changes, encoder, batch_size: int | None, progress: bool,
+         index_root: Path) -> tuple[dict, dict[str, Any]]:
+    """Apply `ch` to the index in `folder`: encode the new and changed, drop the deleted; the new manifest (written) and stats.
+
+    The caller has checked the encoder (needed only when there is something
+    to encode). Atomic: the manifest is replaced last. Resumable: an
+    interrupted sync of the same changes reuses its finished shards.
+
+    Raises:
+        ValueError: the sync would leave the index without a row.
     """
     m = manifest
-    batch = check_positive_int("batch_size", batch_size) if batch_size is not None else (m["build"]["batch_size"] or 64)
     t0 = time.perf_counter()
-    if not files:
-        return m, _stats(0, 0, 0.0, 0)
-    fmt.remove_strays(folder, {s["file"] for s in m["shards"]})
-    plan = [fmt.record_path(f, Path(m["root"])) for f in files]
-    shard_size = m["build"]["shard_size"]
-    seq = max(fmt.shard_seq(s["file"]) for s in m["shards"]) + 1
-    prog = {"plan": plan, "ranges": [[s, min(s + shard_size, len(plan))] for s in range(0, len(plan), shard_size)],
-            "shards": [], "max_regions": m["max_regions"], "regions": m["regions"], "next_seq": seq}
-    indexer = Indexer(encoder, max_regions=m["max_regions"], batch_size=batch)
-    encoded, skipped = _run_shards(folder, prog, files, indexer, m["n"], m["dim"], progress, lambda: None)
-    entries = [s for s in prog["shards"] if s["count"] > 0]
-    retried = set(plan)
+    counts = ch.counts()
+    if not ch:
+        return m, {**_stats(0, 0, 0.0, 0), **counts}
+    todo = ch.to_encode
+    drop = set(ch.deleted) | set(ch.changed)
+    keep_row = [p not in drop for p in m["paths"]]
+    if not todo and not any(keep_row):
+        raise ValueError(f"index {str(folder)!r}: this would remove every image; delete the index instead")
+    n, dim = m["n"], m["dim"]
+    next_seq = max((fmt.shard_seq(s["file"]) for s in m["shards"]), default=-1) + 1
+    prog_path = folder / fmt.SYNC
+    prog = None
+    if todo:
+        shard_size = m["build"].get("shard_size") or 1024
+        plan = [fmt.record_path(f, index_root) for f in todo]
+        want = {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "fingerprint": m["encoder"]["fingerprint"],
+                "regions": m["regions"], "max_regions": m["max_regions"], "n": n, "shard_size": shard_size,
+                "plan": plan, "stamps": [ch.stamps.get(f) or _stamp(f) for f in todo]}
+        prog = _resumable(prog_path, want, folder)
+        if prog is None:
+            prog = {**want, "next_seq": next_seq, "shards": [],
+                    "ranges": [[a, min(a + shard_size, len(plan))] for a in range(0, len(plan), shard_size)]}
+    keep = {s["file"] for s in m["shards"]} | {s["file"] for s in (prog or {}).get("shards", []) if s["file"]}
+    fmt.remove_strays(folder, keep)  # what an interrupted write left (never a shard a manifest or the resumed sync names)
+    resumed = encoded = skipped = 0
+    added: list[dict] = []
+    if prog is not None:
+        resumed = len(prog["shards"])
+        save = lambda: fmt.write_json(prog_path, prog)  # noqa: E731
+        save()
+        batch = check_positive_int("batch_size", batch_size) if batch_size is not None else (m["build"].get("batch_size") or 64)
+        indexer = Indexer(encoder, max_regions=m["max_regions"], batch_size=batch)
+        encoded, skipped = _run_shards(folder, prog, todo, indexer, n, dim, progress, save)
+        next_seq = max(next_seq, prog["next_seq"] + len(prog["ranges"]))
+        added = prog["shards"]
+    if not any(keep_row) and not any(s["count"] for s in added):
+        raise ValueError(f"index {str(folder)!r}: this would remove every image and no new one could be indexed; "
+                         f"delete the index instead")
+    records = list(m.get("files") or [None] * len(m["paths"]))
+    for i, r in {**ch.adopted, **ch.touched}.items():
+        records[i] = r
+    entries, start = [], 0
+    for e in m["shards"]:
+        k = keep_row[start : start + e["count"]]
+        start += e["count"]
+        if all(k):
+            entries.append(e)
+        elif any(k):  # a new file with the kept rows; the old one stays valid until the manifest stops naming it
+            entries.append(fmt.filter_shard(folder, e, k, next_seq, n, dim))
+            next_seq += 1
+    entries += [{k: e[k] for k in ("file", "count", "bytes", "sha256")} for e in added if e["count"] > 0]
+    kept = [i for i, k in enumerate(keep_row) if k]
+    plan = prog["plan"] if prog is not None else []
+    retried, gone = set(plan), set(ch.forgotten)
     new = dict(m)
-    new["shards"] = m["shards"] + [{k: e[k] for k in ("file", "count", "bytes", "sha256")} for e in entries]
-    new["paths"] = m["paths"] + [plan[i] for sh in prog["shards"] for i in sh["kept"]]
-    new["sizes"] = m["sizes"] + [s for sh in prog["shards"] for s in sh["sizes"]]
-    new["skipped"] = [s for s in m["skipped"] if s["path"] not in retried] + [
-        s for sh in prog["shards"] for s in sh["skipped"]]
+    new["version"] = fmt.FORMAT_VERSION
+    new["shards"] = entries
+    new["paths"] = [m["paths"][i] for i in kept] + [plan[i] for sh in added for i in sh["kept"]]
+    new["sizes"] = [m["sizes"][i] for i in kept] + [s for sh in added for s in sh["sizes"]]
+    new["files"] = [records[i] for i in kept] + [r for sh in added for r in _records(sh)]
+    new["skipped"] = [s for s in m["skipped"] if s["path"] not in retried and s["path"] not in gone] + [
+        s for sh in added for s in sh["skipped"]]
     new["count"] = len(new["paths"])
     new["skipped_count"] = len(new["skipped"])
-    fmt.write_json(folder / fmt.MANIFEST, new)
-    return new, _stats(encoded, skipped, time.perf_counter() - t0, 0)
+    fmt.write_json(folder / fmt.MANIFEST, new)  # the commit point: the index is the new one from here on
+    fmt.remove_strays(folder, {e["file"] for e in entries})
+    prog_path.unlink(missing_ok=True)
+    return new, {**_stats(encoded, skipped, time.perf_counter() - t0, resumed), **counts}
 
 
 def compact(folder: Path, manifest: dict) -> dict:

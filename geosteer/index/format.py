@@ -8,9 +8,12 @@ checked before anything loads) and by the sharded gallery's shard check
 
     INDEX/manifest.json              format version, the encoder (name, pretrained, fingerprint: how
                                      to load it again), region method, max_regions, D, n, counts,
-                                     image paths and (width, height), skipped images, per-shard
-                                     file / count / bytes / sha256
+                                     image paths and (width, height), each image file's record
+                                     [bytes, mtime_ns, blake2b] as indexed, skipped images,
+                                     per-shard file / count / bytes / sha256
     INDEX/build.json                 while a build runs: its plan and finished shards (no manifest yet)
+    INDEX/sync.json                  while a sync / add encodes: its plan and finished shards (the
+                                     manifest still describes the index as it was)
     INDEX/shards/shard-00012.safetensors   embeddings [c, D] float32, parts [c, n, D] float32,
                                      part_boxes [c, n, 4] float32, parts_mask [c, n] bool
 
@@ -18,7 +21,10 @@ Every file is written atomically (temp file, fsync, `os.replace`, fsync of
 the folder). Shards are safetensors files whose header is padded to 64
 bytes, so each tensor stays 4-byte aligned when the file is memory-mapped.
 Format version 2 added the images' sizes and the encoder's pretrained tag;
-a version 1 index is refused with a message to rebuild it. A manifest (on
+a version 1 index is refused with a message to rebuild it. Version 3 added
+the per-image file records ("files"), so a sync can tell a changed or
+deleted image; version 2 indexes open (their rows' records unknown, null)
+and are written as version 3 by the next add / sync / remove. A manifest (on
 open) and a build.json (on resume) are checked field by field: a file of
 the wrong structure is one `StoreError` naming the file and the field.
 """
@@ -43,11 +49,14 @@ from torch import Tensor
 
 from geosteer.index.indexer import encoder_fingerprint
 
-#: The format this module writes and the only one it opens (2: sizes and the encoder's pretrained tag recorded).
-FORMAT_VERSION = 2
+#: The format this module writes (3: each image file's record [bytes, mtime_ns, blake2b] as indexed).
+FORMAT_VERSION = 3
+#: The formats it opens (2: sizes and the encoder's pretrained tag recorded; its file records are unknown).
+READ_VERSIONS: tuple[int, ...] = (2, 3)
 FORMAT_NAME = "geosteer-index"
 MANIFEST = "manifest.json"
 PROGRESS = "build.json"
+SYNC = "sync.json"
 SHARD_DIR = "shards"
 #: The tensors of a shard, in file order: the 4-byte dtypes first, so each
 #: stays 4-byte aligned in the mapped file (the header is padded to 64).
@@ -296,6 +305,28 @@ def merge_shards(folder: Path, shards: list[dict], seq: int, n: int, dim: int) -
     return {"file": name, "count": total, **write_safetensors(folder / name, tensors)}
 
 
+def filter_shard(folder: Path, entry: dict, keep: Sequence[bool], seq: int, n: int, dim: int) -> dict:
+    """A new shard `seq` holding the rows of shard `entry` where `keep` is True; its manifest entry.
+
+    A streamed copy of the kept runs of rows straight from the mapped file
+    (no row is held in memory twice), written atomically under a new name:
+    the old shard stays valid until a new manifest stops naming it.
+    """
+    t = map_shard(folder / entry["file"], entry["count"], n, dim)
+    runs, start = [], None
+    for i, k in enumerate(list(keep) + [False]):
+        if k and start is None:
+            start = i
+        elif not k and start is not None:
+            runs.append((start, i))
+            start = None
+    total = sum(b - a for a, b in runs)
+    shapes = {"embeddings": (total, dim), "parts": (total, n, dim), "part_boxes": (total, n, 4), "parts_mask": (total, n)}
+    tensors = {name: (shapes[name], t[name].numpy().dtype, [t[name].numpy()[a:b] for a, b in runs]) for name in TENSORS}
+    name = shard_name(seq)
+    return {"file": name, "count": total, **write_safetensors(folder / name, tensors)}
+
+
 def shard_intact(folder: Path, entry: dict) -> bool:
     """A finished shard of an unfinished build is kept if its file is there at the size its header says."""
     if entry["file"] is None:
@@ -316,6 +347,45 @@ def remove_strays(folder: Path, keep: set[str]) -> None:
                 p.unlink(missing_ok=True)
     for p in folder.glob("*.tmp-*"):
         p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- image files
+
+
+def file_record(st: os.stat_result, digest: str | None) -> list:
+    """How the manifest records an image file as indexed: `[bytes, mtime_ns, blake2b hex or None]`."""
+    return [int(st.st_size), int(st.st_mtime_ns), digest]
+
+
+def content_hash(data: bytes | memoryview | None = None) -> Any:
+    """The hash of an image file's bytes the manifest keeps (blake2b, 16 bytes): `.update()` it, `.hexdigest()`."""
+    h = hashlib.blake2b(digest_size=16)
+    if data is not None:
+        h.update(data)
+    return h
+
+
+def hash_file(path: Path) -> list | None:
+    """The record of a regular file (`file_record`, its bytes hashed); None if it is not one or cannot be read.
+
+    Opened non-blocking and checked with fstat, so a file swapped for a
+    FIFO since it was listed is never waited on.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if file_kind(st.st_mode) is not None:
+            return None
+        h = content_hash()
+        try:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        except OSError:
+            return None
+    return file_record(st, h.hexdigest())
 
 
 # ---------------------------------------------------------------- the manifest
@@ -345,7 +415,8 @@ def record_path(path: Path, root: Path) -> str:
 
 
 def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], paths: list[str],
-                   sizes: list[list[int] | None], skipped: list[dict], folder: Path) -> dict:
+                   sizes: list[list[int] | None], skipped: list[dict], folder: Path,
+                   files: list[list | None] | None = None) -> dict:
     """The manifest of a finished index.
 
     Args:
@@ -354,6 +425,8 @@ def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], p
         n: regions per image (the padded width).
         entries: the shards, each with file, count, bytes, sha256.
         paths / sizes: per row, its recorded path and (width, height) (None: unknown).
+        files: per row, its file's record `[bytes, mtime_ns, blake2b]` as
+            indexed (`file_record`; None: unknown); default all unknown.
         skipped: {"path", "error"} of every image left out.
         folder: the index folder (to record where the root lies from it).
     """
@@ -381,6 +454,7 @@ def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], p
         "root_from_index": root_from_index,
         "paths": paths,
         "sizes": sizes,
+        "files": files if files is not None else [None] * len(paths),
         "skipped": skipped,
         "shards": [{k: e[k] for k in ("file", "count", "bytes", "sha256")} for e in entries],
         "build": {"batch_size": settings.get("batch_size"), "shard_size": settings.get("shard_size")},
@@ -389,15 +463,15 @@ def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], p
 
 
 def check_version(obj: dict, path: Path, what: str) -> None:
-    """Raise unless a manifest / progress file is of `FORMAT_VERSION`.
+    """Raise unless a manifest / progress file is of a version this module reads (`READ_VERSIONS`).
 
     Raises:
         StoreError: one line naming the file and its version, saying to rebuild.
     """
-    if obj.get("version") != FORMAT_VERSION:
+    if obj.get("version") not in READ_VERSIONS:
         raise StoreError(f"{what} {str(path)!r} is of format version {obj.get('version')!r}; this geosteer reads "
-                         f"version {FORMAT_VERSION} only: rebuild the index (delete {str(path.parent)!r}, run the "
-                         f"build again)")
+                         f"versions {' and '.join(map(str, READ_VERSIONS))}: rebuild the index (delete "
+                         f"{str(path.parent)!r}, run the build again)")
 
 
 # ---------------------------------------------------------------- the schema
@@ -433,6 +507,10 @@ _HEX = (lambda v: type(v) is str and _HEX64.fullmatch(v) is not None, "64 hex di
 _SHARD = (lambda v: type(v) is str and _SHARD_FILE.fullmatch(v) is not None,
           "a shard file name 'shards/shard-NNNNN.safetensors'")
 _OPT_SHARD = (lambda v: v is None or _SHARD[0](v), "a shard file name or null")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_RECORD = (lambda v: v is None or (type(v) is list and len(v) == 3 and _is_int(v[0], 0) and type(v[1]) is int
+                                   and (v[2] is None or (type(v[2]) is str and _HEX32.fullmatch(v[2]) is not None))),
+           "[bytes, mtime_ns, blake2b (32 hex) or null] or null")
 
 
 class _Fields:
@@ -512,6 +590,10 @@ def check_manifest(m: dict, path: Path) -> None:
     f.field(m, "root_from_index", "", _OPT_STR, optional=True)
     paths = f.items(m, "paths", _STR)
     sizes = f.items(m, "sizes", _SIZE)
+    if m["version"] >= 3:  # version 2 has no file records: every row's is unknown
+        files = f.items(m, "files", _RECORD)
+        if len(files) != count:
+            f.fail("files", f"{len(files)} records for {count} rows")
     f.skipped(m)
     shards = f.field(m, "shards", "", _LIST)
     for i, s in enumerate(shards):
@@ -533,7 +615,7 @@ def check_manifest(m: dict, path: Path) -> None:
 
 
 def check_progress(prog: dict, path: Path) -> None:
-    """Raise unless `prog` is a readable build progress file (build.json) of this format version.
+    """Raise unless `prog` is a readable build progress file (build.json) of a version this module reads.
 
     Raises:
         StoreError: naming the file and the first bad field ("my.index/build.json: shards[0].range: missing").
@@ -546,6 +628,31 @@ def check_progress(prog: dict, path: Path) -> None:
         f.field(prog, key, "", _INT1)
     f.field(prog, "root", "", _STR)
     f.field(prog, "metadata", "", _OBJ, optional=True)
+    _check_plan(f, prog)
+
+
+def check_sync(prog: dict, path: Path) -> None:
+    """Raise unless `prog` is a readable sync progress file (sync.json; a stale or foreign one is discarded).
+
+    Raises:
+        StoreError: naming the file and the first bad field.
+    """
+    check_version(prog, path, "sync progress file")
+    f = _Fields(path)
+    for key in ("fingerprint", "regions"):
+        f.field(prog, key, "", _NAME)
+    for key in ("max_regions", "n", "shard_size"):
+        f.field(prog, key, "", _INT1)
+    f.field(prog, "next_seq", "", _INT0)
+    f.items(prog, "stamps", (lambda v: type(v) is list and len(v) == 2 and _is_int(v[0], 0) and type(v[1]) is int,
+                             "[bytes, mtime_ns]"))
+    _check_plan(f, prog)
+    if len(prog["stamps"]) != len(prog["plan"]):
+        f.fail("stamps", f"{len(prog['stamps'])} stamps for {len(prog['plan'])} planned images")
+
+
+def _check_plan(f: _Fields, prog: dict) -> None:
+    """The plan, its ranges and the finished shards of a build / sync progress file."""
     plan = f.items(prog, "plan", _STR)
     ranges = f.items(prog, "ranges", _RANGE)
     for i, s in enumerate(f.field(prog, "shards", "", _LIST)):
@@ -558,6 +665,8 @@ def check_progress(prog: dict, path: Path) -> None:
         f.items(s, "sizes", _SIZE, where)
         if f.field(s, "count", where, _INT0) != len(kept) or len(s["sizes"]) != len(kept):
             f.fail(where, f"count {s['count']}, {len(kept)} kept and {len(s['sizes'])} sizes do not agree")
+        if "files" in s and len(f.items(s, "files", _RECORD, where)) != len(kept):  # absent in version 2
+            f.fail(f"{where}.files", f"{len(s['files'])} records for {len(kept)} kept images")
         f.skipped(s, where)
         if f.field(s, "file", where, _OPT_SHARD) is not None:
             f.field(s, "bytes", where, _INT0)

@@ -12,7 +12,7 @@ change a re-ranking without an error until `verify()` runs; non-finite
 ones are caught by the head in the candidates' rows.
 
 Writing is `geosteer.index.builder` (`Index.build`, `index.add`,
-`write_index`); the files themselves, `geosteer.index.format`; searching,
+`index.sync` / `index.remove`, `write_index`); the files themselves, `geosteer.index.format`; searching,
 `geosteer.index.search` (`index.search` is one `Searcher` call).
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,8 +57,9 @@ class Index:
         manifest: the parsed manifest.
         encoder: the encoder given to `open` / `build` or loaded by
             `load_encoder` (used by `search` on captions), or None.
-        stats: what the `build` / `add` call that returned this object did
-            ({"encoded", "skipped", "seconds", "images_per_s", "resumed_shards"}), else None.
+        stats: what the last `build` / `add` / `sync` / `remove` call did
+            ({"encoded", "skipped", "seconds", "images_per_s", "resumed_shards"};
+            `add` / `sync` / `remove` add the `Changes.counts()`), else None.
     """
 
     def __init__(self, path: Path, manifest: dict, shards: list[dict[str, Tensor]], encoder=None) -> None:
@@ -165,20 +167,25 @@ class Index:
     def identity(self) -> str:
         """A short content fingerprint of the index (16 hex digits): which images it holds, row by row.
 
-        sha256 over the recorded image root and, in row order, each row's id
-        and recorded path (`os.fsencode` bytes); the first 16 hex digits.
-        It depends on the manifest only, never on where the index folder
-        lies: stable across open / close, equal for two copies of one
-        index (or a moved one), different for indexes of different image
-        folders even with the same encoder, D, n and regions (their roots
-        differ), and it changes when `add` appends rows. Two processes
-        compare it to know they search the same gallery row for row.
+        sha256 over the recorded image root and, in row order, each row's id,
+        its recorded path (`os.fsencode` bytes) and the blake2b of its file's
+        bytes as indexed where recorded (format 3; none for a format 2 row);
+        the first 16 hex digits. It depends on the manifest only, never on
+        where the index folder lies: stable across open / close, equal for
+        two copies of one index (or a moved one), different for indexes of
+        different image folders even with the same encoder, D, n and
+        regions (their roots differ), and for two builds of one folder whose
+        images changed in between; `add` / `sync` / `remove` change it when
+        they change the rows (a touched file, same bytes, does not). Two
+        processes compare it to know they search the same gallery row for row.
         """
         if self._identity is None:
             h = hashlib.sha256(b"geosteer-index-identity\0")
             h.update(os.fsencode(str(self.manifest["root"])) + b"\0")
-            for i, p in enumerate(self.manifest["paths"]):
-                h.update(b"%d\0" % i + os.fsencode(p) + b"\0")
+            records = self.manifest.get("files") or [None] * len(self.manifest["paths"])
+            for i, (p, rec) in enumerate(zip(self.manifest["paths"], records)):
+                digest = rec[2].encode() if rec is not None and rec[2] is not None else b""
+                h.update(b"%d\0" % i + os.fsencode(p) + b"\0" + digest + b"\0")
             self._identity = h.hexdigest()[:16]
         return self._identity
 
@@ -363,10 +370,12 @@ class Index:
     ) -> Index:
         """Append the images of `source` not in the index yet (`new_files`), as new shards; then rewrite the manifest.
 
-        Images already indexed are left out, and so are images skipped
-        before (they failed to decode) unless `retry_skipped`. An
-        interrupted `add` leaves the index as it was (the manifest is
-        written last). Several shards are concatenated on the next
+        Images already indexed are left out, even if changed on disk since
+        (`sync` encodes those again and drops the deleted), and so are
+        images skipped before (they failed to decode) unless
+        `retry_skipped`. An interrupted `add` leaves the index as it was
+        (the manifest is written last); run again, it resumes from its
+        finished shards. Several shards are concatenated on the next
         `gallery` access; `compact()` merges them back into one.
 
         Args:
@@ -383,16 +392,147 @@ class Index:
         Raises:
             ValueError: another encoder or region method (naming both), bad arguments.
         """
-        m = self.manifest
-        if regions is not None and check_method(regions) and regions != m["regions"]:
-            raise ValueError(f"regions={regions!r} differs from the index's region method {m['regions']!r} "
-                             f"({str(self.path)!r}); an index holds one method")
+        self._check_regions(regions)
         self.check_encoder(encoder)
         files = self.new_files(source, retry_skipped)
-        manifest, self.stats = builder.add(self.path, m, files, encoder, batch_size, progress)
-        if manifest is not m:
+        ch = builder.Changes(new=files, stamps={f: builder._stamp(f) for f in files}, identity=self.identity)
+        return self._apply(ch, encoder, batch_size, progress)
+
+    def changes(self, source: str | os.PathLike | Sequence[str | os.PathLike],
+                retry_skipped: bool = False) -> builder.Changes:
+        """How the index differs from the image files of `source`: what `sync` would do. Needs no encoder.
+
+        Each indexed image's file is compared with the record taken when it
+        was read for encoding (size, mtime_ns and a blake2b hash of its
+        bytes): size and mtime as recorded -> unchanged (not read); else
+        its bytes are hashed: the same hash -> only touched (the record is
+        updated), another -> changed. A row whose file a folder `source` no
+        longer holds (deleted, renamed, or not a regular file any more) is
+        deleted; rows outside the folder are left alone. A file changed in
+        place with its size and mtime kept is not seen (as rsync / make).
+
+        Args:
+            source: a folder (recursive) or a list of image files.
+            retry_skipped: count the images skipped before as new.
+
+        Returns:
+            A `geosteer.index.builder.Changes` (`bool()` of it: whether a sync would write anything).
+
+        Raises:
+            FileNotFoundError / TypeError / ValueError: a bad `source` (as `build`).
+        """
+        if not isinstance(retry_skipped, bool):
+            raise TypeError(f"retry_skipped must be True or False, got {type(retry_skipped).__name__}")
+        return builder.changes(self.manifest, source, self.root, self.identity, retry_skipped)
+
+    def sync(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        encoder=None,
+        *,
+        batch_size: int | None = None,
+        progress: bool = True,
+        retry_skipped: bool = False,
+        changes: builder.Changes | None = None,
+    ) -> Index:
+        """Bring the index in line with the image files of `source`: encode the new and the changed, drop the deleted.
+
+        What it does is `changes(source)`: new files are encoded and
+        appended; a changed image's row is dropped and the file encoded
+        again (appended: its row id changes); a deleted image's row is
+        dropped, as are skipped entries the folder no longer holds.
+        `stats` gets the counts ("new", "changed", "deleted", "forgotten",
+        "touched", "adopted", "unchanged") besides "encoded" / "skipped".
+
+        Rows indexed without a file record (a format 2 index, or
+        `write_index`) cannot be compared: they are taken as they are now
+        (their size and mtime recorded, "adopted"), with one RuntimeWarning
+        saying so; from then on they are compared like the others. An
+        image replaced before that first sync keeps its old embedding:
+        rebuild the index to be sure.
+
+        Atomic and resumable, as a build: new shards first, then the
+        shards that lose rows rewritten as new files, the manifest last;
+        interrupted, the index opens as it was, and the same sync run again
+        resumes from its finished shards (kept in sync.json).
+
+        Args:
+            source: a folder (recursive) or a list of image files.
+            encoder: the index's encoder; needed only if there is something to encode.
+            batch_size: images encoded together (default: the build's).
+            progress: a tqdm bar.
+            retry_skipped: try the images skipped before again.
+            changes: `self.changes(source, retry_skipped)` computed already
+                (a command shows them before loading a model).
+
+        Returns:
+            self, updated in place (`stats` filled).
+
+        Raises:
+            ValueError: no encoder (or another one) with images to encode;
+                `changes` computed for another state of the index; the sync
+                would leave the index empty.
+        """
+        ch = changes if changes is not None else self.changes(source, retry_skipped)
+        if not isinstance(ch, builder.Changes):
+            raise TypeError(f"changes must come from Index.changes(...), got {type(ch).__name__}")
+        if ch.identity != self.identity:
+            raise ValueError(f"changes were computed for another state of index {str(self.path)!r}; compute them again")
+        if ch.to_encode:
+            if encoder is None:
+                raise ValueError(f"{len(ch.to_encode)} images of {str(source)!r} are new or changed: pass the index's "
+                                 f"encoder (index.load_encoder())")
+            self.check_encoder(encoder)
+        if ch.adopted:
+            warnings.warn(f"index {str(self.path)!r}: {len(ch.adopted)} images were indexed without a file record "
+                          f"(format 2, or write_index): recorded as they are now, so one replaced before this sync "
+                          f"keeps its old embedding; rebuild the index to be sure", RuntimeWarning, stacklevel=2)
+        return self._apply(ch, encoder, batch_size, progress)
+
+    def remove(self, paths: Sequence[str | os.PathLike]) -> Index:
+        """Drop the rows of these images (and forget them where they were skipped); no encoder needed.
+
+        Atomic as `sync`: the shards that hold the rows are rewritten
+        without them as new files, the manifest replaced last. The images'
+        files are not touched.
+
+        Args:
+            paths: recorded paths (`index.paths`, `index.skipped`) or the image files.
+
+        Returns:
+            self, updated in place (`stats` filled: "deleted", "forgotten").
+
+        Raises:
+            TypeError: `paths` not a list of paths.
+            ValueError: a path the index neither holds nor skipped (naming it);
+                removing every row (delete the index instead).
+        """
+        if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence) or not all(
+                isinstance(p, (str, os.PathLike)) for p in paths):
+            raise TypeError(f"paths must be a list of paths, got {type(paths).__name__}")
+        rows = set(self.manifest["paths"])
+        skipped = {s["path"] for s in self.manifest["skipped"]}
+        roots = list(dict.fromkeys([Path(self.manifest["root"]), self.root]))
+        ch = builder.Changes(identity=self.identity)
+        for p in dict.fromkeys(paths):
+            found = p if isinstance(p, str) and (p in rows or p in skipped) else next(
+                (q for q in (fmt.record_path(Path(p).expanduser().absolute(), r) for r in roots)
+                 if q in rows or q in skipped), None)
+            if found is None:
+                raise ValueError(f"{str(p)!r} is not an image of index {str(self.path)!r} (neither indexed nor skipped)")
+            (ch.deleted if found in rows else ch.forgotten).append(found)
+        return self._apply(ch, None, None, False)
+
+    def _apply(self, ch: builder.Changes, encoder, batch_size: int | None, progress: bool) -> Index:
+        manifest, self.stats = builder.sync(self.path, self.manifest, ch, encoder, batch_size, progress, self.root)
+        if manifest is not self.manifest:
             self._reload(manifest)
         return self
+
+    def _check_regions(self, regions: str | None) -> None:
+        if regions is not None and check_method(regions) and regions != self.manifest["regions"]:
+            raise ValueError(f"regions={regions!r} differs from the index's region method {self.manifest['regions']!r} "
+                             f"({str(self.path)!r}); an index holds one method")
 
     def compact(self) -> Index:
         """Merge every shard into one (a streamed copy), so `gallery` is zero-copy again; self, updated.
