@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["COMPACT_DTYPES", "INT8_LEVELS", "compact_parts", "dequantize_rows", "quantize_rows"]
+
 #: Region dtypes the head reads besides the query's own: float16, and int8 with a scale per row.
 COMPACT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.int8)
 

@@ -19,7 +19,7 @@ from geosteer.ops import part_cost as cost_mod
 from geosteer.ops.part_cost import pad_cost, part_cost, part_cost_reference
 from geosteer.quantize import dequantize_rows, quantize_rows
 
-from markers import needs_interpreter, needs_numba
+from markers import needs_cuda, needs_interpreter, needs_numba, needs_triton
 
 # (Q, K, m, n, D, N): odd sizes, K = 1, m > n, m = n = 1, m over the numba
 # kernel's 4-part pass, D over one Triton D block, Q = 0.
@@ -240,3 +240,22 @@ def test_opcheck_compact_calls():
     torch.library.opcheck(op, (qp, qm, ids, rows, gm, 7.0, "torch", "", scale))
     torch.library.opcheck(op, (qp, qm, ids, gp.half(), gm, 7.0, "auto"))
     torch.library.opcheck(torch.ops.geosteer.check_rows.default, (rows, gm, ids, "gallery_parts", scale))
+
+
+# --- CUDA (skipped without a GPU) -----------------------------------------------
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind, query_dtype, atol", [("int8", torch.float32, 1e-5), ("int8", torch.float16, 1e-4),
+                                                     ("float16", torch.float32, 1e-5), ("float16", torch.float16, 1e-4)])
+@pytest.mark.parametrize("shape", [(5, 7, 4, 9, 96, 50), (2, 50, 4, 16, 512, 300)])
+def test_cuda_triton_reads_compact_rows(shape, kind, query_dtype, atol):
+    qp, qm, ids, gp, gm, pad = make_inputs(shape)
+    rows, scale, oracle = compact_and_oracle(gp, kind)
+    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+    qp = qp.to(query_dtype)
+    got = part_cost(cuda(qp), cuda(qm), cuda(ids), cuda(rows), cuda(gm), pad, "triton", "gallery_parts", cuda(scale))
+    want = part_cost_reference(qp.float(), qm, ids, oracle, gm, pad)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), want, atol=atol, rtol=0)
