@@ -804,7 +804,8 @@ def run_serve(args: argparse.Namespace) -> int:
     ready = time.perf_counter() - t0
     if not _is_loopback(args.host):
         print(f"geosteer serve: warning: listening on {args.host}: anyone who can reach it can search this index "
-              f"(no authentication)", file=sys.stderr)
+              f"(no authentication); it answers requests addressed to {', '.join(sorted(app.state.hosts))} "
+              f"(--allow-host NAME adds the name clients use)", file=sys.stderr)
     where = f"open http://{_url_host(args.host)}:{args.port}/" if args.port else "open the address uvicorn prints below"
     service = app.state.service
     print(f"geosteer serve: {len(index)} images, model {index.manifest['encoder']['name']}, regions "
