@@ -61,8 +61,7 @@ from geosteer.commands.args import (
     method_configs,
     set_threads,
 )
-from geosteer.encoders.images import to_rgb
-from geosteer.index import Searcher
+from geosteer.index import Searcher, to_rgb
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
