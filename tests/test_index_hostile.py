@@ -161,6 +161,15 @@ def test_the_commands_print_one_line_for_a_malformed_manifest(good, tmp_path, ca
         assert field.split(":")[0] in err[0] and "manifest.json" in err[0], (argv, err)
 
 
+def test_the_index_command_names_a_manifest_that_is_not_json(good, tmp_path, capsys):
+    folder = tmp_path / "my.index"
+    shutil.copytree(good, folder)
+    (folder / "manifest.json").write_text("{not json")
+    assert main("index", tmp_path, "--out", folder, "--no-progress") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json' cannot be read" in err[0], err
+
+
 def test_serve_prints_one_line_for_a_malformed_manifest(good, tmp_path, capsys):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")

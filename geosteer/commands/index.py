@@ -57,8 +57,7 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
 def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
     """Check `geosteer index`'s arguments (nothing loaded yet); (state of --out, what it records or None)."""
     from geosteer.encoders.regions import METHODS as REGION_METHODS
-    from geosteer.index import StoreError, index_state, recorded_model
-    from geosteer.index.format import check_manifest, check_progress, read_json
+    from geosteer.index import index_state, read_index_json, recorded_model
 
     images = Path(args.images).expanduser()
     if not images.exists():
@@ -77,13 +76,8 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
     check_writable_folder("--out", out, shown=args.out)
     recorded = None
     if state in ("complete", "partial"):
-        name = "manifest.json" if state == "complete" else "build.json"
-        try:
-            recorded = read_json(out / name, name)
-        except StoreError as e:
-            raise UsageError(f"--out {args.out!r}: its {name} cannot be read ({e})") from None
-        # the structure, field by field: a StoreError naming the file and the field (status 1, the data's fault)
-        (check_manifest if state == "complete" else check_progress)(recorded, out / name)
+        # read and checked field by field: a StoreError naming the file and the field (status 1, the data's fault)
+        recorded = read_index_json(out / ("manifest.json" if state == "complete" else "build.json"))
         model = recorded_model(recorded)[0]
         for flag, key, given in (("--regions", "regions", args.regions), ("--max-regions", "max_regions", args.max_regions)):
             if given is not None and given != recorded.get(key):

@@ -16,7 +16,7 @@
 
 from geosteer.encoders.images import load_image, to_rgb  # the index's decoder, kept under geosteer.index too
 from geosteer.index.builder import IMAGE_EXTENSIONS, Changes
-from geosteer.index.format import FORMAT_VERSION, StoreError, index_state, recorded_model
+from geosteer.index.format import FORMAT_VERSION, StoreError, index_state, read_index_json, recorded_model
 from geosteer.index.indexer import (
     ANCHORS,
     Indexer,
@@ -60,6 +60,7 @@ __all__ = [
     "load_image",
     "query_inputs",
     "query_side",
+    "read_index_json",
     "recorded_model",
     "search_result",
     "to_rgb",

@@ -2,9 +2,10 @@
 
 Outside `geosteer.index`, `manifest.json` (or an unfinished build's
 `build.json`) is read as JSON only before an index is opened: by
-`geosteer index` / `geosteer search` (the recorded model and settings,
-checked before anything loads) and by the sharded gallery's shard check
-(`geosteer.distributed.shard.manifest_summary`). DESIGN §6.
+`geosteer search` (the recorded model, checked before anything loads) and
+by the sharded gallery's shard check
+(`geosteer.distributed.shard.manifest_summary`); `geosteer index` reads it
+through `read_index_json` (checked field by field). DESIGN §6.
 
     INDEX/manifest.json              format version, the encoder (name, pretrained, fingerprint: how
                                      to load it again), region method, max_regions, D, n, counts,
@@ -675,6 +676,29 @@ def _check_plan(f: _Fields, prog: dict) -> None:
             f.fail(f"{where}.file", f"null, but {len(kept)} images were kept")
     if ranges and ranges[-1][1] > len(plan):
         f.fail("ranges", f"reach position {ranges[-1][1]}, past the plan's {len(plan)} images")
+
+
+def read_index_json(path: str | os.PathLike) -> dict:
+    """An index folder's manifest.json or build.json (by its name), read and checked field by field.
+
+    What a command reads before anything loads (the recorded model and
+    settings); `Index.open` reads the manifest itself.
+
+    Raises:
+        StoreError: naming the file (and the field), when it cannot be read,
+            is of another format version or of the wrong structure.
+        ValueError: `path` is neither a manifest.json nor a build.json.
+    """
+    path = Path(path)
+    if path.name == MANIFEST:
+        m = read_json(path, "manifest")
+        check_manifest(m, path)
+    elif path.name == PROGRESS:
+        m = read_json(path, "build progress file")
+        check_progress(m, path)
+    else:
+        raise ValueError(f"{str(path)!r} is neither an index's {MANIFEST} nor its {PROGRESS}")
+    return m
 
 
 def read_manifest(folder: Path) -> dict:
