@@ -362,6 +362,14 @@ def test_lone_surrogates_are_422(client, body):
     assert assert_message(r, 422)["message"]
 
 
+@pytest.mark.parametrize("body", [b'{"query": Infinity}', b'{"query": NaN}', b'{"query": "a red star", "k": -Infinity}',
+                                  b'{"query": "a red star", "x": [NaN, {"y": Infinity}]}'])
+def test_nan_and_infinity_tokens_are_422(client, body):
+    """Python's JSON parser takes bare NaN / Infinity; the 422 echo of them used to fail strict JSON (a 500)."""
+    out = assert_message(client.post("/search", content=body, headers={"content-type": "application/json"}), 422)
+    assert out["message"] and ("Infinity" in json.dumps(out) or "NaN" in json.dumps(out))
+
+
 @pytest.mark.parametrize("body", [b'{"query": "\xff\xfe"}', b'{"query": "a red star", "k": "\xff"}', b'\xff\xfe\x00{'],
                          ids=lambda b: b.decode("latin-1"))
 def test_bytes_that_are_not_utf8_are_4xx(client, body):

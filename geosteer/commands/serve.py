@@ -35,6 +35,7 @@ import functools
 import io
 import ipaddress
 import logging
+import math
 import re
 import socket
 import sys
@@ -338,11 +339,17 @@ def _hit_with_path_bytes(hit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _printable(value: Any) -> Any:
-    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD: JSON must be UTF-8."""
+    """`value` as strict JSON can hold it: U+FFFD for lone surrogates (keys too), "NaN" / "Infinity" as strings.
+
+    Python's JSON parser accepts the bare tokens NaN and Infinity in a body,
+    and a 422 echoes them back; strict JSON has no such numbers.
+    """
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -460,12 +467,12 @@ def _safe_json_class():
     from fastapi.responses import JSONResponse
 
     class SafeJSONResponse(JSONResponse):
-        """Starlette's JSON; where UTF-8 cannot hold a string (a lone surrogate), U+FFFD in its place."""
+        """Starlette's JSON; U+FFFD for a lone surrogate, a string for NaN / inf (see `_printable`)."""
 
         def render(self, content: Any) -> bytes:
             try:
                 return super().render(content)
-            except UnicodeEncodeError:
+            except (UnicodeEncodeError, ValueError):  # a lone surrogate; NaN / inf (allow_nan=False)
                 return super().render(_printable(content))
 
     return SafeJSONResponse
