@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import ContextManager, NamedTuple
 
 import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from geosteer.config import HeadConfig
 from geosteer.inputs import GallerySide, QuerySide, gallery_side, num_candidates, query_side, validate
 from geosteer.ops.first_stage import first_stage as exact_first_stage
+from geosteer.ops.first_stage import masked_first_stage
 from geosteer.stages.candidates import candidate_terms, moved_scores, uses_parts
 from geosteer.stages.fuse import fused_score
 from geosteer.stages.rerank import neighbourhood_cost, neighbours_of
@@ -28,7 +30,12 @@ StageHook = Callable[[str], ContextManager]
 
 
 class HeadResult(NamedTuple):
-    """What the head returns; every `[Q, K]` field is in final ranking order, K = min(k, N)."""
+    """What the head returns; every `[Q, K]` field is in final ranking order, K = min(k, N).
+
+    Under a filter (`allowed`), a row with fewer than K allowed items ends in
+    padding columns: `indices` -1, `scores` and `first_stage_scores` -inf
+    (their other fields are meaningless).
+    """
 
     indices: Tensor  # [Q, K] int64 gallery ids, best first
     scores: Tensor  # [Q, K] float32 fused scores S(q, c), descending
@@ -93,6 +100,7 @@ class GeoSteerHead(nn.Module):
         gallery_neighbors: Tensor | None = None,
         first_stage: tuple[Tensor, Tensor] | None = None,
         gallery_parts_scale: Tensor | None = None,
+        allowed: Tensor | None = None,
     ) -> HeadResult:
         """Re-rank the gallery for each query.
 
@@ -126,6 +134,15 @@ class GeoSteerHead(nn.Module):
             gallery_parts_scale: `[N, n]` float32 scale of each int8 row of
                 `gallery_parts` (`geosteer.quantize.quantize_rows`); None
                 for float parts.
+            allowed: a filter: `[N]` bool (every query) or `[Q, N]` bool
+                (per query), True = the item may be returned. Applied in the
+                first stage (disallowed scores are -inf before the top-K), so
+                K allowed candidates still come back and the result is the
+                head's on the filtered gallery. A row with fewer than K
+                allowed items is padded (id -1, score -inf, last), as shapes
+                stay `[Q, K]` under compile. With an external `first_stage`
+                its disallowed ids are dropped the same way. Not with
+                neighbourhood mode (its neighbour sets span the whole gallery).
 
         Returns:
             `HeadResult`, every `[Q, K]` field in final order, K = min(k, N).
@@ -148,11 +165,14 @@ class GeoSteerHead(nn.Module):
         rerank = cfg.lam > 0 or cfg.gamma > 0
         with self._stage("validate"):
             checks_ = validate(cfg, q, g, first_stage, parts_mode, rerank)
+            if allowed is not None:
+                check_allowed(allowed, q.embeddings, g.embeddings.shape[0], parts_mode or not rerank)
             query_emb = F.normalize(q.embeddings, dim=-1)
             num_cands = num_candidates(cfg, g.embeddings.shape[0])
             pool = min(cfg.neighbors, num_cands)
         with self._stage("first_stage"):
-            s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands)
+            s0, ids = self._candidates(query_emb, g.embeddings, first_stage, num_cands, allowed)
+            valid = None if allowed is None else allowed.expand(ids.shape[0], -1).gather(1, ids)  # [Q, K]
         anchors = None
         if q.negatives is not None and (cfg.alpha > 0 or cfg.beta > 0 or cfg.delta > 0):
             anchors = steering_anchors(query_emb, q.parts, q.positives, q.negatives, q.negatives_mask)
@@ -167,21 +187,32 @@ class GeoSteerHead(nn.Module):
             s = s - cfg.beta * terms.penalty
         with self._stage("fuse"):
             return ranked(cfg, ids, s0, s, terms.alignment, terms.structure, terms.contrast, terms.assignment,
-                          checks_ + terms.checks)
+                          checks_ + terms.checks, valid)
 
     def _stage(self, name: str) -> ContextManager:
         return contextlib.nullcontext() if self.stage_hook is None else self.stage_hook(name)
 
     def _candidates(
-        self, query: Tensor, gallery: Tensor, first_stage: tuple[Tensor, Tensor] | None, num_cands: int
+        self, query: Tensor, gallery: Tensor, first_stage: tuple[Tensor, Tensor] | None, num_cands: int,
+        allowed: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Stage 0: first-stage scores `[Q, K]` float32 (descending) and ids `[Q, K]`."""
+        """Stage 0: first-stage scores `[Q, K]` float32 (descending) and ids `[Q, K]`.
+
+        With `allowed` (`[N]` / `[Q, N]` bool) the allowed candidates come
+        first, descending; padding (disallowed picks, true scores) after them.
+        """
         cfg = self.config
         if first_stage is None:
+            if allowed is not None:
+                return masked_first_stage(query, gallery, allowed, num_cands, cfg.chunk_elements)
             return exact_first_stage(query, gallery, num_cands, cfg.chunk_elements, cfg.backend, cfg.screen)
         scores, ids = first_stage
-        top = scores.float().topk(num_cands, dim=1, sorted=True)  # external order need not be sorted
-        return top.values, ids.long().gather(1, top.indices)
+        scores, ids = scores.float(), ids.long()
+        key = scores
+        if allowed is not None:  # [Q, K'] whether each external id is allowed
+            key = scores.masked_fill(~allowed.expand(ids.shape[0], -1).gather(1, ids), float("-inf"))
+        top = key.topk(num_cands, dim=1, sorted=True)  # external order need not be sorted
+        return scores.gather(1, top.indices), ids.gather(1, top.indices)
 
     def _neighbourhood_cost(self, g: GallerySide, ids: Tensor, k: int) -> Tensor:
         """Neighbourhood mode's cost `[Q, K, k, k]`: q's k best pool items vs each candidate's k nearest items."""
@@ -193,9 +224,37 @@ class GeoSteerHead(nn.Module):
         return neighbourhood_cost(g.embeddings, g.embeddings[ids[:, :k]], nbrs, cfg.backend)
 
 
+def check_allowed(allowed, query: Tensor, num_items: int, exact: bool) -> None:
+    """Static checks of the head's `allowed` filter (DESIGN §5): a `[N]` or `[Q, N]` bool tensor on the query's device.
+
+    Args:
+        allowed: the filter.
+        query: `[Q, D]` the queries (their count and device).
+        num_items: N.
+        exact: False in neighbourhood mode, which the filter cannot make exact.
+
+    Raises:
+        TypeError: not a bool tensor. ValueError: wrong shape or device; neighbourhood mode.
+    """
+    if not isinstance(allowed, Tensor):
+        raise TypeError(f"allowed must be a bool tensor [N] or [Q, N], got {type(allowed).__name__}")
+    if allowed.dtype != torch.bool:
+        raise TypeError(f"allowed must be a bool tensor [N] or [Q, N], got dtype {allowed.dtype}")
+    num_queries = query.shape[0]
+    if allowed.dim() not in (1, 2) or allowed.shape[-1] != num_items or (
+            allowed.dim() == 2 and allowed.shape[0] != num_queries):
+        raise ValueError(f"allowed must be [N={num_items}] or [Q={num_queries}, N={num_items}] bool, "
+                         f"got {list(allowed.shape)}")
+    if allowed.device != query.device:
+        raise ValueError(f"allowed is on {allowed.device} but query is on {query.device}")
+    if not exact:
+        raise ValueError("allowed (a filter) does not work with neighbourhood mode, whose neighbour sets span the "
+                         "whole gallery; use mode='parts' with part sets, or lam=0 and gamma=0")
+
+
 def ranked(
     cfg: HeadConfig, ids: Tensor, s0: Tensor, steered: Tensor, align: Tensor, structure: Tensor, contrast: Tensor,
-    cols: Tensor, checks: Tensor,
+    cols: Tensor, checks: Tensor, valid: Tensor | None = None,
 ) -> HeadResult:
     """Fuse the candidates' terms (`fused_score`) and sort them (stable): the head's last stage.
 
@@ -205,11 +264,17 @@ def ranked(
             contrast `[Q, K]` float32.
         cols: `[Q, K, m]` matched region per part (-1 = none).
         checks: the value checks' zero scalar (added, so a compiler keeps them).
+        valid: `[Q, K]` bool, False = a filter's padding column (sorted last:
+            id -1, scores -inf); None = all valid.
 
     Returns:
         The `HeadResult`, every field in final order.
     """
     fused = fused_score(cfg, steered, align, structure, contrast) + checks
+    if valid is not None:
+        fused = fused.masked_fill(~valid, float("-inf"))
+        s0 = s0.masked_fill(~valid, float("-inf"))
+        ids = ids.masked_fill(~valid, -1)
     scores, order = fused.sort(dim=1, descending=True, stable=True)
     pick = lambda t: t.gather(1, order)  # noqa: E731
     return HeadResult(

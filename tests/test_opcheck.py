@@ -36,6 +36,8 @@ def samples(device: str = "cpu"):
         ("first_stage", torch.ops.geosteer.first_stage.default, (query, gallery, 5, 64, "auto")),
         ("first_stage_half", torch.ops.geosteer.first_stage.default, (query.half(), gallery.half(), 3, 1 << 20, "torch")),
         ("first_stage_screen", torch.ops.geosteer.first_stage.default, (query, _unit(80, 16, g=g), 4, 160, "auto", "bf16")),
+        ("masked_first_stage", torch.ops.geosteer.masked_first_stage.default, (query, gallery, torch.arange(30) % 3 != 0, 5, 64)),
+        ("masked_first_stage_per_query", torch.ops.geosteer.masked_first_stage.default, (query, gallery, gallery_mask[:4, :1].expand(4, 30).contiguous(), 4, 64)),
         ("part_cost", torch.ops.geosteer.part_cost.default, (query_parts, query_mask, ids, gallery_parts, gallery_mask, 7.0, "auto")),
         ("part_cost_half", torch.ops.geosteer.part_cost.default, (query_parts.half(), query_mask, ids[:, :1], gallery_parts.half(), gallery_mask, 7.0, "auto")),
         ("project", torch.ops.geosteer.project.default, (gallery, ids, vectors, "auto")),

@@ -96,3 +96,63 @@ def _(
         query.new_empty(num_queries, k, dtype=torch.float32),
         query.new_empty(num_queries, k, dtype=torch.long),
     )
+
+
+def masked_first_stage_reference(
+    query: Tensor, gallery: Tensor, allowed: Tensor, k: int, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Top-`k` inner products among the allowed gallery rows only (filters, DESIGN §1 stage 0).
+
+    Disallowed scores are set to -inf before `topk`, so a row with at least
+    `k` allowed items gets the top-`k` of its allowed items (what the plain
+    first stage returns on the filtered gallery). A row with fewer allowed
+    items gets them first, then disallowed ones as padding (the head marks
+    them: id -1 in its result).
+
+    Args:
+        query: `[Q, D]` float.
+        gallery: `[N, D]` float, same dtype and device.
+        allowed: `[N]` or `[Q, N]` bool, True = the row may be returned.
+        k: candidates per query, `1 <= k <= N`.
+        chunk_elements: most scores held at once.
+
+    Returns:
+        scores `[Q, k]` float32, the true q·c of each pick (descending over
+        the allowed picks; padding after them, in any order); ids `[Q, k]` int64.
+    """
+    num_queries, num_items = query.shape[0], gallery.shape[0]
+    rows = max(1, chunk_elements // max(num_items, 1))
+    compute_dtype = torch.float64 if query.dtype == torch.float64 else (
+        torch.float32 if query.device.type == "cpu" else query.dtype)
+    gallery_t = gallery.to(compute_dtype).t()
+    scores = torch.empty(num_queries, k, dtype=torch.float32, device=query.device)
+    ids = torch.empty(num_queries, k, dtype=torch.long, device=query.device)
+    for start in range(0, num_queries, rows):
+        block = (query[start : start + rows].to(compute_dtype) @ gallery_t).float()
+        keep = allowed if allowed.dim() == 1 else allowed[start : start + rows]
+        top = block.masked_fill(~keep, float("-inf")).topk(k, dim=1, sorted=True)
+        scores[start : start + rows] = block.gather(1, top.indices)
+        ids[start : start + rows] = top.indices
+    return scores, ids
+
+
+@torch.library.custom_op("geosteer::masked_first_stage", mutates_args=())
+def masked_first_stage(
+    query: Tensor, gallery: Tensor, allowed: Tensor, k: int, chunk_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Exact top-`k` among the allowed rows `[Q, D] x [N, D], [N] | [Q, N] bool -> ([Q, k] float32, [Q, k] int64)`.
+
+    `masked_first_stage_reference` on every device (the matmul runs on
+    cuBLAS on CUDA); the bf16 screen is not used under a mask. A custom op,
+    so the chunk loop stays out of a compiled graph.
+    """
+    return masked_first_stage_reference(query, gallery, allowed, k, chunk_elements)
+
+
+@masked_first_stage.register_fake
+def _(query: Tensor, gallery: Tensor, allowed: Tensor, k: int, chunk_elements: int) -> tuple[Tensor, Tensor]:
+    num_queries = query.shape[0]
+    return (
+        query.new_empty(num_queries, k, dtype=torch.float32),
+        query.new_empty(num_queries, k, dtype=torch.long),
+    )
