@@ -22,7 +22,8 @@ phase with `--overload-clients` (64, twice the queue: what answers look
 like past it, 503 + Retry-After rather than 500 or unbounded waits).
 
 Recorded: per phase and request kind, count, requests/s, latency p50 / p90
-/ p99 / max (ms), status counts, 5xx count; the server's RSS before and
+/ p99 / max (ms) of the answers (200) and apart of each other status (a 503
+is answered at once), status counts, 5xx count; the server's RSS before and
 after; the load average before and after; the environment
 (`geosteer.environment.environment`: versions, commit, date). The clients
 share the 2 cores with the server, so the numbers are the whole machine's,
@@ -89,8 +90,9 @@ def run_load(host: str, port: int, clients: int, seconds: float, queries: Sequen
         on_response: called with (kind, status, headers, body) of every answer.
 
     Returns:
-        {"clients", "seconds" (wall), "search": summary, "image": summary,
-        "status": {kind: {status: count}}, "5xx" (503s included),
+        {"clients", "seconds" (wall), "search" / "image": `summary` of the
+        200s, "search_503" ...: of each other status seen, "requests_per_s"
+        (all statuses), "status": {kind: {status: count}}, "5xx" (503s included),
         "5xx_not_503", "errors" (connection failures, by message),
         "retry_after" (the Retry-After values of 503s), "stuck_clients"}.
     """
@@ -108,8 +110,8 @@ def run_load(host: str, port: int, clients: int, seconds: float, queries: Sequen
     start = threading.Barrier(clients, action=go, timeout=60)
 
     def record(kind: str, code: int, ms: float) -> None:
-        with lock:
-            lat[kind].append(ms)
+        with lock:  # answers (200) and refusals apart: a 503 takes a millisecond and would hide the queue's wait
+            lat.setdefault(kind if code == 200 else f"{kind}_{code}", []).append(ms)
             status[kind][code] = status[kind].get(code, 0) + 1
 
     def client(c: int) -> None:
@@ -171,8 +173,8 @@ def run_load(host: str, port: int, clients: int, seconds: float, queries: Sequen
     wall = max(window[2], window[1]) - window[0] if window[0] else 0.0  # from all ready to the last answer
     five = sum(n for kind in status.values() for code, n in kind.items() if code >= 500)
     return {"clients": clients, "seconds": round(wall, 2),
-            "search": summary(lat["search"], wall), "image": summary(lat["image"], wall),
-            "requests_per_s": round((len(lat["search"]) + len(lat["image"])) / wall, 1),
+            **{key: summary(values, wall) for key, values in lat.items()},
+            "requests_per_s": round(sum(map(len, lat.values())) / wall, 1) if wall else None,
             "status": {kind: {str(code): n for code, n in sorted(s.items())} for kind, s in status.items()},
             "5xx": five, "5xx_not_503": five - sum(s.get(503, 0) for s in status.values()),
             "errors": errors, "retry_after": retry_after,
@@ -292,8 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            rss_mib_before=before["rss_mib"], rss_mib_after=rss_mib(proc.pid))
                 result["phases"][name] = out
                 s = out["search"]
-                print(f"{name}: {clients} clients x {args.seconds:g} s: search p50 {s['p50_ms']} ms p99 {s['p99_ms']} "
-                      f"ms, {s['per_s']} searches/s, {out['requests_per_s']} requests/s; status {out['status']}; "
+                print(f"{name}: {clients} clients x {args.seconds:g} s: answered searches p50 {s['p50_ms']} ms p99 "
+                      f"{s['p99_ms']} ms, {s['per_s']}/s; {out['requests_per_s']} requests/s; status {out['status']}; "
                       f"5xx {out['5xx']}; load {out['loadavg_before']} -> {out['loadavg_after']}", flush=True)
             result["environment"] = _environment()
         finally:
