@@ -128,3 +128,30 @@ def test_compiled_head_with_a_filter_is_one_graph():
     assert len(counter.graphs) == 1 and "masked_first_stage" in counter.geosteer_ops()
     torch._dynamo.reset()
 
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_faiss_filtered_search_feeds_the_head_exactly(kind):
+    pytest.importorskip("faiss")
+    from geosteer.stages.first_stage_faiss import FaissFirstStage
+
+    inputs = make_inputs(seed=6)
+    num_items = inputs["gallery"].shape[0]
+    index = FaissFirstStage.build(inputs["gallery"], kind, nlist=4, nprobe=4)
+    allowed = torch.arange(num_items) % 3 == 1  # 20 allowed
+    head = GeoSteerHead(k=8, lam=0.5)
+    kwargs = {name: inputs[name] for name in PARTS}
+    scores, ids = index.search(inputs["query"], 8, allowed=allowed)
+    assert allowed[ids].all()  # the index searched the subset: 8 allowed items came back
+    got = head(inputs["query"], inputs["gallery"], first_stage=(scores, ids), allowed=allowed, **kwargs)
+    want = head(inputs["query"], inputs["gallery"], allowed=allowed, **kwargs)
+    assert torch.equal(got.indices, want.indices)
+    # fewer allowed (3) than k: padded with disallowed ids, which the head marks -1
+    few = torch.zeros(num_items, dtype=torch.bool)
+    few[[5, 9, 44]] = True
+    scores, ids = index.search(inputs["query"], 8, allowed=few)
+    got = head(inputs["query"], inputs["gallery"], first_stage=(scores, ids), allowed=few, **kwargs)
+    want = head(inputs["query"], inputs["gallery"], allowed=few, **kwargs)
+    assert torch.equal(got.indices, want.indices) and (got.indices[:, 3:] == -1).all()
+    with pytest.raises(ValueError, match=r"allowed must be \[N=60\]"):
+        index.search(inputs["query"], 8, allowed=few[:10])

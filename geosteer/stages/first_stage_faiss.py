@@ -156,21 +156,28 @@ class FaissFirstStage:
         timings["add"] = time.perf_counter() - start
         return cls(index, kind, num_items, dim, nprobe=nprobe, ef_search=ef_search, timings=timings)
 
-    def search(self, query: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def search(self, query: Tensor, k: int, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Top-`k` gallery items of each query by inner product.
 
         Args:
             query: `[Q, D]` float tensor (normalised here, as the head does).
             k: candidates per query, `1 <= k <= N`; pass at least the head's k.
+            allowed: a filter, `[N]` bool (True = may be returned), searched
+                with a FAISS `IDSelectorBatch` (`SearchParameters(sel=...)`),
+                so the index returns k allowed items, not k items filtered
+                afterwards. When it allows M < k items, each row holds them
+                and then k - M disallowed ids at score -1 as padding: pass the
+                same `allowed` to the head, which marks them (id -1).
 
         Returns:
             scores `[Q, k]` float32 descending, ids `[Q, k]` int64, on
             `query.device`: the head's `first_stage=(scores, ids)`.
 
         Raises:
-            TypeError / ValueError: bad query or k; or the index found fewer
-                than k items for some query (FAISS pads those with -1): raise
-                `nprobe` (IVF) or `ef_search` (HNSW).
+            TypeError / ValueError: bad query, k or allowed; or the index found
+                fewer than k (under a filter: fewer than min(k, M)) items for
+                some query (FAISS pads those with -1): raise `nprobe` (IVF) or
+                `ef_search` (HNSW).
         """
         if not isinstance(query, Tensor):
             raise TypeError(f"query must be a torch.Tensor [Q, D], got {type(query).__name__}")
@@ -182,12 +189,16 @@ class FaissFirstStage:
             raise ValueError(f"k must be an int in [1, N={self.num_items}], got {k!r}")
         if query.shape[0] and not bool(torch.isfinite(query).all()):
             raise ValueError("query contains NaN or inf entries; embeddings must be finite")
+        keep = None if allowed is None else self._allowed(allowed)
         if self.kind == "ivf":
             self.index.nprobe = self.nprobe
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = max(k, self.ef_search or max(2 * k, 64))
         q = np.ascontiguousarray(F.normalize(query.detach().float(), dim=-1).cpu().numpy())
-        scores, ids = self.index.search(q, k)
+        if keep is None:
+            scores, ids = self.index.search(q, k)
+        else:
+            scores, ids = self._filtered_search(q, k, keep)
         missing = ids < 0
         if missing.any():
             rows = int(missing.any(axis=1).sum())
@@ -206,6 +217,35 @@ class FaissFirstStage:
         )
 
     __call__ = search
+
+    def _allowed(self, allowed: Tensor) -> np.ndarray:
+        """The filter as a `[N]` numpy bool array (checked)."""
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
+            got = allowed.dtype if isinstance(allowed, Tensor) else type(allowed).__name__
+            raise TypeError(f"allowed must be a bool tensor [N={self.num_items}], got {got}")
+        if allowed.shape != (self.num_items,):
+            raise ValueError(f"allowed must be [N={self.num_items}] bool (one filter for every query), "
+                             f"got {list(allowed.shape)}")
+        return allowed.cpu().numpy()
+
+    def _filtered_search(self, q: np.ndarray, k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search among the `keep` ids only; rows short of k by design (M < k) padded with disallowed ids."""
+        faiss = import_faiss()
+        sel = faiss.IDSelectorBatch(np.flatnonzero(keep).astype(np.int64))
+        if self.kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.index.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        scores, ids = self.index.search(q, k, params=params)
+        num_allowed = int(keep.sum())
+        if num_allowed < k:  # every row can hold only M: pad the rows that found them all
+            pad = np.flatnonzero(~keep)[: k - num_allowed]
+            full = (ids[:, :num_allowed] >= 0).all(axis=1)
+            ids[full, num_allowed:] = pad
+            scores[full, num_allowed:] = -1.0
+        return scores, ids
 
 
 def recall_at_k(approx_ids: Tensor, exact_ids: Tensor) -> float:
