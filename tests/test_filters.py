@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from geosteer import GeoSteerHead
+from geosteer.index import Index
 from test_compile import PARTS, SCENARIOS, GraphCounter, assert_same, make_inputs
 
 GALLERY_KEYS = ("gallery", "gallery_parts", "gallery_parts_mask", "gallery_part_boxes")
@@ -155,3 +156,122 @@ def test_faiss_filtered_search_feeds_the_head_exactly(kind):
     assert torch.equal(got.indices, want.indices) and (got.indices[:, 3:] == -1).all()
     with pytest.raises(ValueError, match=r"allowed must be \[N=60\]"):
         index.search(inputs["query"], 8, allowed=few[:10])
+
+
+# ---------------------------------------------------------------- the searcher and `where`
+
+PATHS = [f"holidays/2024/{i:02d}.jpg" for i in range(10)] + [f"work/{i:02d}.png" for i in range(10, 20)] + [
+    "top.jpg", None]
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("path:holidays/*", list(range(10))),
+    ("path:holidays/", list(range(10))),
+    ("path:holidays", []),  # no wildcard, no slash: the exact path
+    ("path:*.png", list(range(10, 20))),
+    ("path:work/1?.png", list(range(10, 20))),
+    ("path:top.jpg", [20]),
+    ("path:*", list(range(21))),  # an unknown path matches nothing
+    ("id:3,5-7", [3, 5, 6, 7]),
+    ("id: 0 - 1 , 21", [0, 1, 21]),
+    ("path:holidays/* & id:2-12", list(range(2, 10))),
+    (["path:*.jpg", "id:9-20"], [9, 20]),
+    ("PATH:[hw]*/0[0-1]*", [0, 1]),
+])
+def test_where_mask(where, expected):
+    from geosteer.index.search import where_mask
+
+    assert where_mask(where, PATHS).nonzero().squeeze(1).tolist() == expected
+
+
+@pytest.mark.parametrize("where, error, message", [
+    ("holidays/*", ValueError, "must be one of 'path:GLOB'"),
+    ("name:x", ValueError, "must be one of"),
+    ("path:", ValueError, "has nothing after 'path:'"),
+    ("id:3,x", ValueError, "'x' is not an id or a range"),
+    ("id:5-2", ValueError, r"ids must be in \[0, 21\]"),
+    ("id:22", ValueError, r"ids must be in \[0, 21\]"),
+    ([], ValueError, "where is empty"),
+    (3, TypeError, "where must be a str or a list of str"),
+])
+def test_where_mask_errors_name_the_clause(where, error, message):
+    from geosteer.index.search import where_mask
+
+    with pytest.raises(error, match=message):
+        where_mask(where, PATHS)
+
+
+def searcher_inputs(seed: int = 7):
+    from geosteer.inputs import gallery_side, query_side
+
+    inputs = make_inputs(seed=seed)
+    gallery = gallery_side(inputs["gallery"], gallery_parts=inputs["gallery_parts"],
+                           gallery_parts_mask=inputs["gallery_parts_mask"], gallery_part_boxes=inputs["gallery_part_boxes"])
+    query = query_side(inputs["query"], query_parts=inputs["query_parts"], query_parts_mask=inputs["query_parts_mask"],
+                       query_relations=inputs["query_relations"])
+    return gallery, query
+
+
+@pytest.mark.parametrize("keep, k", [(list(range(0, 60, 2)), 5), ([4, 8, 15, 16], 6)])
+def test_searcher_filter_equals_the_searcher_of_the_filtered_gallery(keep, k):
+    import dataclasses
+
+    from geosteer import get_config
+    from geosteer.index import Searcher
+    from geosteer.inputs import map_tensors
+
+    gallery, query = searcher_inputs()
+    keep = torch.tensor(keep)
+    configs = {"rerank": get_config("default").replace(k=12), "cosine": get_config("cosine")}
+    whole = Searcher(gallery, configs=configs, k_max=10)
+    part = Searcher(map_tensors(gallery, lambda t: t[keep]), configs=configs, k_max=10)
+    for method in configs:
+        got = whole.search(query, method, k, allowed=mask_of(keep, 60))
+        want = part.search(query, method, k)
+        for a, b in zip(got.reranked + got.cosine, want.reranked + want.cosine):
+            assert a.ids == keep[b.ids].tolist() and len(a.ids) == min(k, len(keep))
+            assert a.scores == pytest.approx(b.scores) and a.boxes == b.boxes
+            assert a.ranks_before == b.ranks_before
+        assert dataclasses.asdict(got.config) == dataclasses.asdict(whole.heads[method].config)
+    with pytest.raises(ValueError, match="allowed selects no image"):
+        whole.search(query, k=3, allowed=torch.zeros(60, dtype=torch.bool))
+    with pytest.raises(ValueError, match="matches no image"):
+        whole.search(query, k=3, where="id:5 & id:6")
+    with pytest.raises(TypeError, match="allowed must be a bool tensor"):
+        whole.search(query, k=3, allowed=keep)
+
+
+# ---------------------------------------------------------------- the command
+
+from test_index_cli import images, index_dir, main  # noqa: E402,F401  (its demo-model index, built once per module)
+
+
+def test_cli_where_searches_a_folder(index_dir, capsys):
+    import json
+
+    from geosteer.commands import args as shared
+
+    assert main("search", index_dir, "a green star", "-k", "4", "--where", "path:y/*", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["where"] == ["path:y/*"] and data["images_allowed"] == 6
+    rows = data["queries"][0]["reranked"]
+    assert len(rows) == 4 and all(r["path"].startswith("y/") for r in rows)
+    # the library on the same filter
+    from geosteer.index import Searcher
+
+    encoder = shared._load("demo", None, "cpu")
+    searcher = Searcher(Index.open(index_dir), encoder, {"rerank": shared.method_configs()["rerank"]}, k_max=4)
+    want = searcher.search(["a green star"], k=4, where="path:y/")
+    assert [r["id"] for r in rows] == want.reranked[0].ids
+    # repeated --where: AND; fewer matches than -k: fewer rows
+    assert main("search", index_dir, "a green star", "-k", "4", "--where", "path:y/*", "--where", "id:0-6") == 0
+    out = capsys.readouterr().out
+    assert "filter path:y/* & id:0-6: 1 images" in out
+    assert len([line for line in out.splitlines() if line.rstrip().endswith(".png")]) == 1
+
+
+@pytest.mark.parametrize("where, message", [("path:z/*", "matches no image"), ("size:3", "must be one of")])
+def test_cli_bad_where_is_one_line_status_2(index_dir, capsys, where, message):
+    assert main("search", index_dir, "a green star", "--where", where) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--where" in err[0] and message in err[0]

@@ -1,6 +1,6 @@
 """`geosteer search`: search an index from the command line.
 
-`geosteer search INDEX "a red car to the left of a blue bus" [more queries]` encodes each query with the index's model (recorded in its manifest), runs the cosine first stage and the re-ranking head (--method, default rerank; `geosteer.index.Searcher`) and prints per query a table of rank, path, the re-ranked score and the cosine score and rank before re-ranking; --json prints the results as JSON instead (the form `geosteer serve` answers `POST /search` with), --html writes a self-contained page (thumbnails embedded, cosine and re-ranked columns side by side, the region matched to each query part drawn).
+`geosteer search INDEX "a red car to the left of a blue bus" [more queries]` encodes each query with the index's model (recorded in its manifest), runs the cosine first stage and the re-ranking head (--method, default rerank; `geosteer.index.Searcher`) and prints per query a table of rank, path, the re-ranked score and the cosine score and rank before re-ranking; --json prints the results as JSON instead (the form `geosteer serve` answers `POST /search` with), --html writes a self-contained page (thumbnails embedded, cosine and re-ranked columns side by side, the region matched to each query part drawn). --where searches a subset (`path:holidays/*`, `path:holidays/`, `id:3,5-9`; repeat it or join clauses with `&`: all must hold), filtered in the first stage, so k results still come back when the subset holds k images.
 
 It checks its arguments before loading anything and prints one line naming a bad one (exit status 2); a
 ValueError of the library while searching (NaN regions in the index, say) is one line and exit status 2 too,
@@ -57,6 +57,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the results as JSON (nothing else on stdout)")
     p.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained results page here")
+    p.add_argument("--where", action="append", default=None, metavar="FILTER",
+                   help="search only these images: 'path:GLOB' (fnmatch on the path the index records, relative to "
+                   "its image folder; * also crosses /, e.g. 'path:holidays/*', 'path:*.png'), 'path:PREFIX/' (a "
+                   "folder), 'id:3,5-9' (row ids and ranges). Repeat it or join clauses with '&': all must hold. "
+                   "Fewer matching images than -k give fewer results")
 
 
 def _search_plan(args: argparse.Namespace) -> None:
@@ -97,8 +102,14 @@ def run_search(args: argparse.Namespace) -> int:
         index = Index.open(args.index)
         encoder = index_encoder(index, args.model, args.pretrained, args.device)
         searcher = Searcher(index, encoder, {args.method: method_configs()[args.method]}, k_max=args.k)
+        allowed = None
+        if args.where is not None:
+            try:
+                allowed = searcher.where(args.where)
+            except ValueError as e:
+                raise UsageError(f"--where: {e}") from None
         t0 = time.perf_counter()
-        result = searcher.search(list(args.queries), k=args.k)
+        result = searcher.search(list(args.queries), k=args.k, allowed=allowed)
         seconds = time.perf_counter() - t0
     except UsageError as e:
         return fail("search", str(e))
@@ -111,6 +122,9 @@ def run_search(args: argparse.Namespace) -> int:
         return fail("search", str(e))
     info = {"index": str(args.index), "images": len(index), "model": index.manifest["encoder"]["name"],
             "preset": METHODS[args.method], "seconds": seconds}
+    if allowed is not None:
+        info["where"] = list(args.where)
+        info["images_allowed"] = int(allowed.sum())
     if args.html is not None:
         page = write_search_html(Path(args.html), index, result, info)
         echo(f"wrote {page}", sys.stderr if args.json else sys.stdout)
@@ -133,6 +147,8 @@ def format_results(result, info: dict) -> str:
         lines.append(f"query {q + 1}/{len(result.reranked)}: {text!r}   parts: {' | '.join(result.parts[q])}")
         lines.append(f"method {result.method} (preset {info['preset']!r}), top {k} of K={big_k} candidates re-ranked, "
                      f"{info['images']} images; before = rank by cosine")
+        if "where" in info:
+            lines.append(f"filter {' & '.join(printable(w) for w in info['where'])}: {info['images_allowed']} images")
         lines.append(f"{'rank':>4}  {'before':>6}  {'score':>7}  {'cosine':>7}  {'align':>6}  {'struct':>6}  path")
         for row in ranking.rows():
             lines.append(f"{row['rank']:>4}  {row['rank_before']:>6}  {row['score']:>7.4f}  {row['first_stage']:>7.4f}  "

@@ -14,12 +14,20 @@ that `geosteer search --json`, `geosteer serve`'s `POST /search` and
 Every head re-ranks K = `head_k(config.k, k_max, N)` candidates: its
 preset's own K, or more when a search may ask for more results, never more
 than the gallery holds.
+
+Filters: `searcher.search(..., where="path:holidays/*")` (or `allowed=`, a
+`[N]` bool mask) searches a subset of the gallery; `where_mask` parses the
+expressions. The head applies the mask in its first stage, so the results
+are the search of the filtered gallery; fewer allowed images than k give
+fewer results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +63,80 @@ def head_k(config_k: int, k: int, num_items: int) -> int:
     """
     return min(max(check_positive_int("config_k", config_k), check_positive_int("k", k)),
                check_positive_int("num_items", num_items))
+
+
+# ---------------------------------------------------------------- filters
+
+#: What a `where` clause may name.
+WHERE_FIELDS = ("path", "id")
+_ID_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def where_mask(where: str | Sequence[str], paths: Sequence[str | None], num_items: int | None = None) -> Tensor:
+    """The `[N]` bool mask of the gallery rows a `where` filter selects.
+
+    Grammar: one expression, or a list of them (all must hold: AND); an
+    expression is clauses joined by `&` (AND); a clause is
+
+    - `path:GLOB`: `fnmatch` (case-sensitive, `*` also crosses `/`) on the
+      row's path as the index records it (relative to its image folder):
+      `path:holidays/*`, `path:*.png`, `path:holidays/2024/beach.jpg`;
+    - `path:PREFIX/`: a folder: every path under it (`path:holidays/`);
+    - `id:SPEC`: row ids, a comma list of ids and inclusive ranges: `id:3,5-9`.
+
+    Args:
+        where: the expression(s).
+        paths: `[N]` the rows' paths (None where unknown: never matched by `path:`).
+        num_items: N (default: `len(paths)`).
+
+    Returns:
+        `[N]` bool on the CPU, True = selected.
+
+    Raises:
+        TypeError: `where` neither a str nor a sequence of str.
+        ValueError: an empty or malformed clause, an unknown field, an id out
+            of range; each names `where` and the clause.
+    """
+    if isinstance(where, str):
+        exprs = [where]
+    elif isinstance(where, Sequence) and all(isinstance(w, str) for w in where):
+        exprs = list(where)
+    else:
+        raise TypeError(f"where must be a str or a list of str (e.g. 'path:holidays/*'), got {type(where).__name__}")
+    num = len(paths) if num_items is None else num_items
+    mask = torch.ones(num, dtype=torch.bool)
+    if not exprs:
+        raise ValueError("where is empty; give an expression such as 'path:holidays/*' or 'id:3,5-9'")
+    for expr in exprs:
+        for clause in expr.split("&"):
+            mask &= _clause_mask(clause.strip(), paths, num)
+    return mask
+
+
+def _clause_mask(clause: str, paths: Sequence[str | None], num: int) -> Tensor:
+    """One `field:value` clause as a `[N]` bool mask."""
+    field, sep, value = clause.partition(":")
+    field = field.strip().lower()
+    if not sep or field not in WHERE_FIELDS:
+        raise ValueError(f"where clause {clause!r} must be one of 'path:GLOB', 'path:PREFIX/', 'id:3,5-9'")
+    if not value:
+        raise ValueError(f"where clause {clause!r} has nothing after '{field}:'")
+    if field == "path":
+        if value.endswith("/") and not any(c in value for c in "*?["):
+            hit = lambda p: p.startswith(value)  # noqa: E731
+        else:
+            hit = lambda p: fnmatch.fnmatchcase(p, value)  # noqa: E731
+        return torch.tensor([p is not None and hit(p) for p in paths], dtype=torch.bool).reshape(num)
+    mask = torch.zeros(num, dtype=torch.bool)
+    for part in value.split(","):
+        m = _ID_PART.match(part)
+        if m is None:
+            raise ValueError(f"where clause {clause!r}: {part.strip()!r} is not an id or a range a-b")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if lo > hi or hi >= num:
+            raise ValueError(f"where clause {clause!r}: ids must be in [0, {num - 1}] with a <= b, got {part.strip()!r}")
+        mask[lo : hi + 1] = True
+    return mask
 
 
 # ---------------------------------------------------------------- results
@@ -207,7 +289,9 @@ def search_result(
     """A head's `HeadResult` over K candidates as a `SearchResult`: the cosine and re-ranked top-k of each query.
 
     The cosine top-k is the candidates' first-stage order
-    (`HeadResult.first_stage_rank`), not a second sort of their scores.
+    (`HeadResult.first_stage_rank`), not a second sort of their scores. A
+    filter's padding columns (id -1) are left out: a query whose filter
+    allows fewer than k images gets fewer results.
 
     Args:
         result: `[Q, K]` fields, K >= k, `first_stage_rank` set.
@@ -241,7 +325,8 @@ def search_result(
     for q in range(result.indices.shape[0]):
         before = result.first_stage_rank[q]  # [K]: each column's position in the cosine order
         by_cosine = before.argsort()  # the columns in cosine order
-        for order, matched, into in ((by_cosine[:k], False, cosine), (torch.arange(k), True, reranked)):
+        found = min(k, int((result.indices[q] >= 0).sum()))  # a filter's padding (id -1) is last in both orders
+        for order, matched, into in ((by_cosine[:found], False, cosine), (torch.arange(found), True, reranked)):
             cols = order.tolist()
             ids = result.indices[q, order].tolist()
             boxes = [[catalog.box(i, int(result.assignment[q, c, j]) if matched and j < result.assignment.shape[-1]
@@ -382,7 +467,28 @@ class Searcher:
         texts, parts, side = query_side(queries, self.indexer)
         return texts, parts, _on(side, self.device)
 
-    def search(self, queries: Sequence[str] | QuerySide, method: str | None = None, k: int = 10) -> SearchResult:
+    def where(self, where: str | Sequence[str]) -> Tensor:
+        """`where_mask(where, paths)` over this searcher's rows: `[N]` bool on its device.
+
+        Raises:
+            TypeError / ValueError: a malformed filter (`where_mask`), or one
+                that selects no image (named).
+        """
+        paths = self.catalog.paths if self.catalog.paths is not None else [None] * len(self)
+        mask = where_mask(where, paths, len(self))
+        if not bool(mask.any()):
+            raise ValueError(f"where={where!r} matches no image of the {len(self)} in the index")
+        return mask.to(self.device)
+
+    def search(
+        self,
+        queries: Sequence[str] | QuerySide,
+        method: str | None = None,
+        k: int = 10,
+        *,
+        where: str | Sequence[str] | None = None,
+        allowed: Tensor | None = None,
+    ) -> SearchResult:
         """The cosine top-k and the re-ranked top-k of each query.
 
         Args:
@@ -390,13 +496,21 @@ class Searcher:
             method: a key of `heads` (default: the searcher's method).
             k: results per query, a positive int (capped at the gallery size;
                 at most `k_max`).
+            where: a filter expression, or a list of them (AND): `path:GLOB`,
+                `path:PREFIX/`, `id:3,5-9` (`where_mask`). The search runs on
+                the selected images only (in the head's first stage: the
+                result is the search of the filtered gallery).
+            allowed: the same as a mask: `[N]` or `[Q, N]` bool (True = may
+                be returned); with `where`, both must hold.
 
         Returns:
             A `SearchResult`: per query the cosine and the re-ranked top-k
-            (`Ranking`s of k), and the head's `[Q, K]` `HeadResult`.
+            (`Ranking`s of k; fewer where a filter allows fewer images), and
+            the head's `[Q, K]` `HeadResult` (a filter's padding: id -1).
 
         Raises:
-            TypeError / ValueError: naming the bad argument.
+            TypeError / ValueError: naming the bad argument; ValueError for a
+                filter that selects no image.
         """
         name = self.method if method is None else method
         if name not in self.heads:
@@ -404,11 +518,30 @@ class Searcher:
         k = min(check_positive_int("k", k), len(self))
         if k > self.k_max:
             raise ValueError(f"k={k} is more than this searcher's k_max={self.k_max}")
+        mask = self._allowed(where, allowed)
         head = self.heads[name]
         with torch.inference_mode():
             texts, parts, q = self.query_side(queries)
-            result = head(q, self.gallery)
+            if mask is not None and mask.dim() == 2 and mask.shape[0] != q.embeddings.shape[0]:
+                raise ValueError(f"allowed must be [N={len(self)}] or [Q={q.embeddings.shape[0]}, N] bool, "
+                                 f"got {list(mask.shape)}")
+            result = head(q, self.gallery) if mask is None else head(q, self.gallery, allowed=mask)
         return search_result(result, self.catalog, queries=texts, parts=parts, config=head.config, k=k, method=name)
+
+    def _allowed(self, where: str | Sequence[str] | None, allowed: Tensor | None) -> Tensor | None:
+        """`where` and `allowed` as one bool mask `[N]` / `[Q, N]` on the device, or None for no filter."""
+        mask = None if where is None else self.where(where)
+        if allowed is None:
+            return mask
+        if not isinstance(allowed, Tensor) or allowed.dtype != torch.bool:
+            got = allowed.dtype if isinstance(allowed, Tensor) else type(allowed).__name__
+            raise TypeError(f"allowed must be a bool tensor [N={len(self)}] or [Q, N], got {got}")
+        if allowed.dim() not in (1, 2) or allowed.shape[-1] != len(self):
+            raise ValueError(f"allowed must be [N={len(self)}] or [Q, N] bool, got {list(allowed.shape)}")
+        if not bool(allowed.any()):
+            raise ValueError(f"allowed selects no image of the {len(self)} in the index")
+        allowed = allowed.to(self.device)
+        return allowed if mask is None else allowed & mask
 
     def warm_up(self) -> float:
         """Run `WARM_UP_QUERIES` through every head; the seconds it took.
