@@ -1,6 +1,6 @@
 """`geosteer index`: your own images, indexed on disk.
 
-`geosteer index IMAGES_DIR --out INDEX` encodes every image under IMAGES_DIR (recursively) with the model (default: the shipped demo model) and its region crops (--regions, default grid) into the index folder INDEX: safetensors shards and a JSON manifest, which records the model, so `geosteer search` and `geosteer serve` load it again. It shows a progress bar (moving per image, images/s), skips files that do not decode (listed in the manifest) and ends with a summary. Interrupted, the same command resumes from the last finished shard; run again on a finished index, it brings the index in line with IMAGES_DIR (`Index.sync`): it adds the images new there, encodes again the ones whose bytes changed (size / mtime, then a content hash, against what was recorded when they were indexed), drops the ones deleted, and prints how many of each; with nothing to encode it does not load the model.
+`geosteer index IMAGES_DIR --out INDEX` encodes every image under IMAGES_DIR (recursively) with the model (default: the shipped demo model) and its region crops (--regions, default grid; stored as --regions-dtype float32, float16 or int8, default float32) into the index folder INDEX: safetensors shards and a JSON manifest, which records the model, so `geosteer search` and `geosteer serve` load it again. It shows a progress bar (moving per image, images/s), skips files that do not decode (listed in the manifest) and ends with a summary. Interrupted, the same command resumes from the last finished shard; run again on a finished index, it brings the index in line with IMAGES_DIR (`Index.sync`): it adds the images new there, encodes again the ones whose bytes changed (size / mtime, then a content hash, against what was recorded when they were indexed), drops the ones deleted, and prints how many of each; with nothing to encode it does not load the model.
 
 It checks its arguments before loading anything and prints one line naming a bad one (exit status 2).
 """
@@ -42,6 +42,9 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file for an architecture name")
     p.add_argument("--regions", default=None, help=f"region method (default: {DEFAULT_REGIONS}; "
                    "one of geosteer.encoders.regions.METHODS)")
+    p.add_argument("--regions-dtype", default=None, choices=("float32", "float16", "int8"),
+                   help="how region vectors are stored (default: float32; float16 halves them, int8 with a scale per "
+                   "row quarters them: 32, 16 or 8 KiB an image at 16 regions, D = 512); an index keeps its own")
     p.add_argument("--max-regions", type=int, default=None, help=f"regions per image at most (default: {DEFAULT_MAX_REGIONS})")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"images encoded together (default: {DEFAULT_BATCH}, or what the index in --out used)")
@@ -79,9 +82,11 @@ def _index_plan(args: argparse.Namespace) -> tuple[str, dict | None]:
         # read and checked field by field: a StoreError naming the file and the field (status 1, the data's fault)
         recorded = read_index_json(out / ("manifest.json" if state == "complete" else "build.json"))
         model = recorded_model(recorded)[0]
-        for flag, key, given in (("--regions", "regions", args.regions), ("--max-regions", "max_regions", args.max_regions)):
-            if given is not None and given != recorded.get(key):
-                raise UsageError(f"{flag} {given!r} differs from the {recorded.get(key)!r} of the index in --out "
+        for flag, key, given, default in (("--regions", "regions", args.regions, None),
+                                          ("--max-regions", "max_regions", args.max_regions, None),
+                                          ("--regions-dtype", "regions_dtype", args.regions_dtype, "float32")):
+            if given is not None and given != recorded.get(key, default):
+                raise UsageError(f"{flag} {given!r} differs from the {recorded.get(key, default)!r} of the index in --out "
                                  f"{args.out!r}; an index holds one setting (use another --out)")
         if args.model is not None and args.model != model:
             raise UsageError(f"--model {args.model!r} differs from the index's model {model!r} in --out {args.out!r} "
@@ -118,7 +123,8 @@ def run_index(args: argparse.Namespace) -> int:
                                 max_regions=args.max_regions or rec.get("max_regions") or DEFAULT_MAX_REGIONS,
                                 batch_size=args.batch_size or rec.get("batch_size") or DEFAULT_BATCH,
                                 shard_size=args.shard_size or rec.get("shard_size") or DEFAULT_SHARD,
-                                progress=progress)
+                                progress=progress,
+                                regions_dtype=args.regions_dtype or rec.get("regions_dtype") or "float32")
             resumed = index.stats["resumed_shards"]
             what = f"resumed after {resumed} finished shards" if state == "partial" and resumed else "new index"
     except UsageError as e:
@@ -155,9 +161,9 @@ def sync_report(stats: dict) -> str:
 
 
 def summary(out: str, index, what: str, seconds: float) -> str:
-    """The line `geosteer index` ends with: counts, what this run did, time, rate, model, regions, n, D."""
+    """The line `geosteer index` ends with: counts, what this run did, time, rate, model, regions, n, D, region dtype."""
     s, m = index.stats, index.manifest
     rate = f", {s['images_per_s']:.1f} images/s" if s["encoded"] + s["skipped"] else ""
     return (f"{out}: {len(index)} images indexed, {len(index.skipped)} skipped ({what}: {s['encoded']} encoded, "
             f"{s['skipped']} skipped this run) in {seconds:.1f} s{rate}; model {m['encoder']['name']}, regions "
-            f"{m['regions']}, n={m['n']}, D={m['dim']}")
+            f"{m['regions']}, n={m['n']}, D={m['dim']}, {index.regions_dtype} regions")

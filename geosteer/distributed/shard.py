@@ -51,7 +51,8 @@ SHARD_LIST = "shards.json"
 SHARD_LIST_FORMAT = "geosteer-sharded-index"
 SHARD_LIST_VERSION = 1
 #: Manifest fields every shard of one gallery must share (`open` compares them).
-MANIFEST_FIELDS: tuple[str, ...] = ("format", "version", "encoder", "fingerprint", "dim", "n", "regions", "dtype")
+MANIFEST_FIELDS: tuple[str, ...] = ("format", "version", "encoder", "fingerprint", "dim", "n", "regions", "dtype",
+                                    "regions_dtype")
 _GALLERY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GallerySide))
 
 
@@ -241,7 +242,7 @@ class ShardedGallery:
 
         Raises:
             ShardMismatch, on every rank: the shards' manifests disagree
-                (format, version, encoder, D, n, region method, dtype); the
+                (format, version, encoder, D, n, region method, dtype, region dtype); the
                 ranks were given different indexes (`Index.identity`: one
                 index split by rows that is another index on some rank, or a
                 shard that is not the one another rank's `shards.json` records).
@@ -440,7 +441,7 @@ def manifest_summary(folder: str | os.PathLike) -> dict:
     enc = m.get("encoder") or {}
     return {"format": m.get("format"), "version": m.get("version"), "encoder": enc.get("name"),
             "fingerprint": enc.get("fingerprint"), "dim": m.get("dim"), "n": m.get("n"), "regions": m.get("regions"),
-            "dtype": m.get("dtype"), "count": m.get("count")}
+            "dtype": m.get("dtype"), "regions_dtype": m.get("regions_dtype", "float32"), "count": m.get("count")}
 
 
 def write_shard_list(out: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> Path:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import itertools
 import json
 import os
+import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,16 +261,14 @@ class _Encoded:
         self.boxes.append(pad(g.part_boxes.float(), (c, n - m, 4)).contiguous().numpy())
         self.mask.append(pad(g.parts_mask, (c, n - m)).contiguous().numpy())
 
-    def tensors(self, n: int, dim: int) -> fmt.ShardTensors:
-        """The shard's tensors (`format.write_safetensors`' input)."""
+    def tensors(self, n: int, dim: int, regions_dtype: str = "float32") -> fmt.ShardTensors:
+        """The shard's tensors (`format.write_safetensors`' input), regions stored as `regions_dtype`."""
         c = len(self.kept)
-        cat = lambda xs, shape, dt: [np.concatenate(xs) if xs else np.zeros(shape, dt)]  # noqa: E731
-        return {
-            "embeddings": ((c, dim), np.dtype(np.float32), cat(self.embeddings, (0, dim), np.float32)),
-            "parts": ((c, n, dim), np.dtype(np.float32), cat(self.parts, (0, n, dim), np.float32)),
-            "part_boxes": ((c, n, 4), np.dtype(np.float32), cat(self.boxes, (0, n, 4), np.float32)),
-            "parts_mask": ((c, n), np.dtype(np.bool_), cat(self.mask, (0, n), np.bool_)),
-        }
+        cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
+        arrays = {"embeddings": cat(self.embeddings, (0, dim), np.float32),
+                  **fmt.compact_rows(cat(self.parts, (0, n, dim), np.float32), regions_dtype),
+                  "part_boxes": cat(self.boxes, (0, n, 4), np.float32), "parts_mask": cat(self.mask, (0, n), np.bool_)}
+        return {name: (shape, dt, [arrays[name]]) for name, (shape, dt) in fmt.tensor_specs(regions_dtype, c, n, dim).items()}
 
 
 def _encode_group(indexer: Indexer, images: list[Image.Image], method: str, max_regions: int,
@@ -377,7 +377,8 @@ def _run_shards(folder: Path, prog: dict, files: list[Path], indexer: Indexer, n
                 # each range has its own file name, so a resumed build writes the same names
                 entry["file"] = fmt.shard_name(seq + prog["ranges"].index([a, b])) if enc.kept else None
                 if enc.kept:
-                    entry.update(fmt.write_safetensors(folder / entry["file"], enc.tensors(n, dim)))
+                    entry.update(fmt.write_safetensors(folder / entry["file"],
+                                                       enc.tensors(n, dim, fmt.regions_dtype_of(prog))))
                 prog["shards"].append(entry)
                 prog["shards"].sort(key=lambda s: s["range"][0])
                 save()
@@ -413,9 +414,9 @@ def _check_same(prog: dict, settings: dict, plan: list[str], folder: Path) -> No
         raise ValueError(f"out {str(folder)!r} holds an unfinished build with encoder {prog['encoder']['name']!r} "
                          f"(fingerprint {prog['encoder']['fingerprint']}), not {settings['encoder']['name']!r} "
                          f"(fingerprint {settings['encoder']['fingerprint']}); resume it with that encoder or delete it")
-    for key in ("regions", "max_regions", "batch_size", "shard_size", "root"):
-        if prog[key] != settings[key]:
-            raise ValueError(f"out {str(folder)!r} holds an unfinished build with {key}={prog[key]!r}, not "
+    for key in ("regions", "max_regions", "batch_size", "shard_size", "root", "regions_dtype"):
+        if prog.get(key, "float32") != settings[key]:  # only regions_dtype may be absent (a build before issue 23)
+            raise ValueError(f"out {str(folder)!r} holds an unfinished build with {key}={prog.get(key, 'float32')!r}, not "
                              f"{settings[key]!r}; resume it with the same arguments or delete it")
     if prog["plan"] != plan:
         added, gone = len(set(plan) - set(prog["plan"])), len(set(prog["plan"]) - set(plan))
@@ -433,9 +434,10 @@ def _already_built(folder: Path, settings: dict, plan: list[str]) -> dict[str, A
     enc = settings["encoder"]
     fmt.check_fingerprint(m, enc["fingerprint"], f"{enc['name']!r} (fingerprint {enc['fingerprint']})",
                           f"index {str(folder)!r}")
-    for key in ("regions", "max_regions"):
-        if m[key] != settings[key]:
-            raise ValueError(f"out {str(folder)!r} holds an index with {key}={m[key]!r}, not {settings[key]!r}")
+    for key in ("regions", "max_regions", "regions_dtype"):
+        if m.get(key, "float32") != settings[key]:  # only regions_dtype may be absent (an index before issue 23)
+            raise ValueError(f"out {str(folder)!r} holds an index with {key}={m.get(key, 'float32')!r}, not "
+                             f"{settings[key]!r}")
     known = set(m["paths"]) | {s["path"] for s in m["skipped"]}
     new = [p for p in plan if p not in known and fmt.record_path(Path(settings["root"]) / p, Path(m["root"])) not in known]
     if new:
@@ -446,7 +448,8 @@ def _already_built(folder: Path, settings: dict, plan: list[str]) -> dict[str, A
 
 
 def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: int, batch_size: int, shard_size: int,
-          progress: bool, metadata: dict[str, Any] | None) -> tuple[Path, dict[str, Any], str]:
+          progress: bool, metadata: dict[str, Any] | None,
+          regions_dtype: str = "float32") -> tuple[Path, dict[str, Any], str]:
     """Index `source` into the folder `out` (or resume the build there); `Index.build` documents the arguments.
 
     Returns:
@@ -459,6 +462,7 @@ def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: in
         StoreError: no image of the source could be decoded.
     """
     check_method(regions)
+    fmt.check_regions_dtype(regions_dtype)
     for name, value in (("max_regions", max_regions), ("batch_size", batch_size), ("shard_size", shard_size)):
         check_positive_int(name, value)
     if metadata is not None:
@@ -471,7 +475,7 @@ def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: in
     plan = [fmt.record_path(f, root) for f in files]
     info = fmt.encoder_record(encoder)
     settings = {"encoder": info, "regions": regions, "max_regions": max_regions, "batch_size": batch_size,
-                "shard_size": shard_size, "root": str(root)}
+                "shard_size": shard_size, "root": str(root), "regions_dtype": regions_dtype}
     if state == "complete":
         return folder, _already_built(folder, settings, plan), info["fingerprint"]
     t0 = time.perf_counter()
@@ -499,7 +503,7 @@ def build(source, out: str | os.PathLike, encoder, regions: str, max_regions: in
         raise fmt.StoreError(f"no image in {str(source)!r} could be indexed; e.g. {'; '.join(errors)}")
     if len(entries) > 1:  # one file per tensor: Index.open then maps each whole, zero-copy
         seq = max(fmt.shard_seq(s["file"]) for s in entries) + 1
-        entries = [fmt.merge_shards(folder, entries, seq, n, info["embed_dim"])]
+        entries = [fmt.merge_shards(folder, entries, seq, n, info["embed_dim"], regions_dtype)]
     manifest = fmt.build_manifest(prog, info, n, entries,
                                   paths=[prog["plan"][i] for sh in prog["shards"] for i in sh["kept"]],
                                   sizes=[s for sh in prog["shards"] for s in sh["sizes"]],
@@ -683,7 +687,7 @@ def sync(folder: Path, manifest: dict, ch: Changes, encoder, batch_size: int | N
     keep_row = [p not in drop for p in m["paths"]]
     if not todo and not any(keep_row):
         raise ValueError(f"index {str(folder)!r}: this would remove every image; delete the index instead")
-    n, dim = m["n"], m["dim"]
+    n, dim, rdt = m["n"], m["dim"], fmt.regions_dtype_of(m)
     next_seq = max((fmt.shard_seq(s["file"]) for s in m["shards"]), default=-1) + 1
     prog_path = folder / fmt.SYNC
     prog = None
@@ -691,7 +695,8 @@ def sync(folder: Path, manifest: dict, ch: Changes, encoder, batch_size: int | N
         shard_size = m["build"].get("shard_size") or 1024
         plan = [fmt.record_path(f, index_root) for f in todo]
         want = {"format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "fingerprint": m["encoder"]["fingerprint"],
-                "regions": m["regions"], "max_regions": m["max_regions"], "n": n, "shard_size": shard_size,
+                "regions": m["regions"], "max_regions": m["max_regions"], "n": n, "regions_dtype": rdt,
+                "shard_size": shard_size,
                 "plan": plan, "stamps": [ch.stamps.get(f) or _stamp(f) for f in todo]}
         prog = _resumable(prog_path, want, folder)
         if prog is None:
@@ -723,7 +728,7 @@ def sync(folder: Path, manifest: dict, ch: Changes, encoder, batch_size: int | N
         if all(k):
             entries.append(e)
         elif any(k):  # a new file with the kept rows; the old one stays valid until the manifest stops naming it
-            entries.append(fmt.filter_shard(folder, e, k, next_seq, n, dim))
+            entries.append(fmt.filter_shard(folder, e, k, next_seq, n, dim, rdt))
             next_seq += 1
     entries += [{k: e[k] for k in ("file", "count", "bytes", "sha256")} for e in added if e["count"] > 0]
     kept = [i for i, k in enumerate(keep_row) if k]
@@ -755,7 +760,7 @@ def compact(folder: Path, manifest: dict) -> dict:
     if len(m["shards"]) <= 1:
         return m
     entry = fmt.merge_shards(folder, m["shards"], max(fmt.shard_seq(s["file"]) for s in m["shards"]) + 1, m["n"],
-                             m["dim"])
+                             m["dim"], fmt.regions_dtype_of(m))
     new = {**m, "shards": [entry]}
     fmt.write_json(folder / fmt.MANIFEST, new)
     fmt.remove_strays(folder, {entry["file"]})
@@ -765,35 +770,27 @@ def compact(folder: Path, manifest: dict) -> dict:
 # ---------------------------------------------------------------- a gallery you have
 
 
-def _gallery_tensors(g: GallerySide, start: int, stop: int) -> fmt.ShardTensors:
-    emb = g.embeddings[start:stop].contiguous().numpy()
-    parts = g.parts[start:stop].contiguous().numpy()
-    return {
-        "embeddings": (emb.shape, emb.dtype, [emb]),
-        "parts": (parts.shape, parts.dtype, [parts]),
-        "part_boxes": ((stop - start, parts.shape[1], 4), np.dtype(np.float32),
-                       [g.part_boxes[start:stop].float().contiguous().numpy()]),
-        "parts_mask": ((stop - start, parts.shape[1]), np.dtype(np.bool_), [g.parts_mask[start:stop].contiguous().numpy()]),
-    }
-
-
-def _check_gallery(gallery: GallerySide, num_paths: int) -> None:
-    """`write_index`'s gallery: float32 embeddings `[N, D]`, parts `[N, n, D]`, mask `[N, n]` bool, boxes `[N, n, 4]`."""
+def _check_gallery(gallery: GallerySide, num_paths: int | None, n: int | None = None, dim: int | None = None) -> None:
+    """`write_index`'s gallery (or one block of it): float32 embeddings `[c, D]`, parts `[c, n, D]`,
+    mask `[c, n]` bool, boxes `[c, n, 4]`; with `n` / `dim`, those of the first block."""
     if not isinstance(gallery, GallerySide) or gallery.parts is None or gallery.parts_mask is None or gallery.part_boxes is None:
-        raise TypeError("gallery must be a GallerySide with parts, parts_mask and part_boxes")
+        raise TypeError("gallery must be a GallerySide with parts, parts_mask and part_boxes (or an iterable of them)")
     emb, parts = gallery.embeddings, gallery.parts
     if emb.dtype != torch.float32 or parts.dtype != torch.float32:
-        raise TypeError(f"gallery embeddings and parts must be float32, got {emb.dtype} and {parts.dtype}")
+        raise TypeError(f"gallery embeddings and parts must be float32 (regions_dtype compacts them), got {emb.dtype} "
+                        f"and {parts.dtype}")
     if emb.ndim != 2 or parts.ndim != 3 or parts.shape[0] != emb.shape[0] or parts.shape[2] != emb.shape[1]:
         raise ValueError(f"gallery has embeddings {list(emb.shape)} and parts {list(parts.shape)}; expected [N, D] and [N, n, D]")
-    num, n, _ = parts.shape
-    if list(gallery.parts_mask.shape) != [num, n] or gallery.parts_mask.dtype != torch.bool:
-        raise ValueError(f"gallery parts_mask must be bool [{num}, {n}], got {gallery.parts_mask.dtype} {list(gallery.parts_mask.shape)}")
-    if list(gallery.part_boxes.shape) != [num, n, 4]:
-        raise ValueError(f"gallery part_boxes must be [{num}, {n}, 4], got {list(gallery.part_boxes.shape)}")
-    if num_paths != num:
+    num, m, d = parts.shape
+    if (n is not None and m != n) or (dim is not None and d != dim):
+        raise ValueError(f"a gallery block has parts [{num}, {m}, {d}]; the first had n={n}, D={dim}")
+    if list(gallery.parts_mask.shape) != [num, m] or gallery.parts_mask.dtype != torch.bool:
+        raise ValueError(f"gallery parts_mask must be bool [{num}, {m}], got {gallery.parts_mask.dtype} {list(gallery.parts_mask.shape)}")
+    if list(gallery.part_boxes.shape) != [num, m, 4]:
+        raise ValueError(f"gallery part_boxes must be [{num}, {m}, 4], got {list(gallery.part_boxes.shape)}")
+    if num_paths is not None and num_paths != num:
         raise ValueError(f"paths holds {num_paths} entries but gallery has N={num} rows")
-    if num == 0:
+    if num_paths is not None and num == 0:
         raise ValueError("gallery must hold at least one row")
 
 
@@ -811,14 +808,83 @@ def _check_sizes(sizes, num: int) -> list[list[int] | None]:
     return [None if s is None else [int(s[0]), int(s[1])] for s in out]
 
 
-def write_gallery(gallery: GallerySide, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, encoder,
-                  regions: str, max_regions: int | None, shard_size: int | None, root: str | os.PathLike | None,
-                  skipped: Sequence[dict[str, str]], metadata: dict[str, Any] | None,
-                  sizes: Sequence[Sequence[int] | None] | None) -> Path:
-    """Write a `GallerySide` as an index folder (`geosteer.index.write_index` documents the arguments); the folder."""
+class _Blocks:
+    """Rows of a gallery given as blocks (`GallerySide`s), handed out `take(count)` at a time as stored
+    (`format.compact_rows`): a shard boundary may fall inside a block."""
+
+    def __init__(self, blocks: Iterator[GallerySide], n: int, dim: int, regions_dtype: str) -> None:
+        self.blocks, self.n, self.dim, self.rdt = blocks, n, dim, regions_dtype
+        self.rest: GallerySide | None = None
+        self.rows = 0
+
+    def _next(self) -> GallerySide | None:
+        if self.rest is not None:
+            g, self.rest = self.rest, None
+            return g
+        g = next(self.blocks, None)
+        if g is not None:
+            _check_gallery(g, None, self.n, self.dim)
+        return g
+
+    def take(self, count: int) -> Iterator[dict[str, np.ndarray]]:
+        """Exactly `count` rows, as blocks of stored arrays.
+
+        Raises:
+            ValueError: the blocks end first.
+        """
+        left = count
+        while left > 0:
+            g = self._next()
+            if g is None:
+                raise ValueError(f"gallery blocks hold {self.rows} rows, fewer than the paths")
+            c = g.embeddings.shape[0]
+            if c > left:
+                self.rest = _slice_side(g, left, c)
+                g = _slice_side(g, 0, left)
+                c = left
+            left -= c
+            self.rows += c
+            yield {"embeddings": g.embeddings.contiguous().numpy(),
+                   **fmt.compact_rows(g.parts.contiguous().numpy(), self.rdt),
+                   "part_boxes": g.part_boxes.float().contiguous().numpy(),
+                   "parts_mask": g.parts_mask.contiguous().numpy()}
+
+    def exhausted(self) -> bool:
+        """Whether no row is left (a block of zero rows counts as none)."""
+        while (g := self._next()) is not None:
+            if g.embeddings.shape[0]:
+                self.rest = g
+                return False
+        return True
+
+
+def _slice_side(g: GallerySide, a: int, b: int) -> GallerySide:
+    return GallerySide(g.embeddings[a:b], parts=g.parts[a:b], parts_mask=g.parts_mask[a:b], part_boxes=g.part_boxes[a:b])
+
+
+def write_gallery(gallery: GallerySide | Iterable[GallerySide], paths: Sequence[str | os.PathLike],
+                  out: str | os.PathLike, *, encoder, regions: str, max_regions: int | None, shard_size: int | None,
+                  root: str | os.PathLike | None, skipped: Sequence[dict[str, str]], metadata: dict[str, Any] | None,
+                  sizes: Sequence[Sequence[int] | None] | None, regions_dtype: str = "float32") -> Path:
+    """Write a `GallerySide` (or blocks of one, in row order) as an index folder (`geosteer.index.write_index`
+    documents the arguments); the folder."""
     check_method(regions)
-    _check_gallery(gallery, len(paths))
-    num, n, dim = gallery.parts.shape
+    fmt.check_regions_dtype(regions_dtype)
+    num = len(paths)
+    if isinstance(gallery, GallerySide):
+        _check_gallery(gallery, num)
+        blocks: Iterator[GallerySide] = iter([gallery])
+        first = gallery
+    else:
+        if num == 0:
+            raise ValueError("paths must hold at least one entry")
+        blocks = iter(gallery)
+        first = next(blocks, None)
+        if first is None:
+            raise ValueError("gallery blocks hold no row")
+        _check_gallery(first, None)
+        blocks = itertools.chain([first], blocks)
+    n, dim = int(first.parts.shape[1]), int(first.parts.shape[2])
     shard = check_positive_int("shard_size", shard_size) if shard_size is not None else num
     if isinstance(encoder, tuple):
         name, fp = encoder
@@ -834,14 +900,21 @@ def write_gallery(gallery: GallerySide, paths: Sequence[str | os.PathLike], out:
         raise ValueError(f"out {str(folder)!r} exists and is not empty; pass a new or empty folder")
     base = Path(root).expanduser().absolute() if root is not None else Path(os.path.commonpath([str(f.parent) for f in files]))
     (folder / fmt.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    rows = _Blocks(blocks, n, dim, regions_dtype)
     entries = []
-    for k, a in enumerate(range(0, num, shard)):
-        b = min(a + shard, num)
-        name = fmt.shard_name(k)
-        entries.append({"file": name, "count": b - a,
-                        **fmt.write_safetensors(folder / name, _gallery_tensors(gallery, a, b))})
+    try:
+        for k, a in enumerate(range(0, num, shard)):
+            b = min(a + shard, num)
+            name = fmt.shard_name(k)
+            entries.append({"file": name, "count": b - a, **fmt.write_safetensors_rows(
+                folder / name, fmt.tensor_specs(regions_dtype, b - a, n, dim), rows.take(b - a))})
+        if not rows.exhausted():
+            raise ValueError(f"gallery blocks hold more rows than the {num} paths")
+    except BaseException:
+        shutil.rmtree(folder / fmt.SHARD_DIR, ignore_errors=True)  # no manifest was written: not an index
+        raise
     settings = {"regions": regions, "max_regions": max_regions or n, "root": str(base), "batch_size": None,
-                "shard_size": shard, "metadata": metadata or {}}
+                "shard_size": shard, "metadata": metadata or {}, "regions_dtype": regions_dtype}
     manifest = fmt.build_manifest(settings, info, n, entries, [fmt.record_path(f, base) for f in files],
                                   recorded_sizes, [dict(s) for s in skipped], folder)
     fmt.write_json(folder / fmt.MANIFEST, manifest)

@@ -16,7 +16,9 @@ through `read_index_json` (checked field by field). DESIGN §6.
     INDEX/sync.json                  while a sync / add encodes: its plan and finished shards (the
                                      manifest still describes the index as it was)
     INDEX/shards/shard-00012.safetensors   embeddings [c, D] float32, parts [c, n, D] float32,
-                                     part_boxes [c, n, 4] float32, parts_mask [c, n] bool
+                                     part_boxes [c, n, 4] float32, parts_mask [c, n] bool;
+                                     with regions_dtype int8: parts [c, n, D] int8 and
+                                     parts_scale [c, n] float32; float16: parts [c, n, D] float16
 
 Every file is written atomically (temp file, fsync, `os.replace`, fsync of
 the folder). Shards are safetensors files whose header is padded to 64
@@ -28,6 +30,11 @@ deleted image; version 2 indexes open (their rows' records unknown, null)
 and are written as version 3 by the next add / sync / remove. A manifest (on
 open) and a build.json (on resume) are checked field by field: a file of
 the wrong structure is one `StoreError` naming the file and the field.
+
+The region vectors may be stored compact (issue 23, DESIGN §5): the
+manifest's "regions_dtype" is "float32" (absent in older indexes: float32),
+"float16", or "int8" with a float32 scale per row (`geosteer.quantize`).
+The embeddings stay float32 (the first stage reads them all).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import torch
 from torch import Tensor
 
 from geosteer.index.indexer import encoder_fingerprint
+from geosteer.quantize import compact_parts
 
 #: The format this module writes (3: each image file's record [bytes, mtime_ns, blake2b] as indexed).
 FORMAT_VERSION = 3
@@ -62,10 +70,12 @@ SHARD_DIR = "shards"
 #: The tensors of a shard, in file order: the 4-byte dtypes first, so each
 #: stays 4-byte aligned in the mapped file (the header is padded to 64).
 TENSORS: tuple[str, ...] = ("embeddings", "parts", "part_boxes", "parts_mask")
+#: How region vectors may be stored: float32, float16, or int8 with a float32 scale per row.
+REGIONS_DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
 #: A shard's tensors as numpy chunks: name -> (shape, dtype, chunks concatenated along dim 0).
 ShardTensors = dict[str, tuple[tuple[int, ...], np.dtype, Sequence[np.ndarray]]]
-_ST_DTYPES = {"F32": np.float32, "BOOL": np.bool_}
-_NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.bool_): "BOOL"}
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "BOOL": np.bool_}
+_NP_TO_ST = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 _HEADER_ALIGN = 64
 _MAX_HEADER = 1 << 24  # a shard header is a few hundred bytes; more is not one of ours
 _SHARD_FILE = re.compile(r"shards/shard-\d{5,}\.safetensors")  # what shard_name writes: never a path out of the folder
@@ -74,6 +84,57 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 class StoreError(ValueError):
     """A folder that is not a readable index: wrong format, unfinished build, truncated or corrupt shard."""
+
+
+def check_regions_dtype(regions_dtype: str) -> str:
+    """`regions_dtype` if it is one of `REGIONS_DTYPES`.
+
+    Raises:
+        ValueError: naming the allowed values.
+    """
+    if regions_dtype not in REGIONS_DTYPES:
+        raise ValueError(f"regions_dtype must be one of {', '.join(REGIONS_DTYPES)}, got {regions_dtype!r}")
+    return regions_dtype
+
+
+def regions_dtype_of(record: dict) -> str:
+    """The region dtype a manifest / progress file records (absent, as in indexes before issue 23: float32)."""
+    return record.get("regions_dtype", "float32")
+
+
+def tensor_names(regions_dtype: str) -> tuple[str, ...]:
+    """A shard's tensors, in file order, for `regions_dtype`: the 4-byte ones first, so each stays
+    4-byte aligned when the file is mapped (int8 / float16 parts and the bool mask come after)."""
+    if regions_dtype == "float32":
+        return TENSORS
+    if regions_dtype == "int8":
+        return ("embeddings", "part_boxes", "parts_scale", "parts", "parts_mask")
+    return ("embeddings", "part_boxes", "parts", "parts_mask")
+
+
+def tensor_specs(regions_dtype: str, count: int, n: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, numpy dtype) of a shard of `count` rows, in file order (`tensor_names`)."""
+    parts_dt = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[regions_dtype]
+    specs = {"embeddings": ((count, dim), np.float32), "parts": ((count, n, dim), parts_dt),
+             "part_boxes": ((count, n, 4), np.float32), "parts_scale": ((count, n), np.float32),
+             "parts_mask": ((count, n), np.bool_)}
+    return {name: (specs[name][0], np.dtype(specs[name][1])) for name in tensor_names(regions_dtype)}
+
+
+def compact_rows(parts: np.ndarray, regions_dtype: str) -> dict[str, np.ndarray]:
+    """Float32 region rows `[c, n, D]` as stored for `regions_dtype`: {"parts"} (+ {"parts_scale"} `[c, n]` for int8).
+
+    Made with `geosteer.quantize.compact_parts`, the head's own quantiser;
+    padding rows (zeros) get scale 0.
+    """
+    if regions_dtype == "float32":
+        return {"parts": np.ascontiguousarray(parts, dtype=np.float32)}
+    q, scale = compact_parts(torch.from_numpy(np.ascontiguousarray(parts, dtype=np.float32)),
+                             torch.int8 if regions_dtype == "int8" else torch.float16)
+    out = {"parts": q.contiguous().numpy()}
+    if scale is not None:
+        out["parts_scale"] = scale.contiguous().numpy()
+    return out
 
 
 # ---------------------------------------------------------------- files
@@ -198,6 +259,74 @@ def write_safetensors(path: Path, tensors: ShardTensors) -> dict:
     return {"bytes": size, "sha256": {name: d.hexdigest() for name, d in digests.items()}}
 
 
+def write_safetensors_rows(path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                           rows: Iterable[dict[str, np.ndarray]]) -> dict:
+    """Stream rows into one safetensors file, atomically, hashing each tensor on the way.
+
+    Unlike `write_safetensors`, the rows arrive as blocks holding every
+    tensor (`{name: [c, ...]}`, c rows of each), so a shard of a million
+    rows is written from blocks made one at a time and never held whole:
+    each block's slice of each tensor goes to its offset in the file.
+
+    Args:
+        path: the file.
+        specs: name -> (shape, dtype), in file order (`tensor_specs`).
+        rows: blocks of rows in order; together exactly `shape[0]` rows of each tensor.
+
+    Returns:
+        {"bytes": file size, "sha256": {name: hex digest of its raw bytes}}.
+
+    Raises:
+        ValueError: a block of the wrong dtype / row shape, or rows that do not add up.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}}
+    start, offsets = 0, {}
+    for name, (shape, dtype) in specs.items():
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _NP_TO_ST[np.dtype(dtype)], "shape": list(shape), "data_offsets": [start, start + nbytes]}
+        offsets[name] = start
+        start += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % _HEADER_ALIGN)
+    base = 8 + len(raw)
+    digests = {name: hashlib.sha256() for name in specs}
+    written = dict.fromkeys(specs, 0)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(base + start)
+            fd = f.fileno()
+            for block in rows:
+                for name, (shape, dtype) in specs.items():
+                    a = block[name]
+                    if a.dtype != dtype or tuple(a.shape[1:]) != tuple(shape[1:]):
+                        raise ValueError(f"tensor {name!r}: a block of {a.dtype} {list(a.shape)}, not {dtype} [c, "
+                                         f"{', '.join(map(str, shape[1:]))}]")
+                    if a.size == 0:  # a block of no rows (memoryview cannot cast an empty shape)
+                        continue
+                    b = _bytes(a)
+                    if written[name] + len(b) > header[name]["data_offsets"][1] - offsets[name]:
+                        raise ValueError(f"tensor {name!r}: blocks hold more than its {shape[0]} rows")
+                    pos = base + offsets[name] + written[name]
+                    done = 0
+                    while done < len(b):  # pwrite may write less than asked
+                        done += os.pwrite(fd, b[done:], pos + done)
+                    digests[name].update(b)
+                    written[name] += len(b)
+            for name in specs:
+                if written[name] != header[name]["data_offsets"][1] - offsets[name]:
+                    raise ValueError(f"tensor {name!r}: blocks hold {written[name]} bytes, not {list(specs[name][0])}")
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return {"bytes": base + start, "sha256": {name: d.hexdigest() for name, d in digests.items()}}
+
+
 def file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is ("a FIFO", "a directory", ...): never opened, since opening
     a FIFO blocks until a writer comes and a device can stream forever."""
@@ -244,20 +373,21 @@ def read_header(path: Path) -> tuple[dict, int, int]:
     return header, 8 + hlen, size
 
 
-def map_shard(path: Path, count: int, n: int, dim: int) -> dict[str, Tensor]:
+def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "float32") -> dict[str, Tensor]:
     """Memory-map one shard's tensors (copy-on-write pages: nothing is read until used).
 
     Returns:
-        name -> tensor: embeddings `[count, dim]`, parts `[count, n, dim]`,
-        part_boxes `[count, n, 4]` float32, parts_mask `[count, n]` bool.
+        name -> tensor: embeddings `[count, dim]`, parts `[count, n, dim]`
+        (float32, float16 or int8 as `regions_dtype`), parts_scale
+        `[count, n]` float32 (int8 only), part_boxes `[count, n, 4]`
+        float32, parts_mask `[count, n]` bool.
 
     Raises:
         StoreError: naming the file, when its header does not match the
             manifest (tensors, dtypes, shapes) or its size is wrong.
     """
     header, data_start, size = read_header(path)
-    expected = {"embeddings": ("F32", [count, dim]), "parts": ("F32", [count, n, dim]),
-                "part_boxes": ("F32", [count, n, 4]), "parts_mask": ("BOOL", [count, n])}
+    expected = {name: (_NP_TO_ST[dt], list(shape)) for name, (shape, dt) in tensor_specs(regions_dtype, count, n, dim).items()}
     mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)) if size else None
     out = {}
     for name, (dtype, shape) in expected.items():
@@ -296,24 +426,25 @@ def check_shard(folder: Path, entry: dict, tensors: dict[str, Tensor], name: str
                          f"does not match the manifest; rebuild the index (or restore the file)")
 
 
-def merge_shards(folder: Path, shards: list[dict], seq: int, n: int, dim: int) -> dict:
+def merge_shards(folder: Path, shards: list[dict], seq: int, n: int, dim: int, regions_dtype: str = "float32") -> dict:
     """One shard holding `shards` in order (a streamed copy from the mapped files); its manifest entry."""
-    maps = [map_shard(folder / s["file"], s["count"], n, dim) for s in shards]
+    maps = [map_shard(folder / s["file"], s["count"], n, dim, regions_dtype) for s in shards]
     total = sum(s["count"] for s in shards)
-    shapes = {"embeddings": (total, dim), "parts": (total, n, dim), "part_boxes": (total, n, 4), "parts_mask": (total, n)}
-    tensors = {name: (shapes[name], maps[0][name].numpy().dtype, [m[name].numpy() for m in maps]) for name in TENSORS}
+    specs = tensor_specs(regions_dtype, total, n, dim)
+    tensors = {name: (shape, dt, [m[name].numpy() for m in maps]) for name, (shape, dt) in specs.items()}
     name = shard_name(seq)
     return {"file": name, "count": total, **write_safetensors(folder / name, tensors)}
 
 
-def filter_shard(folder: Path, entry: dict, keep: Sequence[bool], seq: int, n: int, dim: int) -> dict:
+def filter_shard(folder: Path, entry: dict, keep: Sequence[bool], seq: int, n: int, dim: int,
+                 regions_dtype: str = "float32") -> dict:
     """A new shard `seq` holding the rows of shard `entry` where `keep` is True; its manifest entry.
 
     A streamed copy of the kept runs of rows straight from the mapped file
     (no row is held in memory twice), written atomically under a new name:
     the old shard stays valid until a new manifest stops naming it.
     """
-    t = map_shard(folder / entry["file"], entry["count"], n, dim)
+    t = map_shard(folder / entry["file"], entry["count"], n, dim, regions_dtype)
     runs, start = [], None
     for i, k in enumerate(list(keep) + [False]):
         if k and start is None:
@@ -322,8 +453,8 @@ def filter_shard(folder: Path, entry: dict, keep: Sequence[bool], seq: int, n: i
             runs.append((start, i))
             start = None
     total = sum(b - a for a, b in runs)
-    shapes = {"embeddings": (total, dim), "parts": (total, n, dim), "part_boxes": (total, n, 4), "parts_mask": (total, n)}
-    tensors = {name: (shapes[name], t[name].numpy().dtype, [t[name].numpy()[a:b] for a, b in runs]) for name in TENSORS}
+    specs = tensor_specs(regions_dtype, total, n, dim)
+    tensors = {name: (shape, dt, [t[name].numpy()[a:b] for a, b in runs]) for name, (shape, dt) in specs.items()}
     name = shard_name(seq)
     return {"file": name, "count": total, **write_safetensors(folder / name, tensors)}
 
@@ -421,7 +552,8 @@ def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], p
     """The manifest of a finished index.
 
     Args:
-        settings: regions, max_regions, root, batch_size, shard_size, metadata.
+        settings: regions, max_regions, root, batch_size, shard_size, metadata,
+            regions_dtype (default float32).
         encoder: its `encoder_record`.
         n: regions per image (the padded width).
         entries: the shards, each with file, count, bytes, sha256.
@@ -449,6 +581,7 @@ def build_manifest(settings: dict, encoder: dict, n: int, entries: list[dict], p
         "dim": encoder["embed_dim"],
         "n": n,
         "dtype": "float32",
+        "regions_dtype": check_regions_dtype(settings.get("regions_dtype", "float32")),
         "count": len(paths),
         "skipped_count": len(skipped),
         "root": str(root),
@@ -562,9 +695,15 @@ class _Fields:
             self.field(s, "path", f"{name}[{i}]", _STR)
             self.field(s, "error", f"{name}[{i}]", _STR)
 
-    def checksums(self, entry: dict, where: str) -> None:
+    def regions_dtype(self, obj: dict) -> str:
+        """The optional "regions_dtype" (absent: float32, as written before issue 23)."""
+        self.field(obj, "regions_dtype", "", (lambda v: v in REGIONS_DTYPES, f"one of {', '.join(REGIONS_DTYPES)}"),
+                   optional=True)
+        return regions_dtype_of(obj)
+
+    def checksums(self, entry: dict, where: str, regions_dtype: str = "float32") -> None:
         sha = self.field(entry, "sha256", where, _OBJ)
-        for t in TENSORS:
+        for t in tensor_names(regions_dtype):
             self.field(sha, t, f"{where}.sha256", _HEX)
 
 
@@ -586,6 +725,7 @@ def check_manifest(m: dict, path: Path) -> None:
     if dim != enc["embed_dim"]:
         f.fail("dim", f"{dim}, but encoder.embed_dim is {enc['embed_dim']}")
     f.field(m, "n", "", _INT1)
+    rdt = f.regions_dtype(m)
     count = f.field(m, "count", "", _INT0)
     f.field(m, "root", "", _STR)
     f.field(m, "root_from_index", "", _OPT_STR, optional=True)
@@ -603,7 +743,7 @@ def check_manifest(m: dict, path: Path) -> None:
         f.field(s, "file", where, _SHARD)
         f.field(s, "count", where, _INT0)
         f.field(s, "bytes", where, _INT0)
-        f.checksums(s, where)
+        f.checksums(s, where, rdt)
     build = f.field(m, "build", "", _OBJ)
     f.field(build, "batch_size", "build", _OPT_INT1, optional=True)
     f.field(build, "shard_size", "build", _OPT_INT1, optional=True)
@@ -629,7 +769,7 @@ def check_progress(prog: dict, path: Path) -> None:
         f.field(prog, key, "", _INT1)
     f.field(prog, "root", "", _STR)
     f.field(prog, "metadata", "", _OBJ, optional=True)
-    _check_plan(f, prog)
+    _check_plan(f, prog, f.regions_dtype(prog))
 
 
 def check_sync(prog: dict, path: Path) -> None:
@@ -645,14 +785,15 @@ def check_sync(prog: dict, path: Path) -> None:
     for key in ("max_regions", "n", "shard_size"):
         f.field(prog, key, "", _INT1)
     f.field(prog, "next_seq", "", _INT0)
+    rdt = f.regions_dtype(prog)
     f.items(prog, "stamps", (lambda v: type(v) is list and len(v) == 2 and _is_int(v[0], 0) and type(v[1]) is int,
                              "[bytes, mtime_ns]"))
-    _check_plan(f, prog)
+    _check_plan(f, prog, rdt)
     if len(prog["stamps"]) != len(prog["plan"]):
         f.fail("stamps", f"{len(prog['stamps'])} stamps for {len(prog['plan'])} planned images")
 
 
-def _check_plan(f: _Fields, prog: dict) -> None:
+def _check_plan(f: _Fields, prog: dict, regions_dtype: str = "float32") -> None:
     """The plan, its ranges and the finished shards of a build / sync progress file."""
     plan = f.items(prog, "plan", _STR)
     ranges = f.items(prog, "ranges", _RANGE)
@@ -671,7 +812,7 @@ def _check_plan(f: _Fields, prog: dict) -> None:
         f.skipped(s, where)
         if f.field(s, "file", where, _OPT_SHARD) is not None:
             f.field(s, "bytes", where, _INT0)
-            f.checksums(s, where)
+            f.checksums(s, where, regions_dtype)
         elif kept:
             f.fail(f"{where}.file", f"null, but {len(kept)} images were kept")
     if ranges and ranges[-1][1] > len(plan):

@@ -97,7 +97,8 @@ class Index:
         folder = Path(path).expanduser()
         manifest = fmt.read_manifest(folder)
         n, dim = manifest["n"], manifest["dim"]
-        shards = [fmt.map_shard(folder / s["file"], s["count"], n, dim) for s in manifest["shards"]]
+        rdt = fmt.regions_dtype_of(manifest)
+        shards = [fmt.map_shard(folder / s["file"], s["count"], n, dim, rdt) for s in manifest["shards"]]
         index = cls(folder, manifest, shards)
         if encoder is not None:
             index.check_encoder(encoder)
@@ -161,7 +162,13 @@ class Index:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Index({str(self.path)!r}, {len(self)} images, encoder={m['encoder']['name']!r}, "
-                f"regions={m['regions']!r}, n={m['n']}, D={m['dim']}, shards={len(m['shards'])})")
+                f"regions={m['regions']!r}, n={m['n']}, D={m['dim']}, regions_dtype={self.regions_dtype!r}, "
+                f"shards={len(m['shards'])})")
+
+    @property
+    def regions_dtype(self) -> str:
+        """How the region vectors are stored: "float32", "float16" or "int8" (+ a float32 scale per row)."""
+        return fmt.regions_dtype_of(self.manifest)
 
     @property
     def identity(self) -> str:
@@ -241,8 +248,10 @@ class Index:
                 fmt.check_shard(self.path, entry, t, "embeddings")
             cat = (lambda name: self._shards[0][name]) if len(self._shards) == 1 else (
                 lambda name: torch.cat([s[name] for s in self._shards]))
+            # compact regions stay compact: the head reads int8 + scale / float16 in place (DESIGN §5)
             self._gallery = GallerySide(cat("embeddings"), parts=cat("parts"), parts_mask=cat("parts_mask"),
-                                        part_boxes=cat("part_boxes"))
+                                        part_boxes=cat("part_boxes"),
+                                        parts_scale=cat("parts_scale") if "parts_scale" in self._shards[0] else None)
         return self._gallery
 
     def verify(self) -> None:
@@ -252,7 +261,7 @@ class Index:
             StoreError: naming the first corrupt shard file and tensor.
         """
         for entry, t in zip(self.manifest["shards"], self._shards):
-            for name in fmt.TENSORS:
+            for name in fmt.tensor_names(self.regions_dtype):
                 fmt.check_shard(self.path, entry, t, name)
 
     # -- search
@@ -311,6 +320,7 @@ class Index:
         shard_size: int = 1024,
         progress: bool = True,
         metadata: dict[str, Any] | None = None,
+        regions_dtype: str = "float32",
     ) -> Index:
         """Index a folder (recursively) or a list of image files into `out`; resume an interrupted build there.
 
@@ -327,6 +337,10 @@ class Index:
             progress: a tqdm bar (images/s, skipped) on stderr, moving as
                 images decode and as the encoder's batches finish.
             metadata: JSON-able notes kept in the manifest.
+            regions_dtype: how region vectors are stored: "float32" (32 KiB
+                an image at n = 16, D = 512), "float16" (half) or "int8" with
+                a float32 scale per row (a quarter; `geosteer.quantize`).
+                Recorded in the manifest; `add` / `sync` keep it.
 
         Returns:
             The opened `Index` (its `encoder` set, `stats` filled).
@@ -338,7 +352,7 @@ class Index:
             StoreError: no image of the source could be decoded.
         """
         folder, stats, fingerprint = builder.build(source, out, encoder, regions, max_regions, batch_size, shard_size,
-                                                   progress, metadata)
+                                                   progress, metadata, regions_dtype)
         index = cls.open(folder)
         index.encoder = encoder
         index._checked[encoder] = fingerprint  # just computed: no second pass over the weights
@@ -547,7 +561,8 @@ class Index:
 
     def _reload(self, manifest: dict) -> None:
         self.manifest = manifest
-        self._shards = [fmt.map_shard(self.path / s["file"], s["count"], manifest["n"], manifest["dim"])
+        self._shards = [fmt.map_shard(self.path / s["file"], s["count"], manifest["n"], manifest["dim"],
+                                      fmt.regions_dtype_of(manifest))
                         for s in manifest["shards"]]
         self._gallery = None
         self._paths = None
@@ -568,12 +583,16 @@ def write_index(
     skipped: Sequence[dict[str, str]] = (),
     metadata: dict[str, Any] | None = None,
     sizes: Sequence[Sequence[int] | None] | None = None,
+    regions_dtype: str = "float32",
 ) -> Index:
-    """Write a `GallerySide` you already have (one row per path) as an index folder.
+    """Write a `GallerySide` you already have (one row per path) as an index folder, without an encoder.
 
     Args:
         gallery: embeddings `[N, D]` float32, parts `[N, n, D]` float32,
-            parts_mask `[N, n]` bool, part_boxes `[N, n, 4]`.
+            parts_mask `[N, n]` bool, part_boxes `[N, n, 4]`; or an iterable
+            of such `GallerySide` blocks, in row order, adding up to N rows:
+            each is compacted and written as it comes, so a gallery larger
+            than memory is written from blocks made one at a time.
         paths: N image paths (recorded relative to `root` where they lie under it).
         out: a new or empty folder.
         encoder: a `ClipEncoder`, or (name, fingerprint) of the encoder that made `gallery`.
@@ -586,6 +605,8 @@ def write_index(
         sizes: N (width, height) of the images the boxes are pixels of (None
             entries: unknown); default: read from each file's header (EXIF
             orientation applied), None for a file that cannot be read.
+        regions_dtype: "float32", "float16" or "int8" (+ a float32 scale per
+            row), as `Index.build`; compacted with `geosteer.quantize.compact_parts`.
 
     Returns:
         The opened `Index`.
@@ -594,5 +615,6 @@ def write_index(
         TypeError / ValueError: naming the bad argument.
     """
     folder = builder.write_gallery(gallery, paths, out, encoder=encoder, regions=regions, max_regions=max_regions,
-                                   shard_size=shard_size, root=root, skipped=skipped, metadata=metadata, sizes=sizes)
+                                   shard_size=shard_size, root=root, skipped=skipped, metadata=metadata, sizes=sizes,
+                                   regions_dtype=regions_dtype)
     return Index.open(folder, encoder=None if isinstance(encoder, tuple) else encoder)
