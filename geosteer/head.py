@@ -179,7 +179,7 @@ class GeoSteerHead(nn.Module):
         s = s0
         if anchors is not None and cfg.alpha > 0:
             with self._stage("steer"):
-                s = moved_scores(cfg, query_emb, g.embeddings, ids, s0, anchors, pool, parts_mode)
+                s = moved_scores(cfg, query_emb, g.embeddings, ids, s0, anchors, pool, parts_mode, valid)
         terms = candidate_terms(cfg, q, g, ids, s0, anchors, parts_mode=parts_mode, rerank=rerank,
                                 neighbourhood_cost=lambda: self._neighbourhood_cost(g, ids, pool),
                                 stage=self.stage_hook)

@@ -48,22 +48,29 @@ def test_allowed_equals_the_head_on_the_filtered_gallery(scenario, count):
     assert torch.equal(got.first_stage_rank, want.first_stage_rank)
 
 
-@pytest.mark.parametrize("scenario", ["parts_masked", "relations", "cosine"])
-def test_fewer_allowed_than_k_pads_with_minus_one(scenario):
-    overrides, keys = EXACT[scenario]
+@pytest.mark.parametrize("scenario", list(EXACT) + ["steer_near"])
+@pytest.mark.parametrize("keep", [[3, 17, 18, 40, 59], [17, 40]])  # fewer than K = 12; the second fewer than neighbors = 3
+def test_fewer_allowed_than_k_pads_with_minus_one(scenario, keep):
+    if scenario == "steer_near":  # the steering neighbourhoods of the nearest pool items: padding kept out
+        overrides, keys = SCENARIOS["steer_beta"][:2]
+        overrides = {**overrides, "steer_design": "near"}
+        if len(keep) < overrides["neighbors"]:
+            pytest.skip("near with fewer valid candidates than neighbors is not claimed exact")
+    else:
+        overrides, keys = EXACT[scenario]
     inputs = make_inputs(seed=2)
-    num_items = inputs["gallery"].shape[0]
-    keep = torch.tensor([3, 17, 18, 40, 59])
+    num_items, n = inputs["gallery"].shape[0], len(keep)
+    keep = torch.tensor(keep)
     head = GeoSteerHead(**overrides)
     kwargs = {name: inputs[name] for name in keys}
     got = head(inputs["query"], inputs["gallery"], allowed=mask_of(keep, num_items), **kwargs)
-    want = filtered_head(head, inputs, keys, keep)  # K' = 5 columns
+    want = filtered_head(head, inputs, keys, keep)  # K' = n columns
     assert got.indices.shape == (inputs["query"].shape[0], 12)
-    assert (got.indices[:, 5:] == -1).all() and torch.isinf(got.scores[:, 5:]).all()
-    assert torch.isinf(got.first_stage_scores[:, 5:]).all()
-    assert_same(got._replace(**{f: getattr(got, f)[:, :5] for f in got._fields if getattr(got, f) is not None}), want)
+    assert (got.indices[:, n:] == -1).all() and torch.isinf(got.scores[:, n:]).all()
+    assert torch.isinf(got.first_stage_scores[:, n:]).all()
+    assert_same(got._replace(**{f: getattr(got, f)[:, :n] for f in got._fields if getattr(got, f) is not None}), want)
     # the cosine order: the padding is last there too
-    assert (got.first_stage_rank[:, 5:] >= 5).all()
+    assert (got.first_stage_rank[:, n:] >= n).all()
 
 
 def test_per_query_mask_and_empty_row():

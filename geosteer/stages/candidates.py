@@ -148,7 +148,7 @@ def candidate_terms(
 
 def moved_scores(
     cfg: HeadConfig, query: Tensor, gallery: Tensor, ids: Tensor, first_scores: Tensor, anchors: Anchors,
-    neighbors: int, parts_mode: bool,
+    neighbors: int, parts_mode: bool, valid: Tensor | None = None,
 ) -> Tensor:
     """Stage 1's query move: q'·c `[Q, K]` float32, less the β penalty when it is pooled.
 
@@ -163,10 +163,12 @@ def moved_scores(
         anchors: the anchor pairs (`steering_anchors`).
         neighbors: k of the neighbourhoods, at most K.
         parts_mode: the penalty is measured on regions (by `candidate_terms`), not here.
+        valid: `[Q, K]` bool, False = a filter's padding, kept out of the
+            steering neighbourhoods (`steer_scores`); None = all valid.
     """
     pos, neg, neg_mask = anchors
     s, neg_sims = steer_scores(query, gallery, ids, first_scores, pos, neg, neg_mask, neighbors, cfg.alpha,
-                               cfg.backend, cfg.steer_design)
+                               cfg.backend, cfg.steer_design, valid)
     if cfg.beta > 0 and not parts_mode:
         s = s - cfg.beta * confuser_penalty(first_scores, neg_sims, neg_mask)
     return s

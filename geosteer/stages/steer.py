@@ -135,6 +135,7 @@ def raw_directions(
     neg_sims: Tensor,
     neighbors: int,
     design: str = "margin",
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Un-orthogonalised directions of one design, and which are usable.
 
@@ -145,6 +146,11 @@ def raw_directions(
         pos_sims, neg_sims: `[Q, K, J or 1]`, `[Q, K, J]` pool-by-anchor similarities.
         neighbors: k of the neighbourhoods.
         design: one of `DESIGNS`.
+        valid: `[Q, K]` bool, False = a filter's padding (head `allowed`):
+            never a neighbourhood member ("near": its similarities are
+            -inf; "margin": its margin is 0, so its weight is 0). Exact
+            against the filtered pool for "margin" always, for "near" when
+            at least `neighbors` candidates are valid. None = all valid.
 
     Returns:
         raw `[Q, J, D]` float32, usable `[Q, J]` bool (False where the design
@@ -155,11 +161,16 @@ def raw_directions(
     usable = torch.ones(negatives.shape[:2], dtype=torch.bool, device=negatives.device)
     parts = []
     if design == "near":
+        if valid is not None:
+            pad = ~valid[..., None]
+            pos_sims, neg_sims = pos_sims.masked_fill(pad, float("-inf")), neg_sims.masked_fill(pad, float("-inf"))
         pos_means = neighbourhood_means(gallery, ids, pos_sims, neighbors)
         neg_means = neighbourhood_means(gallery, ids, neg_sims, neighbors)
         return pos_means.expand(-1, num_anchors, -1) - neg_means, usable
     if design in ("margin", "margin+text"):
         margin = pos_sims.float() - neg_sims.float()  # [Q, K, J]
+        if valid is not None:
+            margin = margin.masked_fill(~valid[..., None], 0.0)
         plus, w_plus = weighted_means(gallery, ids, F.relu(margin), neighbors)
         minus, w_minus = weighted_means(gallery, ids, F.relu(-margin), neighbors)
         usable = usable & (w_plus > _EPS) & (w_minus > _EPS)
@@ -181,6 +192,7 @@ def steer_scores(
     alpha: float,
     backend: str,
     design: str,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Steered scores of the pool and the pool-by-negative similarities.
 
@@ -196,13 +208,14 @@ def steer_scores(
         alpha: step size α.
         backend: "auto" | "triton" | "torch" (`geosteer.ops.dispatch`).
         design: how each direction is built (`DESIGNS`, `HeadConfig.steer_design`).
+        valid: `[Q, K]` bool, a filter's padding False (`raw_directions`); None = all valid.
 
     Returns:
         steered `[Q, K]` float32 = q'·c; negative sims `[Q, K, J]` float32.
     """
     # One projection for both anchor sets: the candidate rows are read once.
     pos_sims, neg_sims = candidate_anchor_sims(positives, negatives, ids, gallery, None, None, backend)
-    raw, usable = raw_directions(gallery, ids, positives, negatives, pos_sims, neg_sims, neighbors, design)
+    raw, usable = raw_directions(gallery, ids, positives, negatives, pos_sims, neg_sims, neighbors, design, valid)
     query32 = query.float()
     dirs = orthogonal_directions(query32, raw, negatives_mask & usable)
     dir_sims = project(gallery, ids, dirs, backend)  # [Q, K, J]
