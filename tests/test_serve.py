@@ -187,6 +187,37 @@ def test_search_defaults(client):
     assert result["parts"] == ["a green circle"]
 
 
+def test_search_where_filters_the_images(client, queries):
+    """`where` searches a subset: every hit matches it, and the cosine list is the unfiltered one restricted to it."""
+    import fnmatch
+
+    q = queries[1]
+    full = client.post("/search", json={"query": q, "k": K_MAX, "method": "cosine"}).json()["queries"][0]["cosine"]
+    allowed = [h["id"] for h in full if fnmatch.fnmatch(h["path"], "scene00*")]
+    assert len(allowed) >= 5  # 10 of the 24 images match; the top 20 misses at most 4
+    r = client.post("/search", json={"query": q, "k": 5, "method": "cosine", "where": "path:scene00*"})
+    assert r.status_code == 200, r.text
+    got = r.json()["queries"][0]
+    assert [h["id"] for h in got["cosine"]] == allowed[:5]
+    r = client.post("/search", json={"query": q, "k": 5, "where": ["path:scene00*", "id:0-3"]})
+    assert r.status_code == 200, r.text
+    hits = r.json()["queries"][0]["reranked"]
+    assert 1 <= len(hits) <= 4 and all(h["id"] <= 3 and h["path"].startswith("scene00") for h in hits)
+
+
+@pytest.mark.parametrize("where, status, words", [
+    ("path:nothing-matches-*", 400, "where"),
+    ("colour:red", 400, "where"),
+    (["id:1"] * 17, 422, "at most 16"),
+    ("id:" + "1," * 200, 422, "at most 300"),
+    (5, 422, ""),
+])
+def test_search_where_refused(client, where, status, words):
+    r = client.post("/search", json={"query": "a red star", "where": where})
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
 @pytest.mark.parametrize("query", ["!!!", "at night", "pentagons everywhere maybe", "  a   red   star  "])
 def test_query_the_splitter_cannot_split_still_works(client, query):
     """No object phrase found (or odd spacing): the caption is matched as one part."""

@@ -71,6 +71,8 @@ DEFAULT_K_MAX = 100
 #: Longest query accepted: far above any caption the splitter handles well,
 #: short enough that one request cannot make the text tower chew on a book.
 MAX_QUERY_CHARS = 300
+#: Most filter expressions in one request (`where`); each as long as a query at most.
+MAX_WHERE = 16
 #: The `size` a thumbnail request may name (pixels, longest side); the default is the page's.
 THUMB_DEFAULT, THUMB_MIN, THUMB_MAX = 256, 16, 1024
 #: The sides thumbnails are made at: a requested size snaps up to the next one (the largest above it),
@@ -281,13 +283,15 @@ class Service:
 
     # -- search
 
-    def search(self, query: str, method: str, k: int) -> dict[str, Any]:
+    def search(self, query: str, method: str, k: int, where: str | list[str] | None = None) -> dict[str, Any]:
         """One query through the searcher: the JSON body of `POST /search` (`SearchResult.to_dict()` + server_ms).
 
         A hit whose path is not valid UTF-8 (a file name in another encoding,
         held as `os.fsdecode` does, with lone surrogates) has its path with
         U+FFFD in place of each undecodable byte, and `path_bytes`: the
         name's bytes in hex; every other hit is exactly `Ranking.rows()`.
+        `where` filters the images searched (`Searcher.search`'s `where`:
+        `path:GLOB`, `path:PREFIX/`, `id:3,5-9`; a list: all must hold).
 
         Raises:
             Overloaded: `queue_size` searches already running or waiting, or
@@ -303,7 +307,7 @@ class Service:
             if not self.lock.acquire(timeout=QUEUE_WAIT_S):
                 raise Overloaded(f"waited {QUEUE_WAIT_S:g} s for the searches ahead; retry in a moment")
             try:
-                result = self.searcher.search([query], method, k)
+                result = self.searcher.search([query], method, k, where=where)
             finally:
                 self.lock.release()
         finally:
@@ -614,6 +618,24 @@ def create_app(
         query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="the text query")
         k: int = Field(DEFAULT_K if DEFAULT_K <= k_top else k_top, ge=1, le=k_top, description="results per list")
         method: Literal[tuple(METHODS)] = Field(default_method, description="ranking method")  # type: ignore[valid-type]
+        where: str | list[str] | None = Field(
+            None, description=f"filter: 'path:GLOB', 'path:PREFIX/', 'id:3,5-9'; '&' or a list: all must hold "
+                              f"(at most {MAX_WHERE} expressions of {MAX_QUERY_CHARS} characters)")
+
+        @field_validator("where")
+        @classmethod
+        def _where_is_short_text(cls, v: str | list[str] | None) -> str | list[str] | None:
+            exprs = [v] if isinstance(v, str) else (v or [])
+            if len(exprs) > MAX_WHERE:
+                raise ValueError(f"where holds {len(exprs)} expressions; at most {MAX_WHERE}")
+            for e in exprs:
+                if len(e) > MAX_QUERY_CHARS:
+                    raise ValueError(f"a where expression is {len(e)} characters long; at most {MAX_QUERY_CHARS}")
+                try:
+                    e.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("where must be Unicode text, without lone surrogates") from None
+            return v
 
         @field_validator("query")
         @classmethod
@@ -674,7 +696,7 @@ def create_app(
     def search(request: SearchRequest) -> Response:
         """The cosine top-k and the re-ranked top-k of one query."""
         try:
-            body = service.search(request.query, request.method, request.k)
+            body = service.search(request.query, request.method, request.k, request.where)
         except Overloaded as e:
             raise HTTPException(status_code=503, detail=str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
         except (ValueError, TypeError) as e:  # the library names the bad argument

@@ -525,7 +525,9 @@ class Searcher:
             if mask is not None and mask.dim() == 2 and mask.shape[0] != q.embeddings.shape[0]:
                 raise ValueError(f"allowed must be [N={len(self)}] or [Q={q.embeddings.shape[0]}, N] bool, "
                                  f"got {list(mask.shape)}")
-            result = head(q, self.gallery) if mask is None else head(q, self.gallery, allowed=mask)
+            # A filtered search runs the head eagerly: a mask would add a graph to every shape family a
+            # compiled head keeps, past dynamo's recompile limit (a hard error under fullgraph=True).
+            result = head(q, self.gallery) if mask is None else head.forward(q, self.gallery, allowed=mask)
         return search_result(result, self.catalog, queries=texts, parts=parts, config=head.config, k=k, method=name)
 
     def _allowed(self, where: str | Sequence[str] | None, allowed: Tensor | None) -> Tensor | None:
