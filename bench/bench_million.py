@@ -1,0 +1,327 @@
+"""A million images on one machine (issue 23): write, open and search a synthetic index with compact regions.
+
+Writes a synthetic index of N images, n = 16 regions, D = 512 with
+`geosteer.index.write_index` from blocks made one at a time (the float32
+regions of the whole gallery never exist), regions stored as float32,
+float16 or int8 (+ a float32 scale per row); then opens it in a fresh
+process and searches it with re-ranking (K = 100 candidates):
+
+- disk bytes, region bytes per image, build seconds, peak RSS of the build;
+- open seconds (manifest + shard headers), first gallery access (the
+  embeddings' checksum, which reads them all), peak RSS of the search process
+  (it counts the pages of the mapped file the search touched);
+- single-query latency p50 / p99 and batched queries/s, with the exact first
+  stage (every embedding scored) and an IVF-PQ first stage (FAISS
+  `IVF{nlist},PQ64`, trained on a sample; `FaissFirstStage` around a
+  `faiss.index_factory` index, since its `build` makes IVF-Flat only), its
+  train / add seconds and its recall of the exact top-K.
+
+The data: 4096 cluster centres; an image's embedding is its centre plus
+noise (cosine ~0.8 to it), each of its 8-16 regions the embedding plus
+noise from a shared bank, padding rows zero; a query is a gallery image's
+embedding plus noise and two of its regions, so the first stage has a
+right answer (its rank is reported). Each phase runs in its own process,
+so the peak RSS of one is not the other's.
+
+    python -m bench.bench_million --images 100000 --dtypes float32,float16,int8
+    python -m bench.bench_million --images 1000000 --dtypes int8 --dir /tmp/million
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+N_REGIONS, DIM, CENTRES, BANK, BLOCK = 16, 512, 4096, 65536, 8192
+QUERY_PARTS, K, SINGLE_QUERIES, BATCH, BATCHES, REFINE = 2, 100, 60, 32, 4, 4
+
+
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- the data
+
+
+def _fixed(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(CENTRES, DIM, generator=gen), dim=-1)
+    bank = torch.randn(BANK, DIM, generator=gen) / DIM ** 0.5  # noise of norm ~1, shared by every region
+    return centres, bank
+
+
+def blocks(num: int, seed: int = 0):
+    """The gallery as float32 `GallerySide` blocks of `BLOCK` rows, each made when asked for (deterministic)."""
+    from geosteer import GallerySide
+
+    centres, bank = _fixed(seed)
+    for b, start in enumerate(range(0, num, BLOCK)):
+        c = min(BLOCK, num - start)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b + 1)
+        emb = F.normalize(centres[torch.randint(CENTRES, (c,), generator=gen)]
+                          + 0.75 * torch.randn(c, DIM, generator=gen) / DIM ** 0.5, dim=-1)
+        parts = F.normalize(emb[:, None, :] + bank[torch.randint(BANK, (c, N_REGIONS), generator=gen)], dim=-1)
+        valid = torch.randint(8, N_REGIONS + 1, (c, 1), generator=gen)
+        mask = torch.arange(N_REGIONS)[None, :] < valid
+        parts[~mask] = 0  # padding rows are zeros, as the builder writes them
+        xy = torch.rand(c, N_REGIONS, 2, generator=gen) * 400
+        boxes = torch.cat([xy, xy + 20 + torch.rand(c, N_REGIONS, 2, generator=gen) * 200], dim=-1)
+        yield GallerySide(emb, parts=parts, parts_mask=mask, part_boxes=boxes)
+
+
+def queries(gallery, count: int, seed: int):
+    """`count` queries, each a gallery row's embedding + noise and two of its regions + noise; (QuerySide, targets)."""
+    from geosteer import QuerySide
+    from geosteer.quantize import dequantize_rows
+
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    num = gallery.embeddings.shape[0]
+    targets = torch.randint(num, (count,), generator=gen)
+    emb = F.normalize(gallery.embeddings[targets] + 0.3 * torch.randn(count, DIM, generator=gen) / DIM ** 0.5, dim=-1)
+    parts = gallery.parts[targets, :QUERY_PARTS]
+    if parts.dtype == torch.int8:
+        parts = dequantize_rows(parts, gallery.parts_scale[targets, :QUERY_PARTS])
+    parts = F.normalize(parts.float() + 0.3 * torch.randn(count, QUERY_PARTS, DIM, generator=gen) / DIM ** 0.5, dim=-1)
+    return QuerySide(emb, parts=parts, relations=torch.full((count, 1, 3), -1)), targets
+
+
+# ---------------------------------------------------------------- phases (each in its own process)
+
+
+def phase_build(folder: Path, num: int, dtype: str) -> dict:
+    from geosteer.index import write_index
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    paths = [f"/synthetic/img/{i:07d}.jpg" for i in range(num)]
+    t0 = time.perf_counter()
+    index = write_index(blocks(num), paths, folder, encoder=("synthetic", "0" * 16), regions="grid",
+                        root="/synthetic", sizes=[None] * num, regions_dtype=dtype)
+    seconds = time.perf_counter() - t0
+    g = index.gallery
+    region_bytes = g.parts.numel() * g.parts.element_size() + (
+        0 if g.parts_scale is None else g.parts_scale.numel() * g.parts_scale.element_size())
+    return {"build_s": round(seconds, 1), "disk_bytes": folder_bytes(folder),
+            "region_bytes_per_image": region_bytes / num, "build_peak_rss_mib": peak_rss_mib()}
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int, cache: Path | None) -> dict:
+    import faiss
+
+    from geosteer import GeoSteerHead, QuerySide, get_config
+    from geosteer.index import Index
+    from geosteer.stages.first_stage_faiss import FaissFirstStage, recall_at_k
+
+    out: dict = {}
+    t0 = time.perf_counter()
+    index = Index.open(folder)
+    out["open_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    g = index.gallery  # checksums the embeddings: reads all of them once
+    out["first_gallery_access_s"] = round(time.perf_counter() - t0, 2)
+    num = g.embeddings.shape[0]
+    out["rss_after_open_mib"] = peak_rss_mib()
+
+    stage_ms: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def timed_stage(name: str):
+        t = time.perf_counter()
+        yield
+        stage_ms.setdefault(name, []).append((time.perf_counter() - t) * 1000)
+
+    # the stage hook says where a query's time goes (validate: the head's checks of its inputs)
+    head = GeoSteerHead(get_config("default", k=K), stage_hook=timed_stage)
+    q, targets = queries(g, SINGLE_QUERIES + BATCH * BATCHES, seed=1)
+
+    def one(i: int) -> QuerySide:
+        return QuerySide(q.embeddings[i:i + 1], parts=q.parts[i:i + 1], relations=q.relations[i:i + 1])
+
+    def many(a: int, b: int) -> QuerySide:
+        return QuerySide(q.embeddings[a:b], parts=q.parts[a:b], relations=q.relations[a:b])
+
+    def stats(ms: list[float]) -> dict:
+        return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+                "mean_ms": round(float(np.mean(ms)), 1)}
+
+    def run(name: str, first_stage) -> None:
+        with torch.inference_mode():
+            for i in range(3):  # warm-up: pages, kernels
+                head(one(i), g, first_stage=None if first_stage is None else first_stage(one(i).embeddings))
+            lat, found = [], []
+            stage_ms.clear()
+            fs_ms = []
+            for i in range(SINGLE_QUERIES):
+                t = time.perf_counter()
+                side = one(i)
+                t1 = time.perf_counter()
+                cands = None if first_stage is None else first_stage(side.embeddings)
+                fs_ms.append((time.perf_counter() - t1) * 1000)
+                res = head(side, g, first_stage=cands)
+                lat.append((time.perf_counter() - t) * 1000)
+                found.append(int(targets[i]) in res.indices[0, :10].tolist())
+            stages = {k: round(float(np.median(v)), 1) for k, v in stage_ms.items()}
+            if first_stage is not None:
+                stages["external_first_stage"] = round(float(np.median(fs_ms)), 1)
+            t = time.perf_counter()
+            for b in range(BATCHES):
+                a = SINGLE_QUERIES + b * BATCH
+                side = many(a, a + BATCH)
+                head(side, g, first_stage=None if first_stage is None else first_stage(side.embeddings))
+            qps = BATCH * BATCHES / (time.perf_counter() - t)
+        out[name] = {"single": {**stats(lat), "queries": SINGLE_QUERIES}, "stage_p50_ms": stages,
+                     "batched_queries_per_s": round(qps, 1),
+                     "batch": BATCH, "target_in_top10": round(float(np.mean(found)), 3), "load": load()}
+        print(f"  {name}: {out[name]}", file=sys.stderr, flush=True)
+
+    run("exact", None)
+    # IVF-PQ: 64 bytes a vector; trained on a sample of the float32 embeddings (mapped: read, never copied whole)
+    # The embeddings do not depend on the region dtype: a run with the same N, nlist and sample reuses the
+    # trained and filled IVF-PQ index from `cache` (its train / add seconds are the first run's, recorded with it).
+    key = f"ivfpq_{num}_{nlist}_{train_size}"
+    cached = cache / f"{key}.faiss" if cache is not None else None
+    if cached is not None and cached.exists():
+        ivf = faiss.read_index(str(cached))
+        built = json.loads(cached.with_suffix(".json").read_text())
+        train_s, add_s, reused = built["train_s"], built["add_s"], True
+    else:
+        ivf = faiss.index_factory(DIM, f"IVF{nlist},PQ64", faiss.METRIC_INNER_PRODUCT)
+        sample = np.sort(np.random.default_rng(0).choice(num, size=min(num, train_size), replace=False))
+        t0 = time.perf_counter()
+        ivf.train(np.ascontiguousarray(g.embeddings[torch.from_numpy(sample)].numpy()))
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for a in range(0, num, 65536):
+            ivf.add(np.ascontiguousarray(g.embeddings[a:a + 65536].numpy()))
+        add_s, reused = time.perf_counter() - t0, False
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            faiss.write_index(ivf, str(cached))
+            cached.with_suffix(".json").write_text(json.dumps({"train_s": train_s, "add_s": add_s, "load": load()}))
+    # one FAISS thread to search: one query's lists are few, and FAISS's OpenMP threads beside torch's cost
+    # more than they give here (a 3000-image index: 36 ms a query with 2 threads)
+    faiss.omp_set_num_threads(1)
+    fs = FaissFirstStage(ivf, "ivf", num, DIM, nprobe=nprobe, timings={"train": train_s, "add": add_s})
+    out["ivfpq"] = {"factory": f"IVF{nlist},PQ64", "nprobe": nprobe, "train_size": min(num, train_size),
+                    "train_s": round(train_s, 1), "add_s": round(add_s, 1), "reused_from_cache": reused,
+                    "load_after_build": load()}
+    print(f"  ivfpq built: {out['ivfpq']}", file=sys.stderr, flush=True)
+    # its recall of the exact first stage's top-K (the candidates the head re-ranks)
+    probe = q.embeddings[:SINGLE_QUERIES]
+    exact_ids = (probe @ g.embeddings.T).topk(K, dim=1).indices
+    out["ivfpq"]["recall_at_100_of_exact"] = round(recall_at_k(fs.search(probe, K)[1], exact_ids), 3)
+
+    def refined(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """IVF-PQ's top REFINE * K, re-scored exactly on the mapped float32 embeddings (REFINE * K rows read), top K."""
+        _, ids = fs.search(e, REFINE * K)
+        scores = torch.einsum("qd,qkd->qk", F.normalize(e.float(), dim=-1), g.embeddings[ids])
+        top = scores.topk(K, dim=1)
+        return top.values, ids.gather(1, top.indices)
+
+    out["ivfpq"]["refine"] = REFINE
+    out["ivfpq"]["recall_at_100_of_exact_refined"] = round(recall_at_k(refined(probe)[1], exact_ids), 3)
+    print(f"  recall: {out['ivfpq']}", file=sys.stderr, flush=True)
+    run("ivfpq_search", lambda e: fs.search(e, K))
+    run("ivfpq_refined_search", refined)
+    out["search_peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _child(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_million", *argv], cwd=REPO, capture_output=True, text=True)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"phase {argv[:2]} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_million", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1_000_000)
+    parser.add_argument("--dtypes", default="int8,float16", help="comma-separated region dtypes, run in turn")
+    parser.add_argument("--dir", default="/tmp/geosteer_million", help="where the index is written (deleted after)")
+    parser.add_argument("--nlist", type=int, default=512, help="IVF lists (4096 would take ~8x longer to add here)")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--train-size", type=int, default=20480, help="IVF-PQ training sample (40 per list)")
+    parser.add_argument("--faiss-cache", default="/tmp/geosteer_million_faiss",
+                        help="folder keeping the trained IVF-PQ index for the next dtype's run ('' for none)")
+    parser.add_argument("--keep", action="store_true", help="keep the last index folder")
+    parser.add_argument("--out", default=None, help="JSON file (default bench/results/million_<date>.json, merged)")
+    parser.add_argument("--phase", choices=("build", "search"), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    folder = Path(args.dir)
+    if args.phase == "build":
+        print(json.dumps(phase_build(folder, args.images, args.dtype)))
+        return 0
+    if args.phase == "search":
+        print(json.dumps(phase_search(folder, args.nlist, args.nprobe, args.train_size,
+                                      Path(args.faiss_cache) if args.faiss_cache else None)))
+        return 0
+
+    from geosteer.environment import environment
+
+    out = Path(args.out or REPO / "bench" / "results" / f"million_{datetime.date.today().isoformat()}.json")
+    doc = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    doc["environment"] = environment("cpu")
+    doc["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                   text=True).stdout.strip()
+    doc["shape"] = {"n": N_REGIONS, "D": DIM, "K": K, "block_rows": BLOCK}
+    doc["disk_free_before"] = shutil.disk_usage(folder.parent if folder.parent.exists() else "/").free
+    for dtype in args.dtypes.split(","):
+        run = {"images": args.images, "regions_dtype": dtype, "started": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"), "load_before": load()}
+        print(f"{args.images} images, {dtype} regions: building ... (load {run['load_before']})", file=sys.stderr,
+              flush=True)
+        run.update(_child(["--phase", "build", "--images", str(args.images), "--dtype", dtype, "--dir", str(folder)]))
+        run["load_after_build"] = load()
+        print(f"  built: {run}", file=sys.stderr, flush=True)
+        run.update(_child(["--phase", "search", "--dir", str(folder), "--nlist", str(args.nlist), "--nprobe",
+                           str(args.nprobe), "--train-size", str(args.train_size), "--faiss-cache", args.faiss_cache]))
+        run["load_after"] = load()
+        doc["runs"].append(run)
+        out.write_text(json.dumps(doc, indent=1) + "\n")  # after each run: a later one may not finish
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"-> {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
