@@ -54,6 +54,15 @@ print(json.dumps({"same": got == want, "warnings": [str(w.message) for w in caug
     assert len(out["warnings"]) == 1 and "parse" in out["warnings"][0], out
 
 
+def test_the_demo_does_not_warn_about_real_captions(tmp_path):
+    """GeoShapes' templates read the same with either parser: a newcomer's demo without the extra is quiet."""
+    code = "import sys; from geosteer.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = _child(code, "demo", "--quick", "--queries", "2", "--no-progress", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "demo" / "index.html").exists()
+
+
 @pytest.mark.skipif(os.environ.get("GEOSTEER_NESTED_PYTEST") == "1", reason="already the child run")
 def test_the_caption_tests_pass_without_spacy():
     code = "import os, sys, pytest; os.environ['GEOSTEER_NESTED_PYTEST'] = '1'; sys.exit(pytest.main(sys.argv[1:]))"
