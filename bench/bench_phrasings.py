@@ -54,7 +54,7 @@ from geosteer.encoders.clip import load_bridge, load_clip
 from geosteer.encoders.parts import resolve_parser
 from geosteer.environment import environment
 from geosteer.index import Index, Searcher, caption_parts
-from geosteer.photos import PHOTOS, PHRASINGS, TEST_SEEDS, make_split, phrase, ranking_metrics
+from geosteer.photos import PHRASINGS, TEST_SEEDS, make_split, phrase, ranking_metrics, reads_fact
 from geosteer.photos.cache import CachedEncoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,30 +63,6 @@ REGIONS = "segments"
 METRICS = ("r1", "r5", "twin", "layout", "replaced")
 #: The methods searched: the re-ranking ones of `geosteer search --method` (cosine: the first stage of the first).
 RERANKERS = ("rerank", "relations")
-_CONVERSE = {"left_of": "right_of", "right_of": "left_of", "above": "below", "below": "above"}
-
-
-def read_right(parts: list[str], relations: list[tuple[int, int, str]], fact: tuple[str, str, str]) -> bool:
-    """Whether a split reads the fact: every part lies on one of its two photos, both photos are named, and the
-    relations between them are exactly the fact's (or its converse).
-
-    A photo's parts are those its noun holds ("a woman in uniform" read as "a woman" and "uniform", what she
-    wears: both on her photo).
-    """
-    a, rel, b = fact
-    nouns = [PHOTOS[a].noun, PHOTOS[b].noun]
-    owner = []
-    for p in (p.lower().strip() for p in parts):
-        mine = [k for k, n in enumerate(nouns) if n == p or n.startswith(p + " ") or n.endswith(" " + p)]
-        if len(mine) != 1:
-            return False
-        owner.append(mine[0])
-    if sorted(set(owner)) != [0, 1]:
-        return False
-    said = {(owner[i], owner[j], name) for i, j, name in relations}
-    return said in ({(0, 1, rel)}, {(1, 0, _CONVERSE[rel])})
-
-
 def first_places(split, indices: torch.Tensor) -> dict[str, float]:
     """What ranks first, as shares of the queries: the target, its twin, its other layout, a replaced collage, another."""
     kinds = {"target": 0, "twin": 0, "layout": 0, "replaced": 0, "other": 0}
@@ -142,7 +118,7 @@ def run_seed(seed: int, args, encoder, configs: dict, work: Path) -> dict:
     for k, name in enumerate(PHRASINGS):
         captions = split.phrased(k)
         parts, relations, _ = caption_parts(captions)
-        right = [read_right(p, r, f) for p, r, f in zip(parts, relations, split.named)]
+        right = [reads_fact([x.lower().strip() for x in p], r, f) for p, r, f in zip(parts, relations, split.named)]
         row = {"parsed": statistics.fmean(right), "queries": [
             {"query": c, "parts": p, "relations": [list(x) for x in r], "read_right": ok}
             for c, p, r, ok in zip(captions, parts, relations, right)]}

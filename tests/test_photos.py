@@ -70,27 +70,23 @@ def test_each_phrasing_says_the_fact_in_its_own_words():
         phrase("a cat", "left_of", " ")
 
 
-def _read_right(parts, relations, fact) -> bool:
-    """The parse finds the fact's two photos and one relation, the fact's (or its converse), between them.
+def test_reads_fact_wants_both_photos_and_the_relation_or_its_converse():
+    from geosteer.photos import PHOTOS, reads_fact
 
-    A photo's phrases are the parse's phrases its noun holds: "a woman in uniform" is read as "a woman" and
-    "uniform" (what she wears); both lie on her photo, so a relation to either places her tile. Every phrase
-    must belong to one of the two photos, and one relation (up to its converse) must relate them.
-    """
-    from geosteer.photos import PHOTOS
-
-    a, rel, b = fact
-    nouns = [PHOTOS[a].noun, PHOTOS[b].noun]
-    owner = []
-    for p in parts:
-        mine = [k for k, n in enumerate(nouns) if n == p or n.startswith(p + " ") or n.endswith(" " + p)]
-        if len(mine) != 1:
-            return False
-        owner.append(mine[0])
-    if sorted(set(owner)) != [0, 1]:
-        return False
-    said = {(owner[i], owner[j], name) for i, j, name in relations}
-    return said in ({(0, 1, rel)}, {(1, 0, CONVERSE[rel])})
+    cat, rocket = PHOTOS["chelsea"].noun, PHOTOS["rocket"].noun
+    fact = ("chelsea", "left_of", "rocket")
+    assert reads_fact([cat, rocket], [(0, 1, "left_of")], fact)
+    assert reads_fact([rocket, cat], [(0, 1, "right_of")], fact)  # the converse
+    assert not reads_fact([cat, rocket], [(0, 1, "right_of")], fact)  # reversed
+    assert not reads_fact([cat, rocket], [], fact)
+    assert not reads_fact([cat], [], fact)
+    assert not reads_fact([cat, rocket, "a tripod"], [(0, 1, "left_of")], fact)  # a phrase on neither photo
+    # a phrase its noun holds lies on its photo: "a woman in uniform" read as woman + uniform
+    assert PHOTOS["grace_hopper"].noun == "a woman in uniform"
+    assert reads_fact(["a woman", "uniform", cat], [(1, 2, "above")], ("grace_hopper", "above", "chelsea"))
+    for bad in (("unicorn", "left_of", "rocket"), ("chelsea", "on", "rocket")):
+        with pytest.raises(ValueError, match="fact"):
+            reads_fact([cat, rocket], [], bad)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("spacy") is None, reason="the caption parser needs the parse extra")
@@ -102,13 +98,13 @@ def test_the_caption_parser_reads_every_fact_in_each_phrasing(phrasing):
         split_captions(["a cat"], parser="spacy")
     except ImportError as e:  # spaCy without its English model
         pytest.skip(str(e))
-    from geosteer.photos import PHOTOS, caption
+    from geosteer.photos import PHOTOS, caption, reads_fact
     from geosteer.relations import AXIS_RELATIONS
 
     facts = [(a, rel, b) for a in PHOTOS for b in PHOTOS if a != b for rel in AXIS_RELATIONS]
     texts = [caption(*f, phrasing=phrasing) for f in facts]
     wrong = [(t, p, r) for t, (p, r), f in zip(texts, split_captions(texts, parser="spacy"), facts)
-             if not _read_right(p, r, f)]
+             if not reads_fact(p, r, f)]
     assert not wrong, (len(wrong), len(facts), wrong[:5])
 
 

@@ -36,11 +36,11 @@ from geosteer.photos.benchmark import (
     run_method,
 )
 from geosteer.photos.collages import LAYOUTS, Collage, Tile, render, satisfies
-from geosteer.photos.phrasings import PHRASINGS, phrase, phrasing_index
+from geosteer.photos.phrasings import PHRASINGS, phrase, phrasing_index, reads_fact
 from geosteer.photos.sources import PHOTOS, Photo, load_photos, missing_photos
 
 __all__ = [
     "DEFAULT_REGIONS", "LAYOUTS", "PHOTOS", "PHRASINGS", "TEST_SEEDS", "VALIDATION_SEEDS", "Collage", "Method", "Photo",
     "PhotoIndex", "PhotoSplit", "Tile", "caption", "default_methods", "index_split", "load_photos", "make_split",
-    "metrics", "missing_photos", "phrase", "phrasing_index", "ranking_metrics", "render", "run_method", "satisfies",
+    "metrics", "missing_photos", "phrase", "phrasing_index", "ranking_metrics", "reads_fact", "render", "run_method", "satisfies",
 ]

@@ -24,6 +24,7 @@ one template. `phrase(a, relation, b, k)` writes the fact (a, relation, b)
 
 from __future__ import annotations
 
+from geosteer.photos.sources import PHOTOS
 from geosteer.relations import WORDS
 
 #: The phrasings' names, in order (k = 0 .. 5).
@@ -94,3 +95,35 @@ def phrase(subject: str, relation: str, obj: str, phrasing: int | str = 0) -> st
         return f"{a}, and {_FROM_SUBJECT[relation]} {b}"
     mine, theirs = _HALVES[relation]
     return f"{a} in the {mine} half, {b} in the {theirs} half"
+
+
+def reads_fact(parts: list[str], relations: list[tuple[int, int, str]], fact: tuple[str, str, str]) -> bool:
+    """Whether a caption's split reads a collage fact: its two photos and one relation between them, the fact's or its converse.
+
+    A photo's phrases are those its noun holds ("a woman in uniform" read as
+    "a woman" and "uniform", what she wears: both lie on her photo, so a
+    relation to either places her tile). Every phrase must belong to one of
+    the two photos (compared as given: lower-case them first if need be).
+
+    Args:
+        parts: the split's phrases (`split_parts`).
+        relations: its (i, j, relation name) triples.
+        fact: (photo A, relation, photo B), names of `PHOTOS`.
+
+    Raises:
+        ValueError: `fact` names an unknown photo or a relation a collage does not state.
+    """
+    a, rel, b = fact
+    if a not in PHOTOS or b not in PHOTOS or rel not in _CONVERSE:
+        raise ValueError(f"fact must be (photo, one of {tuple(_CONVERSE)}, photo) with photos of PHOTOS, got {fact!r}")
+    nouns = [PHOTOS[a].noun, PHOTOS[b].noun]
+    owner = []
+    for p in parts:
+        mine = [k for k, n in enumerate(nouns) if n == p or n.startswith(p + " ") or n.endswith(" " + p)]
+        if len(mine) != 1:
+            return False
+        owner.append(mine[0])
+    if sorted(set(owner)) != [0, 1]:
+        return False
+    said = {(owner[i], owner[j], name) for i, j, name in relations}
+    return said in ({(0, 1, rel)}, {(1, 0, _CONVERSE[rel])})
