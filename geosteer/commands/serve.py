@@ -320,6 +320,16 @@ class Service:
         return {**body, "server_ms": 1e3 * (time.perf_counter() - t0)}
 
 
+def _unicode_text(name: str, value: str) -> None:
+    """A request's text field holds no lone surrogate (JSON's \\ud800 escapes decode to them; no text encoder
+    takes them), else a ValueError naming the field and the character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} must be Unicode text, but character {e.start} is a lone surrogate "
+                         f"(U+{ord(value[e.start]):04X})") from None
+
+
 def _hit_with_path_bytes(hit: dict[str, Any]) -> dict[str, Any]:
     """`hit` as it is when its path is valid UTF-8; else its path made printable, plus `path_bytes` (hex)."""
     path = hit.get("path")
@@ -631,20 +641,13 @@ def create_app(
             for e in exprs:
                 if len(e) > MAX_QUERY_CHARS:
                     raise ValueError(f"a where expression is {len(e)} characters long; at most {MAX_QUERY_CHARS}")
-                try:
-                    e.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError("where must be Unicode text, without lone surrogates") from None
+                _unicode_text("where", e)
             return v
 
         @field_validator("query")
         @classmethod
         def _has_words(cls, v: str) -> str:
-            try:  # JSON's \ud800 escapes decode to lone surrogates, which no text encoder takes
-                v.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"query must be Unicode text, but character {e.start} is a lone surrogate "
-                                 f"(U+{ord(v[e.start]):04X})") from None
+            _unicode_text("query", v)
             v = " ".join(v.split())  # the splitter normalises spaces too; the echo shows what ran
             if not v:
                 raise ValueError("query must hold a non-space character")
