@@ -271,6 +271,27 @@ def gallery_parts(items: GallerySide, query: Tensor) -> list[Tensor]:
     return flags
 
 
+def certify_gallery(items: GallerySide) -> None:
+    """Check a gallery's whole-gallery tensors once, for an owner that passes it to every call and never writes it.
+
+    The embeddings `[N, D]` (finite, unit rows), the part boxes `[N, n, 4]`
+    (finite, within `MAX_BOX_COORD`) and the parts mask `[N, n]` (no empty
+    set) get the scans `validate` gives them, now; later head calls skip
+    those scans of these tensor objects while their version counters are
+    unchanged (`geosteer.ops.checks.certify`: no per-call pass over an
+    N-row gallery). `gallery_parts` need nothing here: their values are
+    checked in the candidates' rows on every call.
+
+    Raises:
+        ValueError: as the head would, naming the tensor.
+    """
+    checks.certify(items.embeddings, "gallery", "unit")
+    if items.part_boxes is not None:
+        checks.certify(items.part_boxes, "gallery_part_boxes", "range", bound=MAX_BOX_COORD, hint=_BOX_HINT)
+    if items.parts_mask is not None:
+        checks.certify(items.parts_mask, "gallery_parts_mask", "rows_any")
+
+
 def num_candidates(cfg: HeadConfig, num_items: int) -> int:
     """K = min(k, N): the candidates a call keeps and the result's width."""
     return min(cfg.k, num_items)
@@ -356,6 +377,7 @@ def _anchors(cfg: HeadConfig, queries: QuerySide) -> list[Tensor]:
 #: Largest |coordinate| of a part box: float32 box arithmetic (centres,
 #: offsets, extents) is exact to the pixel up to 2^24, and far from overflow.
 MAX_BOX_COORD = float(2**24)
+_BOX_HINT = "box coordinates; float32 box arithmetic is exact to the pixel up to 2^24"
 
 
 def _structure(cfg: HeadConfig, queries: QuerySide, items: GallerySide, parts_mode: bool) -> list[Tensor]:
@@ -387,8 +409,7 @@ def _structure(cfg: HeadConfig, queries: QuerySide, items: GallerySide, parts_mo
     expected = [num_items, items.parts.shape[1], 4]
     if list(boxes.shape) != expected or not boxes.is_floating_point():
         raise ValueError(f"gallery_part_boxes must be float {expected}, got {boxes.dtype} {list(boxes.shape)}")
-    return [checks.check_range(boxes, "gallery_part_boxes", MAX_BOX_COORD,
-                               "box coordinates; float32 box arithmetic is exact to the pixel up to 2^24"),
+    return [checks.check_range(boxes, "gallery_part_boxes", MAX_BOX_COORD, _BOX_HINT),
             checks.check_relations(relations, queries.parts.shape[1], "query_relations")]
 
 

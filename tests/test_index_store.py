@@ -290,6 +290,40 @@ def test_write_index_round_trip_in_several_shards(tmp_path):
         write_index(g, paths, tmp_path / "idx", encoder=("synthetic", "f" * 16))
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_the_gallery_is_checked_once_and_certified(tmp_path, shards):
+    # The head then skips its whole-gallery checks of these tensors (no per-call pass over 1M rows).
+    from geosteer.ops import checks
+
+    gen = torch.Generator().manual_seed(1)
+    num, n, dim = 30, 4, 8
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16),
+                shard_size=num // shards)
+    with torch.inference_mode():  # a service opens and searches under inference mode: still versioned tensors
+        got = Index.open(tmp_path / "idx").gallery
+    assert not got.embeddings.is_inference() and not got.part_boxes.is_inference()
+    assert (checks.certified(got.embeddings), checks.certified(got.part_boxes), checks.certified(got.parts_mask)) \
+        == ("unit", f"range {2.0 ** 24}", "rows_any")
+    assert checks.certified(got.parts) is None  # region rows are checked per call, in the candidates' rows
+
+
+def test_boxes_out_of_range_are_named_at_the_first_gallery_access(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    num, n, dim = 10, 2, 8
+    boxes = torch.rand(num, n, 4, generator=gen) * 90
+    boxes[3, 1, 2] = 2.0**25
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=boxes)
+    write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16))
+    index = Index.open(tmp_path / "idx")
+    with pytest.raises(StoreError, match=r"index '.*idx': gallery_part_boxes must lie in \[-1\.67772e\+07"):
+        index.gallery
+
+
 def test_identity_names_the_images_row_by_row(built, images, encoder, tmp_path):
     import shutil
 

@@ -284,3 +284,112 @@ def test_oldest_entry_goes_first():
     for i, x in enumerate(xs):
         cache.put(x, i)
     assert [cache.get(x) for x in xs] == [None, 1, 2] and len(cache) == 2
+
+
+# ---------------------------------------------------------------- certified galleries (the store's)
+
+
+def boxes_of(num: int, n: int, seed: int = 0) -> torch.Tensor:
+    xy = torch.rand(num, n, 2, generator=torch.Generator().manual_seed(seed)) * 100
+    return torch.cat([xy, xy + 10], dim=-1)
+
+
+def parts_call(num: int = 2000, n: int = 4, dim: int = 32):
+    """A parts-mode call with relations: every whole-gallery check the head has (embeddings, boxes, mask)."""
+    from geosteer import GallerySide, QuerySide
+
+    mask = torch.ones(num, n, dtype=torch.bool)
+    mask[::3, n - 1] = False
+    gallery = GallerySide(unit(num, dim, seed=11), parts=unit(num, n, dim, seed=12), parts_mask=mask,
+                          part_boxes=boxes_of(num, n))
+    queries = QuerySide(unit(3, dim, seed=13), parts=unit(3, 2, dim, seed=14),
+                        relations=torch.tensor([[[0, 1, 0]]] * 3))
+    return queries, gallery
+
+
+@pytest.mark.parametrize("screen", ["bf16", "off"])
+def test_a_certified_gallery_is_not_passed_over_per_call(counted, screen):
+    from geosteer.inputs import certify_gallery
+
+    queries, gallery = parts_call()
+    head = GeoSteerHead(k=20, gamma=0.5, screen=screen)
+    whole = {tuple(gallery.embeddings.shape), tuple(gallery.part_boxes.shape)}
+    head(queries, gallery)
+    counted.clear()
+    head(queries, gallery)  # uncertified: the cached checks still fingerprint the whole gallery each call
+    assert whole <= set(counted)
+    certify_gallery(gallery)
+    counted.clear()
+    want = GeoSteerHead(k=20, gamma=0.5, screen=screen)(queries, parts_call()[1])  # the same, never certified
+    counted.clear()
+    got = head(queries, gallery)
+    assert not whole & set(counted), counted
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.scores, want.scores)
+
+
+def test_a_certified_mask_is_not_scanned_per_call(monkeypatch):
+    from geosteer.inputs import certify_gallery
+
+    queries, gallery = parts_call()
+    scanned = []
+    real = checks._scan_rows_any
+    monkeypatch.setattr(checks, "_scan_rows_any", lambda m, name: scanned.append(name) or real(m, name))
+    head = GeoSteerHead(k=20)
+    head(queries, gallery)
+    assert scanned == ["gallery_parts_mask"]
+    certify_gallery(gallery)
+    assert scanned == ["gallery_parts_mask"] * 2  # certify scans once, now
+    head(queries, gallery)
+    assert scanned == ["gallery_parts_mask"] * 2
+
+
+@pytest.mark.parametrize("what", ["embeddings", "boxes", "mask"])
+def test_an_in_place_write_to_a_certified_gallery_is_caught(what):
+    from geosteer.inputs import certify_gallery
+
+    queries, gallery = parts_call()
+    head = GeoSteerHead(k=20, gamma=0.5)
+    certify_gallery(gallery)
+    head(queries, gallery)
+    if what == "embeddings":
+        gallery.embeddings[5, 3] = float("nan")  # a torch write bumps the version counter
+        match = "gallery contains NaN"
+    elif what == "boxes":
+        gallery.part_boxes[5, 0, 2] = 1e30
+        match = "gallery_part_boxes must lie in"
+    else:
+        gallery.parts_mask[5] = False
+        match = "gallery_parts_mask row 5 is all False"
+    assert checks.certified(gallery.embeddings) is (None if what == "embeddings" else "unit")
+    with pytest.raises(ValueError, match=match):
+        head(queries, gallery)
+
+
+def test_certify_gives_the_heads_errors():
+    from geosteer.inputs import certify_gallery
+
+    _, good = parts_call(num=50)
+    cases = {
+        "gallery contains NaN": lambda g: g.embeddings.__setitem__((3, 0), float("inf")),
+        "gallery rows must be L2-normalised": lambda g: g.embeddings.__setitem__(3, g.embeddings[3] * 2),
+        "gallery_part_boxes must lie in": lambda g: g.part_boxes.__setitem__((4, 1, 0), -3e7),
+        "gallery_parts_mask row 7 is all False": lambda g: g.parts_mask.__setitem__(7, False),
+    }
+    for match, spoil in cases.items():
+        _, g = parts_call(num=50)
+        spoil(g)
+        with pytest.raises(ValueError, match=match):
+            certify_gallery(g)
+        assert checks.certified(g.embeddings) is None or match != "gallery contains NaN"
+    certify_gallery(good)
+    assert (checks.certified(good.embeddings), checks.certified(good.part_boxes),
+            checks.certified(good.parts_mask)) == ("unit", f"range {2.0 ** 24}", "rows_any")
+    with pytest.raises(ValueError, match="check must be"):
+        checks.certify(good.embeddings, "gallery", "norm")
+
+
+def test_a_certificate_needs_a_version_counter():
+    with torch.inference_mode():
+        x = unit(10, 8)
+    checks.certify(x, "gallery", "unit")  # checked, but nothing to key it by
+    assert checks.certified(x) is None

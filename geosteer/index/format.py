@@ -390,19 +390,25 @@ def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "fl
     expected = {name: (_NP_TO_ST[dt], list(shape)) for name, (shape, dt) in tensor_specs(regions_dtype, count, n, dim).items()}
     mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)) if size else None
     out = {}
-    for name, (dtype, shape) in expected.items():
-        spec = header.get(name)
-        if not isinstance(spec, dict) or spec.get("dtype") != dtype or spec.get("shape") != shape:
-            got = None if not isinstance(spec, dict) else f"{spec.get('dtype')} {spec.get('shape')}"
-            raise StoreError(f"shard {str(path)!r}: tensor {name!r} is {got}, the manifest says {dtype} {shape}")
-        b, e = spec["data_offsets"]
-        if e - b != math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize:
-            raise StoreError(f"shard {str(path)!r}: tensor {name!r} holds {e - b} bytes, not {dtype} {shape}")
-        arr = mm[data_start + b : data_start + e].view(_ST_DTYPES[dtype]).reshape(shape)
-        if not arr.flags.aligned:  # not written by this module; a copy keeps torch's kernels safe
-            arr = arr.copy()
-        out[name] = torch.from_numpy(arr)
+    with torch.inference_mode(False):  # normal tensors even under inference mode: the head's check cache needs versions
+        for name, (dtype, shape) in expected.items():
+            out[name] = _mapped(path, header, data_start, mm, name, dtype, shape)
     return out
+
+
+def _mapped(path: Path, header: dict, data_start: int, mm, name: str, dtype: str, shape: list[int]) -> Tensor:
+    """One tensor of a shard as a view of its memory map, after checking its header entry."""
+    spec = header.get(name)
+    if not isinstance(spec, dict) or spec.get("dtype") != dtype or spec.get("shape") != shape:
+        got = None if not isinstance(spec, dict) else f"{spec.get('dtype')} {spec.get('shape')}"
+        raise StoreError(f"shard {str(path)!r}: tensor {name!r} is {got}, the manifest says {dtype} {shape}")
+    b, e = spec["data_offsets"]
+    if e - b != math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize:
+        raise StoreError(f"shard {str(path)!r}: tensor {name!r} holds {e - b} bytes, not {dtype} {shape}")
+    arr = mm[data_start + b : data_start + e].view(_ST_DTYPES[dtype]).reshape(shape)
+    if not arr.flags.aligned:  # not written by this module; a copy keeps torch's kernels safe
+        arr = arr.copy()
+    return torch.from_numpy(arr)
 
 
 def tensor_sha256(t: Tensor) -> str:

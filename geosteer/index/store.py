@@ -36,7 +36,7 @@ from geosteer.index import builder
 from geosteer.index import format as fmt
 from geosteer.index.indexer import encoder_fingerprint
 from geosteer.index.search import Searcher, SearchResult
-from geosteer.inputs import GallerySide, QuerySide
+from geosteer.inputs import GallerySide, QuerySide, certify_gallery
 
 
 def _load_clip(model: str, pretrained: str | None, device: str):
@@ -238,20 +238,34 @@ class Index:
     def gallery(self) -> GallerySide:
         """The `GallerySide` over the mapped tensors (one shard: zero-copy views; several: concatenated once).
 
-        The first access checks every embeddings shard's checksum.
+        The first access checks every embeddings shard's checksum, then
+        gives the embeddings, boxes and mask the head's value checks once
+        (`geosteer.inputs.certify_gallery`): the head does not pass over the
+        whole gallery again on each call (a fingerprint of 1M x 512
+        embeddings took ~200 ms a query). The tensors are the store's: write
+        to the index with `add` / `sync` / `remove`, never into them (an
+        in-place torch write brings the head's per-call checks back; a write
+        through `.numpy()` goes unseen).
 
         Raises:
-            StoreError: naming the shard whose embeddings are corrupt.
+            StoreError: naming the shard whose embeddings are corrupt, or
+                the index, when its tensors fail the head's checks.
         """
         if self._gallery is None:
             for entry, t in zip(self.manifest["shards"], self._shards):
                 fmt.check_shard(self.path, entry, t, "embeddings")
             cat = (lambda name: self._shards[0][name]) if len(self._shards) == 1 else (
                 lambda name: torch.cat([s[name] for s in self._shards]))
-            # compact regions stay compact: the head reads int8 + scale / float16 in place (DESIGN §5)
-            self._gallery = GallerySide(cat("embeddings"), parts=cat("parts"), parts_mask=cat("parts_mask"),
-                                        part_boxes=cat("part_boxes"),
-                                        parts_scale=cat("parts_scale") if "parts_scale" in self._shards[0] else None)
+            with torch.inference_mode(False):  # versioned tensors: the head's check cache needs them
+                # compact regions stay compact: the head reads int8 + scale / float16 in place (DESIGN §5)
+                gallery = GallerySide(cat("embeddings"), parts=cat("parts"), parts_mask=cat("parts_mask"),
+                                      part_boxes=cat("part_boxes"),
+                                      parts_scale=cat("parts_scale") if "parts_scale" in self._shards[0] else None)
+            try:
+                certify_gallery(gallery)
+            except ValueError as e:
+                raise fmt.StoreError(f"index {str(self.path)!r}: {e}") from None
+            self._gallery = gallery
         return self._gallery
 
     def verify(self) -> None:

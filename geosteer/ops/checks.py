@@ -15,6 +15,13 @@ What is scanned when (the README's "Guarantees" list):
 - `check_range`: the same, for boxes and external first-stage scores.
 - `check_rows`: only the candidates' rows of `gallery_parts`, on every call
   (each distinct candidate once); int8 rows with their scales.
+- `certify`: a tensor its owner checked once with the same scan and does
+  not write (the store's mapped gallery, `geosteer.index.Index.gallery`) is
+  skipped by `check_finite`, `check_range` and `check_rows_any` while its
+  version counter is unchanged, with no per-call fingerprint pass (at 1M x
+  512 that pass alone took ~200 ms a call). In-place torch writes bump the
+  version and bring the per-call checks back; writes through `.numpy()` or
+  `.data` are not seen (for a store's tensors: use `index.add` / `sync`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from geosteer.relations import RELATIONS
 # call; re-scanning 100k x 512 floats each time cost ~15% of the first stage
 # on 2 cores. A tensor changed since (as `TensorCache` tells) is scanned again.
 _FINITE_SEEN = TensorCache(max_entries=8)
+# Tensors `certify` checked for their owner: the value is the check that
+# passed ("unit", "finite", "range <bound>", "rows_any"); keyed by object and
+# version counter only (no fingerprint), see `certify`.
+_CERTIFIED = TensorCache(max_entries=64, verify=False)
 
 #: Largest |1 - ‖row‖| accepted as "L2-normalised", per dtype: 4 units of
 #: rounding of the dtype (a row normalised in float32 and cast keeps its norm
@@ -124,9 +135,19 @@ def check_finite(x: Tensor, name: str, unit_rows: bool = False, mask: Tensor | N
         return _zero(x)
     level = "unit" if unit_rows else "finite"
     cacheable = mask is None
+    if cacheable and _CERTIFIED.peek(x) in ("unit", level):
+        return _zero(x)
     seen = _FINITE_SEEN.get(x) if cacheable else None
     if seen == "unit" or seen == level:
         return _zero(x)
+    _scan_finite(x, name, unit_rows, mask)
+    if cacheable:
+        _FINITE_SEEN.put(x, level)
+    return _zero(x)
+
+
+def _scan_finite(x: Tensor, name: str, unit_rows: bool, mask: Tensor | None) -> None:
+    """`check_finite`'s scan of a non-empty `x`, uncached: raise or return."""
     if unit_rows:
         norms = _row_norms(x)
         if not bool(torch.isfinite(norms).all()) and not bool(torch.isfinite(x).all()):
@@ -140,9 +161,6 @@ def check_finite(x: Tensor, name: str, unit_rows: bool = False, mask: Tensor | N
     # pays for the exact element-wise check.
     elif not bool(torch.isfinite(x.sum(dtype=torch.float32))) and not bool(torch.isfinite(x).all()):
         raise _not_finite(name)
-    if cacheable:
-        _FINITE_SEEN.put(x, level)
-    return _zero(x)
 
 
 @check_finite.register_fake
@@ -157,15 +175,21 @@ def check_range(x: Tensor, name: str, bound: float, hint: str) -> Tensor:
     One pass (`aminmax`, which NaN propagates through); a tensor found clean
     is remembered like the gallery in `check_finite`.
     """
-    if not x.numel() or _FINITE_SEEN.get(x) == f"range {bound}":
+    level = f"range {bound}"
+    if not x.numel() or _CERTIFIED.peek(x) == level or _FINITE_SEEN.get(x) == level:
         return _zero(x)
+    _scan_range(x, name, bound, hint)
+    _FINITE_SEEN.put(x, level)
+    return _zero(x)
+
+
+def _scan_range(x: Tensor, name: str, bound: float, hint: str) -> None:
+    """`check_range`'s scan of a non-empty `x`, uncached: raise or return."""
     lo, hi = (float(v) for v in torch.aminmax(x.float() if not x.is_floating_point() else x))
     if not (-bound <= lo and hi <= bound):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf entries; it must be finite")
         raise ValueError(f"{name} must lie in [-{bound:g}, {bound:g}] ({hint}), got values from {lo:.4g} to {hi:.4g}")
-    _FINITE_SEEN.put(x, f"range {bound}")
-    return _zero(x)
 
 
 @check_range.register_fake
@@ -256,10 +280,16 @@ def _(parts: Tensor, mask: Tensor | None, ids: Tensor, name: str, scale: Tensor 
 @torch.library.custom_op("geosteer::check_rows_any", mutates_args=())
 def check_rows_any(mask: Tensor, name: str) -> Tensor:
     """Raise `ValueError` if a row of the bool `mask [R, n]` has no True entry."""
-    if mask.shape[0] and not bool(mask.any(dim=1).all()):
+    if mask.shape[0] and _CERTIFIED.peek(mask) != "rows_any":
+        _scan_rows_any(mask, name)
+    return _zero(mask)
+
+
+def _scan_rows_any(mask: Tensor, name: str) -> None:
+    """`check_rows_any`'s scan: raise or return."""
+    if not bool(mask.any(dim=1).all()):
         bad = int((~mask.any(dim=1)).nonzero()[0])
         raise ValueError(f"{name} row {bad} is all False: every set needs at least one valid entry")
-    return _zero(mask)
 
 
 @check_rows_any.register_fake
@@ -313,3 +343,54 @@ def check_relations(relations: Tensor, num_parts: int, name: str) -> Tensor:
 @check_relations.register_fake
 def _(relations: Tensor, num_parts: int, name: str) -> Tensor:
     return relations.new_empty((), dtype=torch.float32)
+
+
+def certify(x: Tensor, name: str, check: str, bound: float | None = None, hint: str = "") -> None:
+    """Check `x` now, once, and let the head's per-call check of it pass without a pass over it.
+
+    For a tensor its owner hands to the head on every call and does not
+    write: the store's mapped gallery (`geosteer.index.Index.gallery`
+    certifies its embeddings, boxes and mask when first read). Runs the same
+    scan the head's check runs (and raises the same error); afterwards
+    `check_finite` / `check_range` / `check_rows_any` of this very tensor
+    object return at once while its version counter is unchanged. An
+    in-place torch write bumps the counter and brings the per-call check
+    back; a write through `.numpy()` or `.data` is not seen, which is why
+    only an owner that does not write may certify. Tensors without a
+    version counter (made under `torch.inference_mode`) are checked but not
+    remembered.
+
+    Args:
+        x: the tensor.
+        name: the argument's name, for the message.
+        check: "unit" (finite, unit rows, as the head checks `gallery`),
+            "finite", "range" (|x| <= `bound`, as for `gallery_part_boxes`)
+            or "rows_any" (bool `[R, n]`, every row has a True entry).
+        bound, hint: for "range".
+
+    Raises:
+        ValueError: the head's message, when `x` fails the check; on a bad
+            `check` name.
+    """
+    if check in ("unit", "finite"):
+        level = check
+        if x.numel():
+            _scan_finite(x, name, check == "unit", None)
+    elif check == "range":
+        if bound is None:
+            raise ValueError("certify(check='range') needs bound")
+        level = f"range {bound}"
+        if x.numel():
+            _scan_range(x, name, bound, hint)
+    elif check == "rows_any":
+        level = check
+        if x.shape[0]:
+            _scan_rows_any(x, name)
+    else:
+        raise ValueError(f"check must be 'unit', 'finite', 'range' or 'rows_any', got {check!r}")
+    _CERTIFIED.put(x, level)
+
+
+def certified(x: Tensor) -> str | None:
+    """The check `certify` recorded for `x` (e.g. "unit"), or None: never certified, or changed since (version)."""
+    return _CERTIFIED.peek(x)
