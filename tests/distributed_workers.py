@@ -331,6 +331,180 @@ def case_timeout(comm: Comm, ctx: dict) -> dict:
                 "seconds": time.perf_counter() - started}
 
 
+# ---------------------------------------------------------------- filters (`allowed`, `where`)
+
+
+def compare_filtered(result, expected) -> dict:
+    """`compare`, with the fields a filter's padding leaves meaningless (id -1 columns) compared on real columns only.
+
+    Ids, fused and first-stage scores and the first-stage order are compared
+    in every column (padding included: id -1, score -inf, last).
+    """
+    out = {"shape": list(result.indices.shape), "expected_shape": list(expected.indices.shape)}
+    if result.indices.shape != expected.indices.shape:
+        return {**out, "indices_equal": False}
+    real = expected.indices >= 0
+    out["indices_equal"] = bool(torch.equal(result.indices, expected.indices))
+    out["first_stage_rank_equal"] = bool(torch.equal(result.first_stage_rank, expected.first_stage_rank))
+    out["assignment_equal"] = bool(torch.equal(result.assignment[real], expected.assignment[real]))
+    diffs = {}
+    for name in ("scores", "first_stage_scores"):  # -inf in the padding of both
+        a, b = getattr(result, name), getattr(expected, name)
+        same_inf = torch.equal(torch.isinf(a), torch.isinf(b))
+        diffs[name] = float((a[real] - b[real]).abs().max()) if real.any() else 0.0
+        if not same_inf or not torch.equal(a[~real], b[~real]):
+            diffs[name] = float("inf")
+    for name in ("steered_scores", "alignment", "structure", "steering"):
+        a, b = getattr(result, name), getattr(expected, name)
+        diffs[name] = float((a[real] - b[real]).abs().max()) if real.any() else 0.0
+    out["max_diff"] = diffs
+    out["padding"] = int((~real).sum())
+    out["padding_last"] = bool((real.long().diff(dim=1) <= 0).all()) if real.shape[1] > 1 else True
+    out["empty_rows"] = int((~real).all(dim=1).sum())
+    out["steered_differs"] = bool((expected.steered_scores[real] != expected.first_stage_scores[real]).any())
+    out["structure_nonzero"] = bool((expected.structure[real] != 0).any())
+    return out
+
+
+def my_columns(shard: ShardedGallery, mask: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a whole-gallery filter `[N]` / `[Q, N]`: `ShardedHead`'s `allowed`."""
+    rows = shard.local.embeddings.shape[0]
+    return mask[..., shard.offset : shard.offset + rows]
+
+
+def allowing(num_items: int, ids) -> torch.Tensor:
+    mask = torch.zeros(num_items, dtype=torch.bool)
+    mask[list(ids)] = True
+    return mask
+
+
+def error_of(call) -> dict:
+    try:
+        call()
+        return {"error": None}
+    except Exception as e:  # noqa: BLE001 - the test reads what came back
+        return {"error": f"{type(e).__name__}: {e}", "value_error": isinstance(e, ValueError),
+                "type_error": isinstance(e, TypeError), "rank_failure": isinstance(e, RankFailure)}
+
+
+def case_filters(comm: Comm, ctx: dict) -> dict:
+    """`allowed` (each rank its slice) equals the head with the whole mask: [N] and [Q, N], more / exactly / fewer
+    than K allowed, a shard with nothing allowed, parts mode with steering (α, β, δ) and relations (γ)."""
+    world = comm.world_size
+    q, gal = problem(21)
+    shard = ShardedGallery.from_full(comm, gal, sizes_for(world, 40))
+    rank0 = sizes_for(world, 40)[0]  # rank 0 holds global ids 0 .. rank0 - 1
+    cfg = HeadConfig(k=10, lam=0.5, alpha=0.5, beta=2.0, gamma=0.4, delta=0.5, neighbors=3, mode="parts")
+    head = ShardedHead(cfg)
+    g = torch.Generator().manual_seed(21)
+    out = {}
+
+    def run(name, mask, config=cfg, source="all", queries=q, gallery=gal, sharded=shard, **kw):
+        src = queries if source == "all" or comm.rank == source else None
+        got = ShardedHead(config)(src, sharded, source=source, allowed=my_columns(sharded, mask), **kw)
+        out[name] = compare_filtered(got, expect(config, queries, gallery, allowed=mask))
+
+    more = torch.rand(40, generator=g) < 0.6  # ~24 of 40 > K
+    run("more", more, source=0)
+    exactly = allowing(40, [1, 4, 7, 12, 18, 22, 25, 31, 36, 39])  # K = 10, on every shard
+    run("exactly_k", exactly)
+    fewer = allowing(40, [17, 23, 30, 38])  # 4 < K, >= neighbors, none on rank 0's shard
+    run("fewer", fewer, source=world - 1)
+    out["fewer"]["rank0_allowed"] = int(fewer[:rank0].sum())
+    per_query = torch.rand(6, 40, generator=g) < 0.5
+    per_query[0] = False  # a query whose filter matches nothing: all padding
+    per_query[1] = allowing(40, [2, 33])  # fewer than K and than neighbors ("margin" keeps padding out exactly)
+    per_query[2, rank0:] = False  # only rank 0's rows
+    counts = [2, 4] if world == 2 else [1, 0, 5]
+    start = sum(counts[: comm.rank])
+    mine = QuerySide(**{k: (None if v is None else v[start : start + counts[comm.rank]]) for k, v in vars(q).items()})
+    got = head(mine, shard, source="split", allowed=my_columns(shard, per_query))  # [Q, N_r]: every query's row
+    full = expect(cfg, q, gal, allowed=per_query)
+    want = type(full)(*(None if f is None else f[start : start + counts[comm.rank]] for f in full))
+    out["per_query"] = compare_filtered(got, want)
+    out["per_query_all"] = compare_filtered(head(q, shard, allowed=my_columns(shard, per_query)), full)
+
+    # None on rank 0: every row of its shard allowed
+    some = torch.rand(40, generator=g) < 0.3
+    some[:rank0] = True
+    got = head(q, shard, allowed=None if comm.rank == 0 else my_columns(shard, some))
+    out["none_on_rank0"] = compare_filtered(got, expect(cfg, q, gal, allowed=some))
+
+    # pooled steering without region sets: the α move's rows fetched with padding in the pool
+    pq = QuerySide(q.embeddings, negatives=q.negatives, negatives_mask=q.negatives_mask)
+    pg = GallerySide(gal.embeddings)
+    pooled_shard = ShardedGallery.from_full(comm, pg, sizes_for(world, 40))
+    run("pooled", allowing(40, [3, 9, 21, 27, 35]), config=HeadConfig(k=10, lam=0.0, alpha=0.4, beta=1.5, neighbors=3),
+        queries=pq, gallery=pg, sharded=pooled_shard)
+    run("cosine", more, config=HeadConfig(k=12, lam=0.0), queries=pq, gallery=pg, sharded=pooled_shard)
+
+    # errors: the head's checks, on every rank
+    rows = shard.local.embeddings.shape[0]
+    graph = ShardedGallery.from_full(comm, GallerySide(gal.embeddings, neighbors=knn_graph(gal.embeddings, 4)),
+                                     sizes_for(world, 40))
+    out["errors"] = {
+        "whole_mask": error_of(lambda: head(q, shard, allowed=more)),
+        "dtype": error_of(lambda: head(q, shard, allowed=torch.ones(rows, dtype=torch.long))),
+        "shape": error_of(lambda: head(q, shard, allowed=torch.ones(2, rows, dtype=torch.bool))),
+        "neighbourhood": error_of(lambda: ShardedHead(k=5, lam=0.5, neighbors=4, mode="neighbourhood")(
+            q.embeddings, graph, allowed=torch.ones(rows, dtype=torch.bool))),
+    }
+    out["faiss"] = _filters_faiss(comm, cfg, q, gal, shard, more, fewer, per_query)
+    return out
+
+
+def _filters_faiss(comm: Comm, cfg: HeadConfig, q: QuerySide, gal: GallerySide, shard: ShardedGallery, more, fewer,
+                   per_query) -> dict:
+    """A flat FAISS index per shard under `[N_r]` filters equals the exact head; `[Q, N_r]`: exact with "auto",
+    refused with "faiss"."""
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        return {"skipped": "faiss is not installed"}
+    cfg = cfg.replace(alpha=0.0)
+    flat = ShardedGallery.from_full(comm, gal, sizes_for(comm.world_size, 40)).build_faiss("flat")
+    out = {}
+    for name, mask in (("more", more), ("fewer", fewer)):
+        got = ShardedHead(cfg)(q, flat, allowed=my_columns(flat, mask))
+        out[name] = compare_filtered(got, expect(cfg, q, gal, allowed=mask))
+    got = ShardedHead(cfg)(q, flat, allowed=my_columns(flat, per_query))
+    out["per_query_auto"] = compare_filtered(got, expect(cfg, q, gal, allowed=per_query))
+    out["per_query"] = error_of(lambda: ShardedHead(cfg)(q, flat, allowed=my_columns(flat, per_query),
+                                                         first_stage="faiss"))
+    return out
+
+
+def case_where(comm: Comm, ctx: dict) -> dict:
+    """`ShardedGallery.where` on a sharded index: each rank's slice of `where_mask` over the recorded paths."""
+    from geosteer.index import Index
+    from geosteer.index.search import where_mask
+
+    q, gal = problem(9)
+    folder = ctx[f"index{comm.world_size}"]
+    shard = ShardedGallery.open(comm, folder)
+    recorded = [p for f in json.loads((Path(folder) / "shards.json").read_text())["shards"]
+                for p in Index.open(Path(folder) / f).paths]
+    out = {"recorded_example": recorded[12]}
+    masks = {}
+    for name, where in (("glob", "path:img0[0-1]*.png"), ("and", ["path:img00*", "id:3-14"]),
+                        ("ids", "id:0-2, 39 & path:*")):
+        mask = shard.where(where)
+        whole = torch.cat([torch.tensor(m, dtype=torch.bool) for m in comm.all_gather_object(mask.tolist(), "test")])
+        masks[name] = {"equal": bool(torch.equal(whole, where_mask(where, recorded))), "count": int(whole.sum()),
+                       "local_rows": int(mask.shape[0]), "counted": shard.count_allowed(mask)}
+    out["masks"] = masks
+    cfg = HeadConfig(k=12, lam=0.5, gamma=0.3, mode="parts")
+    allowed = shard.where(["path:img00*", "id:3-14"])
+    whole = where_mask(["path:img00*", "id:3-14"], recorded)
+    out["search"] = compare_filtered(ShardedHead(cfg)(q, shard, allowed=allowed), expect(cfg, q, gal, allowed=whole))
+    out["errors"] = {"malformed": error_of(lambda: shard.where("size:3")),
+                     "nothing": error_of(lambda: shard.where("path:nothing/*")),
+                     "id_range": error_of(lambda: shard.where("id:40"))}
+    return out
+
+
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 

@@ -46,7 +46,7 @@ HAS_FAISS = importlib.util.find_spec("faiss") is not None
 REPO = Path(__file__).resolve().parent.parent
 SPAWN_TIMEOUT_S = 120.0
 COMMON = ["parts_masks", "steer", "relations", "everything_q1", "k_over_n", "pooled", "neighbourhood", "faiss", "index",
-          "rank_fails", "bad_queries", "mismatch", "mixed"]
+          "rank_fails", "bad_queries", "mismatch", "mixed", "filters", "where"]
 CASES = {2: [*COMMON, "docs_example", "timeout"], 3: COMMON}  # timeout last: it breaks its group on purpose
 
 
@@ -268,6 +268,97 @@ def test_ranks_given_different_indexes_are_refused_naming_both(spawned, indexes,
         assert res["same"]["error"] is None, res["same"]
 
 
+# ---------------------------------------------------------------- filters: `allowed`, each rank its slice
+
+
+def assert_filtered_as_head(res: dict, padding: bool | None = None, atol: float = 2e-7) -> None:
+    """The sharded head under a filter equals the head under the whole mask; padding (id -1, -inf) last in both."""
+    assert res["shape"] == res["expected_shape"], res
+    assert res["indices_equal"], f"ids differ from the single-process head: {res}"
+    assert res["first_stage_rank_equal"] and res["assignment_equal"], res
+    assert max(res["max_diff"].values()) <= atol, res["max_diff"]
+    assert res["padding_last"], res
+    if padding is not None:
+        assert (res["padding"] > 0) == padding, res
+
+
+@WORLDS
+def test_filter_more_than_k_allowed_served_from_rank_0(spawned, world):
+    for res in results(spawned, world, "filters"):
+        assert_filtered_as_head(res["more"], padding=False)
+        assert res["more"]["steered_differs"] and res["more"]["structure_nonzero"], "α and γ must act"
+
+
+@WORLDS
+def test_filter_exactly_k_allowed(spawned, world):
+    for res in results(spawned, world, "filters"):
+        assert_filtered_as_head(res["exactly_k"], padding=False)
+
+
+@WORLDS
+def test_filter_fewer_than_k_allowed_pads_and_a_shard_with_nothing_allowed(spawned, world):
+    for res in results(spawned, world, "filters"):
+        fewer = res["fewer"]
+        assert_filtered_as_head(fewer, padding=True)
+        assert fewer["rank0_allowed"] == 0 and fewer["padding"] == 6 * (10 - 4), fewer
+        assert_filtered_as_head(res["pooled"], padding=True)  # the α move's pool holds padding
+
+
+@WORLDS
+def test_per_query_filter_with_an_empty_row_and_a_batch_split_across_ranks(spawned, world):
+    per_rank = results(spawned, world, "filters")
+    for res in per_rank:
+        assert_filtered_as_head(res["per_query"])
+        assert_filtered_as_head(res["per_query_all"], padding=True)
+        assert res["per_query_all"]["empty_rows"] == 1
+    assert sum(res["per_query"]["empty_rows"] for res in per_rank) == 1
+
+
+@WORLDS
+def test_filter_none_on_one_rank_allows_its_whole_shard(spawned, world):
+    for res in results(spawned, world, "filters"):
+        assert_filtered_as_head(res["none_on_rank0"])
+        assert_filtered_as_head(res["cosine"], padding=False)
+
+
+@WORLDS
+def test_bad_filters_raise_the_heads_errors_on_every_rank(spawned, world):
+    for res in results(spawned, world, "filters"):
+        errors = res["errors"]
+        whole = errors["whole_mask"]
+        assert whole["value_error"] and "this rank's slice" in whole["error"], whole
+        assert "allowed[..., " in whole["error"], whole  # the slice to pass instead
+        assert errors["dtype"]["type_error"] and "allowed must be a bool tensor" in errors["dtype"]["error"]
+        assert errors["shape"]["value_error"] and "allowed must be [N=" in errors["shape"]["error"]
+        assert errors["neighbourhood"]["value_error"] and "neighbourhood mode" in errors["neighbourhood"]["error"]
+        assert all(e["rank_failure"] for e in errors.values()), errors
+
+
+@pytest.mark.skipif(not HAS_FAISS, reason="faiss is not installed (pip install 'geosteer[faiss]')")
+@WORLDS
+def test_filter_with_a_flat_faiss_index_per_shard(spawned, world):
+    for res in results(spawned, world, "filters"):
+        faiss = res["faiss"]
+        assert_filtered_as_head(faiss["more"], padding=False)
+        assert_filtered_as_head(faiss["fewer"], padding=True)
+        assert_filtered_as_head(faiss["per_query_auto"], padding=True)  # "auto": a [Q, N_r] filter searched exactly
+        assert faiss["per_query"]["value_error"] and "one filter for every query" in faiss["per_query"]["error"]
+
+
+@WORLDS
+def test_where_on_a_sharded_index_is_where_mask_over_the_recorded_paths(spawned, world):
+    for res in results(spawned, world, "where"):
+        assert res["recorded_example"] == "img012.png"
+        for name, mask in res["masks"].items():
+            assert mask["equal"] and mask["counted"] == mask["count"] > 0, (name, mask)
+        assert [m["count"] for m in res["masks"].values()] == [20, 7, 4]
+        assert_filtered_as_head(res["search"], padding=True)
+        errors = res["errors"]
+        assert errors["malformed"]["value_error"] and "must be one of" in errors["malformed"]["error"]
+        assert errors["nothing"]["value_error"] and "matches no image of the 40" in errors["nothing"]["error"]
+        assert errors["id_range"]["value_error"] and "ids must be in [0, 39]" in errors["id_range"]["error"]
+
+
 def test_the_docs_example_runs_as_written(spawned):
     for res in results(spawned, 2, "docs_example"):
         assert_same_as_head(res)
@@ -298,6 +389,42 @@ def test_the_torchrun_entry_prints_the_heads_ranking(indexes, tmp_path):
     for row, want in zip(out["queries"], expected.indices[:, :4].tolist()):
         assert [hit["id"] for hit in row["reranked"]] == want
         assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["reranked"])
+
+
+def test_the_torchrun_entry_where_searches_a_subset_across_shards(indexes, tmp_path):
+    """--where as geosteer search takes it: ids 3-9 lie on both shards ([5, 35] rows); 7 < -k 10 results."""
+    from geosteer.index.search import where_mask
+
+    q, gal = workers.problem(9)
+    qfile = tmp_path / "q.pt"
+    torch.save({k: v for k, v in vars(q).items() if v is not None}, qfile)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "geosteer.distributed.search", indexes["index2"],
+           "--queries-file", str(qfile), "-k", "10", "--threads", "1", "--json", "--timeout", "30",
+           "--where", "path:img00*", "--where", "id:3-14"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=SPAWN_TIMEOUT_S, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["where"] == ["path:img00*", "id:3-14"] and out["images_allowed"] == 7
+    allowed = where_mask(["path:img00*", "id:3-14"], [f"img{i:03d}.png" for i in range(40)])
+    expected = GeoSteerHead(HeadConfig(**out["config"]))(q, gal, allowed=allowed)
+    for row, want in zip(out["queries"], expected.indices[:, :7].tolist()):
+        assert [hit["id"] for hit in row["reranked"]] == want and sorted(want) == list(range(3, 10))
+        assert all(hit["path"].endswith(f"img{hit['id']:03d}.png") for hit in row["reranked"])
+
+
+@pytest.mark.parametrize("where, message", [("size:3", "must be one of 'path:GLOB'"),
+                                            ("path:nothing/*", "matches no image of the 40")])
+def test_the_entry_refuses_a_bad_where_with_status_2(indexes, capsys, where, message):
+    """One rank, in this process: a malformed --where, or one that selects nothing, is one line and exit 2."""
+    from geosteer.distributed import search as entry
+
+    assert entry.main([indexes["mix_a"], "a red circle", "--where", where, "--timeout", "30"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1 and err[0].startswith(f"{entry.PROG} (rank 0): --where: "), err
+    assert message in err[0], err
 
 
 def test_the_torchrun_entry_refuses_ranks_given_different_indexes(indexes, tmp_path):

@@ -24,6 +24,12 @@ One call, every rank together (DESIGN §6, "exact scale-out"):
    exactly one rank, zeros elsewhere: the sum is exact), then every rank
    fuses S = (1 - λ)·s + λ·A + γ·R + δ·C and sorts, as the head does.
 
+Filters (`allowed`, each rank its own rows' slice) act in step 3: each
+shard's top-K of its allowed rows, so the pool is the global top-K of the
+allowed items, ending in padding (id -1, score -inf) where the shards
+together allow fewer than K; padding is no rank's candidate, is kept out of
+the steering neighbourhoods and sorts last, as in the head.
+
 The local work of steps 1-6 runs inside `Comm.step`, so one rank's error is every rank's error.
 The mode rule, the anchor pairs, the query move and the fuse + sort are the
 head's own (`geosteer.stages.candidates.uses_parts`, `steering_anchors`,
@@ -44,7 +50,7 @@ from geosteer.config import HeadConfig
 from geosteer.distributed.first_stage import FIRST_STAGES, local_top, merge_candidates
 from geosteer.distributed.queries import distribute
 from geosteer.distributed.shard import ShardedGallery
-from geosteer.head import HeadResult, ranked
+from geosteer.head import HeadResult, check_allowed, ranked
 from geosteer.inputs import GallerySide, QuerySide, map_tensors, validate
 from geosteer.ops import checks
 from geosteer.stages.candidates import Anchors, candidate_terms, moved_scores, uses_parts
@@ -95,7 +101,7 @@ class ShardedHead:
 
     def __call__(
         self, queries: QuerySide | Tensor | None, gallery: ShardedGallery, *, source: str | int = "all",
-        first_stage: str = "auto",
+        first_stage: str = "auto", allowed: Tensor | None = None,
     ) -> HeadResult:
         """Search the sharded gallery (a collective: every rank calls it).
 
@@ -108,6 +114,31 @@ class ShardedHead:
                 (serving: only it passes queries, broadcast to the others).
             first_stage: "auto" (the shard's FAISS index if it has one, else
                 exact), "exact" or "faiss".
+            allowed: a filter, as the head's `allowed` (True = the item may be
+                returned) but *this rank's slice* of it: `[N_r]` bool (every
+                query) or `[Q, N_r]` bool (per query: Q = every query of the
+                call, in the order they have after `source`: for "split" all
+                ranks' queries in rank order), column i = global id
+                `gallery.offset + i`; None = every row of this shard. A slice
+                and not the whole gallery's `[N]` / `[Q, N]` mask because the
+                sharded head never holds the whole gallery anywhere: each rank
+                has its own rows and their metadata (paths: `gallery.where`
+                evaluates `geosteer search`'s `--where` there), and a `[Q, N]`
+                mask of a gallery too large for one machine would not fit one
+                either; queries are small and travel, gallery-sized arrays
+                do not. Applied in each shard's first stage, so the result is
+                the head's with the ranks' slices concatenated as `allowed`
+                (= the head on the filtered gallery): a query whose allowed
+                items number fewer than K ends in padding (id -1, score -inf,
+                last; its other fields meaningless). The head's checks
+                (`check_allowed`: bool, shape against this shard, device;
+                not with neighbourhood mode). A shard's FAISS index serves
+                `[N_r]` (its `IDSelectorBatch`); "auto" searches a
+                `[Q, N_r]` filter exactly, "faiss" refuses it. One exception to
+                "the head's result": `steer_design="near"` with α > 0 and
+                fewer allowed pool items than `neighbors`, which the head
+                does not claim exact either (its neighbourhoods then take
+                disallowed padding items, which the shards do not have).
 
         Returns:
             `HeadResult` (`[Q, K]` fields, K = min(k, N)): for "split" this
@@ -128,21 +159,30 @@ class ShardedHead:
             if first_stage not in FIRST_STAGES:
                 raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
             plan = _plan(cfg, q, g, gallery.num_items)
-            use_faiss = first_stage == "faiss" or (first_stage == "auto" and gallery.faiss is not None)
+            if allowed is not None:
+                _check_allowed(allowed, q, gallery, plan)
+            per_query = allowed is not None and allowed.dim() == 2  # FAISS's IDSelector is one filter for all
+            use_faiss = first_stage == "faiss" or (first_stage == "auto" and gallery.faiss is not None
+                                                   and not per_query)
+            if first_stage == "faiss" and per_query:
+                raise ValueError("first_stage='faiss' searches one filter for every query, allowed [N_r]; a per-query "
+                                 "allowed [Q, N_r] is searched exactly: first_stage='auto' or 'exact'")
             if use_faiss and gallery.faiss is None:
                 raise ValueError("first_stage='faiss' but this shard has no FAISS index; call gallery.build_faiss() first")
         with comm.step("first_stage"):
             mine = local_top(cfg, plan.query, g.embeddings, gallery.offset, plan.num_cands,
-                             gallery.faiss if use_faiss else None)
+                             gallery.faiss if use_faiss else None, allowed)
         gathered = comm.all_gather(mine, "first_stage")
         with comm.step("merge"):
             s0, ids = merge_candidates(gathered, plan.num_cands)
+            valid = ids >= 0  # False: a filter's padding (the shards allow fewer than K items); all True without one
             owner, rows = gallery.locate(ids)
+            owner = owner.masked_fill(~valid, -1)  # padding is no rank's candidate
             home = torch.tensor_split(torch.arange(s0.shape[0], device=s0.device), comm.world_size)[comm.rank]
             a, b = (int(home[0]), int(home[-1]) + 1) if home.numel() else (0, 0)
             nbr_ids = _neighbourhood_ids(plan, g, ids, owner, rows, comm.rank) if not plan.parts_mode and plan.rerank else None
-            if plan.move:  # this rank's home queries' pool, each row asked for once
-                wanted, inverse = ids[a:b].reshape(-1).unique(return_inverse=True)
+            if plan.move:  # this rank's home queries' pool, each row asked for once (padding: row 0, unused)
+                wanted, inverse = ids[a:b].clamp_min(0).reshape(-1).unique(return_inverse=True)
         pool_rows = None
         if plan.move:
             pool_rows = comm.exchange_rows(g.embeddings, wanted, gallery.offsets, "steer")[inverse]
@@ -152,11 +192,11 @@ class ShardedHead:
         with comm.step("rerank"):
             terms = torch.zeros((*s0.shape, _COLS + plan.width), dtype=torch.float64, device=s0.device)
             if plan.move:
-                _move(cfg, plan, s0, pool_rows, a, b, terms)
+                _move(cfg, plan, s0, valid, pool_rows, a, b, terms)
             _owned(cfg, plan, q, g, s0, ids, owner, rows, comm.rank, nbr_ids, nbr_rows, terms)
         comm.all_reduce_sum_(terms, "combine")
         with comm.step("fuse"):
-            result = _fuse(cfg, plan, s0, ids, terms)
+            result = _fuse(cfg, plan, s0, ids, valid, terms)
         if source == "split":
             result = HeadResult(*(None if f is None else f[start:stop] for f in result))
         return result
@@ -192,6 +232,21 @@ def _plan(cfg: HeadConfig, q: QuerySide, g: GallerySide, num_items: int) -> _Pla
                  has_neg and cfg.beta > 0, has_neg and cfg.delta > 0, width)
 
 
+def _check_allowed(allowed, q: QuerySide, gallery: ShardedGallery, plan: _Plan) -> None:
+    """The head's `check_allowed` on this rank's slice; the whole gallery's mask is named as such.
+
+    Raises:
+        TypeError / ValueError: as `check_allowed`, N = this shard's N_r.
+    """
+    rows = gallery.local.embeddings.shape[0]
+    if isinstance(allowed, Tensor) and allowed.dim() in (1, 2) and allowed.shape[-1] == gallery.num_items != rows:
+        start = gallery.offset
+        raise ValueError(f"allowed must be this rank's slice of the filter, [N_r={rows}] or [Q, N_r] bool (rank "
+                         f"{gallery.rank} holds global ids {start}..{start + rows - 1}), got the whole gallery's "
+                         f"{list(allowed.shape)}: pass allowed[..., {start}:{start + rows}]")
+    check_allowed(allowed, q.embeddings, rows, plan.parts_mode or not plan.rerank)
+
+
 def _neighbourhood_ids(plan: _Plan, g: GallerySide, ids: Tensor, owner: Tensor, rows: Tensor, rank: int) -> Tensor:
     """Sorted distinct global ids whose rows neighbourhood mode needs here: owned candidates' kNN sets, their pool heads."""
     mine = owner == rank
@@ -201,14 +256,20 @@ def _neighbourhood_ids(plan: _Plan, g: GallerySide, ids: Tensor, owner: Tensor, 
     return torch.cat([nbrs.reshape(-1), heads.reshape(-1)]).unique()
 
 
-def _move(cfg: HeadConfig, plan: _Plan, s0: Tensor, pool_rows: Tensor, a: int, b: int, terms: Tensor) -> None:
-    """The α query move for this rank's home queries `a:b` from their pool's rows; writes s (less a pooled β penalty)."""
+def _move(
+    cfg: HeadConfig, plan: _Plan, s0: Tensor, valid: Tensor, pool_rows: Tensor, a: int, b: int, terms: Tensor,
+) -> None:
+    """The α query move for this rank's home queries `a:b` from their pool's rows; writes s (less a pooled β penalty).
+
+    `valid` `[Q, K]`: False = a filter's padding, kept out of the neighbourhoods as the head keeps it.
+    """
     if b <= a:
         return
     num, width = b - a, s0.shape[1]
     table_ids = torch.arange(num * width, device=s0.device).reshape(num, width)
     anchors = tuple(x[a:b] for x in plan.anchors)
-    s = moved_scores(cfg, plan.query[a:b], pool_rows, table_ids, s0[a:b], anchors, plan.pool, plan.parts_mode)
+    s = moved_scores(cfg, plan.query[a:b], pool_rows, table_ids, s0[a:b], anchors, plan.pool, plan.parts_mode,
+                     valid[a:b])
     terms[a:b, :, _S] = s.double()
 
 
@@ -295,12 +356,12 @@ def _neighbourhood_cost(
     return neighbourhood_cost(nbr_rows, nbr_rows[where(pool[:, :k])], where(g.neighbors[:, :k][cand]), cfg.backend)
 
 
-def _fuse(cfg: HeadConfig, plan: _Plan, s0: Tensor, ids: Tensor, terms: Tensor) -> HeadResult:
-    """The head's fuse + sort over the combined terms."""
+def _fuse(cfg: HeadConfig, plan: _Plan, s0: Tensor, ids: Tensor, valid: Tensor, terms: Tensor) -> HeadResult:
+    """The head's fuse + sort over the combined terms (`valid` False: padding, sorted last as id -1, score -inf)."""
     s = terms[..., _S].float() if plan.move else s0
     if plan.penalty:
         s = s - cfg.beta * terms[..., _PENALTY].float()
     align, structure = terms[..., _ALIGN].float(), terms[..., _STRUCTURE].float()
     contrast = terms[..., _CONTRAST].float()
     cols = terms[..., _COLS:].long() - 1
-    return ranked(cfg, ids, s0, s, align, structure, contrast, cols, plan.checks)
+    return ranked(cfg, ids, s0, s, align, structure, contrast, cols, plan.checks, valid)

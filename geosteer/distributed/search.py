@@ -10,10 +10,15 @@ manifest records (`Index.load_encoder`; or reads `--queries-file`, a
 `torch.save`d dict of `QuerySide` fields), broadcasts them, and prints what
 `ShardedHead` returns: the same ranking `geosteer search` prints for the
 whole gallery, and with --json the same JSON form (`SearchResult.to_dict()`;
-paths are the image files). Without torchrun it runs as one rank. Exit
-status: 0, 1 for a failed search (every rank reports it), 2 for bad arguments
-(argparse's error naming the argument: -k, --threads and --timeout must be
-positive, --timeout finite too; checked before the process group starts).
+paths are the image files). `--where FILTER` searches a subset, with
+`geosteer search`'s expressions (`geosteer.index.search.where_mask`; each
+rank evaluates them on its own rows, `ShardedGallery.where`, and passes its
+slice as `ShardedHead`'s `allowed`). Without torchrun it runs as one rank.
+Exit status: 0, 1 for a failed search (every rank reports it), 2 for bad
+arguments (argparse's error naming the argument: -k, --threads and
+--timeout must be positive, --timeout finite too; checked before the
+process group starts) and for a --where that is malformed or selects no
+image (found once the shards are open: every rank prints it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 
 from geosteer.config import PRESETS, get_config
 from geosteer.distributed.comm import DEFAULT_TIMEOUT_S, init_distributed
-from geosteer.distributed.faults import CollectiveError, RankFailure, ShardMismatch
+from geosteer.distributed.faults import CollectiveError, RankFailure, RankTypeError, ShardMismatch
 from geosteer.distributed.head import ShardedHead
 from geosteer.distributed.shard import ShardedGallery, shard_folders
 from geosteer.index import Index, Indexer, head_k, query_side, search_result
@@ -89,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S,
                    help="collective timeout, s (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--where", action="append", default=None, metavar="FILTER",
+                   help="search only these images, as geosteer search --where: 'path:GLOB' (fnmatch on the path "
+                   "each shard's index records), 'path:PREFIX/', 'id:3,5-9' (global row ids). Repeat it or join "
+                   "clauses with '&': all must hold. Fewer matching images than -k give fewer results")
     return p
 
 
@@ -129,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         gallery = ShardedGallery.open(comm, args.index)
         if args.faiss is not None:
             gallery.build_faiss(args.faiss)
+        allowed = None
+        if args.where is not None:
+            try:
+                allowed = gallery.where(args.where)
+            except (ValueError, RankTypeError) as e:  # RankValueError or no match: on every rank alike
+                print(f"{PROG} (rank {comm.rank}): --where: {e}", file=sys.stderr)
+                comm.close()
+                return 2
+            images_allowed = gallery.count_allowed(allowed)
         queries, texts, parts = None, None, None
         with comm.step("encode"):
             if comm.rank == 0:
@@ -137,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = base.replace(k=head_k(base.k, args.k, gallery.num_items))
         start = time.perf_counter()
         with torch.inference_mode():
-            result = ShardedHead(cfg)(queries, gallery, source=0)
+            result = ShardedHead(cfg)(queries, gallery, source=0, allowed=allowed)
         seconds = time.perf_counter() - start
         k = min(args.k, cfg.k)
         # the rows shown: the re-ranked top-k and the cosine top-k (the first k in first-stage order)
         shown = torch.cat([result.indices[:, :k], result.indices.gather(1, result.first_stage_rank.argsort(1)[:, :k])], 1)
-        catalog = gallery.catalog_of(shown)
+        catalog = gallery.catalog_of(shown[shown >= 0])  # a filter's padding (id -1) is shown nowhere
     except (RankFailure, ShardMismatch, CollectiveError) as e:
         print(f"{PROG} (rank {comm.rank}): {e}", file=sys.stderr)
         if not isinstance(e, CollectiveError):  # the group is still in step: leave it cleanly
@@ -150,11 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if comm.rank == 0:
         found = search_result(result, catalog, queries=texts, parts=parts, config=cfg, k=k, method=args.preset)
+        info = {"index": str(args.index), "ranks": comm.world_size, "images": gallery.num_items, "seconds": seconds}
+        if allowed is not None:  # as geosteer search --json
+            info.update(where=list(args.where), images_allowed=images_allowed)
         if args.json:
-            print(json.dumps({"index": str(args.index), "ranks": comm.world_size, "images": gallery.num_items,
-                              "seconds": seconds, **found.to_dict()}, indent=1))
+            print(json.dumps({**info, **found.to_dict()}, indent=1))
         else:
             print(f"{gallery.num_items} images in {comm.world_size} shards, preset {args.preset}, {seconds:.3f} s")
+            if allowed is not None:
+                print(f"filter {' & '.join(printable(w) for w in args.where)}: {images_allowed} images")
             for q, ranking in enumerate(found.reranked):
                 print(f"\n{texts[q] if texts is not None else f'query {q + 1}'}")
                 for h in ranking.rows():  # --json is ASCII already (a \udcNN escape, back to bytes with os.fsencode)

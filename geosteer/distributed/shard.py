@@ -129,6 +129,9 @@ class ShardedGallery:
         faiss: a `FaissFirstStage` over the local embeddings (`build_faiss`), else None.
         sizes: (width, height) of each local row's image (shards opened from
             an index: its recorded sizes, None where unknown), else None.
+        recorded_paths: each local row's path as its index records it
+            (relative to that index's image folder: what `where`'s `path:`
+            clauses match, as `geosteer search --where` does), else None.
     """
 
     comm: Comm
@@ -137,6 +140,7 @@ class ShardedGallery:
     paths: tuple[str, ...] | None = None
     faiss: object | None = None
     sizes: tuple[tuple[int, int] | None, ...] | None = None
+    recorded_paths: tuple[str, ...] | None = None
     _offsets: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -179,7 +183,7 @@ class ShardedGallery:
     @classmethod
     def from_local(
         cls, comm: Comm, gallery: GallerySide | Tensor, *, paths: Sequence[str] | None = None,
-        sizes: Sequence[tuple[int, int] | None] | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None, recorded_paths: Sequence[str] | None = None,
     ) -> ShardedGallery:
         """Each rank's own rows make the shards, in rank order (a collective).
 
@@ -189,6 +193,8 @@ class ShardedGallery:
                 N_r >= 1); kNN graph rows, if given, must hold global ids.
             paths: optional image file per row.
             sizes: optional (width, height) of each row's image.
+            recorded_paths: optional path of each row as its index records
+                it (what `where`'s `path:` clauses match).
 
         Raises:
             ShardMismatch (a ValueError), on every rank: the shards differ in
@@ -200,14 +206,15 @@ class ShardedGallery:
             summary = _summary(gallery)
             if summary["rows"] < 1:
                 raise ValueError(f"rank {comm.rank}'s shard holds no rows; every rank needs at least one")
-            for name, per_row in (("paths", paths), ("sizes", sizes)):
+            for name, per_row in (("paths", paths), ("sizes", sizes), ("recorded_paths", recorded_paths)):
                 if per_row is not None and len(per_row) != summary["rows"]:
                     raise ValueError(f"{name} holds {len(per_row)} entries but the shard has {summary['rows']} rows")
         summaries = comm.all_gather_object(summary, "shards")
         _agree(summaries, ("dim", "dtype", "n", "fields", "device", "neighbors"))
         local = gallery if isinstance(gallery, GallerySide) else GallerySide(gallery)
         return cls(comm, local, tuple(s["rows"] for s in summaries), None if paths is None else tuple(paths),
-                   sizes=None if sizes is None else tuple(sizes))
+                   sizes=None if sizes is None else tuple(sizes),
+                   recorded_paths=None if recorded_paths is None else tuple(recorded_paths))
 
     @classmethod
     def from_full(cls, comm: Comm, gallery: GallerySide | Tensor, sizes: Sequence[int] | None = None) -> ShardedGallery:
@@ -275,11 +282,12 @@ class ShardedGallery:
         check_one_gallery(views, where)
         with comm.step("open"):
             gallery = index.gallery  # checks the embeddings' checksums
-            files, sizes = [str(p) for p in index.files], index.sizes
+            files, sizes, recorded = [str(p) for p in index.files], index.sizes, index.paths
             if split:
                 start, stop = shard_bounds(len(index), comm.world_size)[comm.rank]
                 gallery, files, sizes = _slice(gallery, start, stop), files[start:stop], sizes[start:stop]
-        return cls.from_local(comm, gallery, paths=files, sizes=sizes)
+                recorded = recorded[start:stop]
+        return cls.from_local(comm, gallery, paths=files, sizes=sizes, recorded_paths=recorded)
 
     def with_neighbors(self, graph: Tensor) -> ShardedGallery:
         """A copy whose local rows carry kNN graph rows `graph [N_r, k']` (global ids; `sharded_knn_graph`)."""
@@ -304,6 +312,39 @@ class ShardedGallery:
         with self.comm.step("faiss"):
             self.faiss = FaissFirstStage.build(self.local.embeddings, kind, **options)
         return self
+
+    def where(self, where: str | Sequence[str]) -> Tensor:
+        """This shard's rows that a `where` filter selects: `[N_r]` bool, `ShardedHead`'s `allowed` (a collective).
+
+        The expressions of `geosteer search --where` (`geosteer.index.search.where_mask`):
+        `path:GLOB` / `path:PREFIX/` match each row's path as its shard's
+        index records it (`recorded_paths`; shards without them match no
+        `path:` clause), `id:3,5-9` global ids; a list, or clauses joined by
+        `&`: all must hold. Each rank evaluates the expression on its own rows
+        (over the N global ids: O(N) host work per rank, no gallery data travels).
+
+        Returns:
+            `[N_r]` bool on the shard's device, True = selected.
+
+        Raises:
+            RankValueError / RankTypeError, on every rank: a malformed
+                expression (`where_mask`'s error, naming the clause).
+            ValueError, on every rank: the filter selects no image of the gallery.
+        """
+        from geosteer.index.search import where_mask
+
+        with self.comm.step("where"):
+            rows, start = self.local.embeddings.shape[0], self.offset
+            mine = self.recorded_paths if self.recorded_paths is not None else (None,) * rows
+            paths = [None] * start + list(mine) + [None] * (self.num_items - start - rows)  # global ids
+            mask = where_mask(where, paths, self.num_items)[start : start + rows].to(self.local.embeddings.device)
+        if self.count_allowed(mask) == 0:
+            raise ValueError(f"where={where!r} matches no image of the {self.num_items} in the index")
+        return mask
+
+    def count_allowed(self, allowed: Tensor) -> int:
+        """Rows of the whole gallery that the ranks' `[N_r]` slices `allowed` select (a collective)."""
+        return sum(self.comm.all_gather_object(int(allowed.sum()), "count"))
 
     def paths_of(self, ids: Tensor) -> list[list[str | None]]:
         """The image file of each global id in `ids [Q, k]` (a collective; every rank gets them all).
