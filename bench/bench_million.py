@@ -10,11 +10,14 @@ process and searches it with re-ranking (K = 100 candidates):
 - open seconds (manifest + shard headers), first gallery access (the
   embeddings' checksum, which reads them all), peak RSS of the search process
   (it counts the pages of the mapped file the search touched);
-- single-query latency p50 / p99 and batched queries/s, with the exact first
-  stage (every embedding scored) and an IVF-PQ first stage (FAISS
-  `IVF{nlist},PQ64`, trained on a sample; `FaissFirstStage` around a
-  `faiss.index_factory` index, since its `build` makes IVF-Flat only), its
-  train / add seconds and its recall of the exact top-K.
+- single-query latency p50 / p99 and batched queries/s through
+  `geosteer.index.Searcher` (what `geosteer search` and serve run), with
+  the exact first stage (every embedding scored) and with the IVF-PQ first
+  stage the library builds and stores (`Index.build_first_stage`, what
+  `geosteer index --faiss "IVF{nlist},PQ64"` runs: trained on a sample,
+  written beside the shards, opened memory-mapped), alone and with its top
+  4K re-scored exactly; its train / add seconds, file size and recall of
+  the exact top-K; the median time of each head stage.
 
 The data: 4096 cluster centres; an image's embedding is its centre plus
 noise (cosine ~0.8 to it), each of its 8-16 regions the embedding plus
@@ -136,22 +139,49 @@ def _timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int, cache: Path | None) -> dict:
+def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int) -> dict:
+    import dataclasses
+
     import faiss
 
-    from geosteer import GeoSteerHead, QuerySide, get_config
-    from geosteer.index import Index
-    from geosteer.stages.first_stage_faiss import FaissFirstStage, recall_at_k
+    from geosteer import QuerySide, get_config
+    from geosteer.index import Index, Searcher
+    from geosteer.stages.first_stage_faiss import recall_at_k
 
     out: dict = {}
     t0 = time.perf_counter()
     index = Index.open(folder)
     out["open_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    g = index.gallery  # checksums the embeddings: reads all of them once
+    g = index.gallery  # checksums the embeddings and certifies them for the head: reads them all once
     out["first_gallery_access_s"] = round(time.perf_counter() - t0, 2)
-    num = g.embeddings.shape[0]
     out["rss_after_open_mib"] = peak_rss_mib()
+    q, targets = queries(g, SINGLE_QUERIES + BATCH * BATCHES, seed=1)
+
+    # IVF-PQ through the library: `geosteer index --faiss "IVF{nlist},PQ64"` builds this (64 bytes a vector),
+    # trained on a sample of the mapped float32 embeddings, stored beside the shards, opened memory-mapped.
+    factory = f"IVF{nlist},PQ64"
+    t0 = time.perf_counter()
+    index.build_first_stage(factory, nprobe=nprobe, train_size=train_size, refine=REFINE)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stored = Index.open(folder).first_stage  # the memory-mapped copy, as a service opens it
+    fs = dataclasses.replace(stored, refine=1)
+    out["ivfpq"] = {"factory": factory, "nprobe": nprobe, "train_size": min(len(index), train_size),
+                    "train_s": round(stored.timings["train"], 1), "add_s": round(stored.timings["add"], 1),
+                    "build_and_write_s": round(build_s, 1), "open_mmap_s": round(time.perf_counter() - t0, 3),
+                    "file_bytes": (folder / "first_stage.faiss").stat().st_size, "load_after_build": load()}
+    print(f"  ivfpq built: {out['ivfpq']}", file=sys.stderr, flush=True)
+    # one FAISS thread to search: one query's lists are few, and FAISS's OpenMP threads beside torch's cost
+    # more than they give here (a 3000-image index: 36 ms a query with 2 threads)
+    faiss.omp_set_num_threads(1)
+    probe = q.embeddings[:SINGLE_QUERIES]
+    exact_ids = (probe @ g.embeddings.T).topk(K, dim=1).indices
+    out["ivfpq"]["refine"] = REFINE
+    out["ivfpq"]["recall_at_100_of_exact"] = round(recall_at_k(fs.search(probe, K)[1], exact_ids), 3)
+    out["ivfpq"]["recall_at_100_of_exact_refined"] = round(
+        recall_at_k(stored.search(probe, K, gallery=g.embeddings)[1], exact_ids), 3)
+    print(f"  recall: {out['ivfpq']}", file=sys.stderr, flush=True)
 
     stage_ms: dict[str, list[float]] = {}
 
@@ -161,14 +191,7 @@ def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int, cache: 
         yield
         stage_ms.setdefault(name, []).append((time.perf_counter() - t) * 1000)
 
-    # the stage hook says where a query's time goes (validate: the head's checks of its inputs)
-    head = GeoSteerHead(get_config("default", k=K), stage_hook=timed_stage)
-    q, targets = queries(g, SINGLE_QUERIES + BATCH * BATCHES, seed=1)
-
-    def one(i: int) -> QuerySide:
-        return QuerySide(q.embeddings[i:i + 1], parts=q.parts[i:i + 1], relations=q.relations[i:i + 1])
-
-    def many(a: int, b: int) -> QuerySide:
+    def part(a: int, b: int) -> QuerySide:
         return QuerySide(q.embeddings[a:b], parts=q.parts[a:b], relations=q.relations[a:b])
 
     def stats(ms: list[float]) -> dict:
@@ -176,84 +199,34 @@ def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int, cache: 
                 "mean_ms": round(float(np.mean(ms)), 1)}
 
     def run(name: str, first_stage) -> None:
-        with torch.inference_mode():
-            for i in range(3):  # warm-up: pages, kernels
-                head(one(i), g, first_stage=None if first_stage is None else first_stage(one(i).embeddings))
-            lat, found = [], []
-            stage_ms.clear()
-            fs_ms = []
-            for i in range(SINGLE_QUERIES):
-                t = time.perf_counter()
-                side = one(i)
-                t1 = time.perf_counter()
-                cands = None if first_stage is None else first_stage(side.embeddings)
-                fs_ms.append((time.perf_counter() - t1) * 1000)
-                res = head(side, g, first_stage=cands)
-                lat.append((time.perf_counter() - t) * 1000)
-                found.append(int(targets[i]) in res.indices[0, :10].tolist())
-            stages = {k: round(float(np.median(v)), 1) for k, v in stage_ms.items()}
-            if first_stage is not None:
-                stages["external_first_stage"] = round(float(np.median(fs_ms)), 1)
+        """One query at a time, then batches, through `Searcher.search` (what `geosteer search` / serve run)."""
+        searcher = Searcher(index, configs=get_config("default", k=K), k_max=K, first_stage=first_stage)
+        head = searcher.heads["config"]
+        for i in range(3):  # warm-up: pages, kernels
+            searcher.search(part(i, i + 1), k=10)
+        lat, found = [], []
+        stage_ms.clear()
+        head.stage_hook = timed_stage  # the stage hook says where a query's time goes
+        for i in range(SINGLE_QUERIES):
             t = time.perf_counter()
-            for b in range(BATCHES):
-                a = SINGLE_QUERIES + b * BATCH
-                side = many(a, a + BATCH)
-                head(side, g, first_stage=None if first_stage is None else first_stage(side.embeddings))
-            qps = BATCH * BATCHES / (time.perf_counter() - t)
+            res = searcher.search(part(i, i + 1), k=10)
+            lat.append((time.perf_counter() - t) * 1000)
+            found.append(int(targets[i]) in res.head.indices[0, :10].tolist())
+        head.stage_hook = None
+        stages = {k: round(float(np.median(v)), 1) for k, v in stage_ms.items()}
+        t = time.perf_counter()
+        for b in range(BATCHES):
+            a = SINGLE_QUERIES + b * BATCH
+            searcher.search(part(a, a + BATCH), k=10)
+        qps = BATCH * BATCHES / (time.perf_counter() - t)
         out[name] = {"single": {**stats(lat), "queries": SINGLE_QUERIES}, "stage_p50_ms": stages,
                      "batched_queries_per_s": round(qps, 1),
                      "batch": BATCH, "target_in_top10": round(float(np.mean(found)), 3), "load": load()}
         print(f"  {name}: {out[name]}", file=sys.stderr, flush=True)
 
-    run("exact", None)
-    # IVF-PQ: 64 bytes a vector; trained on a sample of the float32 embeddings (mapped: read, never copied whole)
-    # The embeddings do not depend on the region dtype: a run with the same N, nlist and sample reuses the
-    # trained and filled IVF-PQ index from `cache` (its train / add seconds are the first run's, recorded with it).
-    key = f"ivfpq_{num}_{nlist}_{train_size}"
-    cached = cache / f"{key}.faiss" if cache is not None else None
-    if cached is not None and cached.exists():
-        ivf = faiss.read_index(str(cached))
-        built = json.loads(cached.with_suffix(".json").read_text())
-        train_s, add_s, reused = built["train_s"], built["add_s"], True
-    else:
-        ivf = faiss.index_factory(DIM, f"IVF{nlist},PQ64", faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(0).choice(num, size=min(num, train_size), replace=False))
-        t0 = time.perf_counter()
-        ivf.train(np.ascontiguousarray(g.embeddings[torch.from_numpy(sample)].numpy()))
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for a in range(0, num, 65536):
-            ivf.add(np.ascontiguousarray(g.embeddings[a:a + 65536].numpy()))
-        add_s, reused = time.perf_counter() - t0, False
-        if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            faiss.write_index(ivf, str(cached))
-            cached.with_suffix(".json").write_text(json.dumps({"train_s": train_s, "add_s": add_s, "load": load()}))
-    # one FAISS thread to search: one query's lists are few, and FAISS's OpenMP threads beside torch's cost
-    # more than they give here (a 3000-image index: 36 ms a query with 2 threads)
-    faiss.omp_set_num_threads(1)
-    fs = FaissFirstStage(ivf, "ivf", num, DIM, nprobe=nprobe, timings={"train": train_s, "add": add_s})
-    out["ivfpq"] = {"factory": f"IVF{nlist},PQ64", "nprobe": nprobe, "train_size": min(num, train_size),
-                    "train_s": round(train_s, 1), "add_s": round(add_s, 1), "reused_from_cache": reused,
-                    "load_after_build": load()}
-    print(f"  ivfpq built: {out['ivfpq']}", file=sys.stderr, flush=True)
-    # its recall of the exact first stage's top-K (the candidates the head re-ranks)
-    probe = q.embeddings[:SINGLE_QUERIES]
-    exact_ids = (probe @ g.embeddings.T).topk(K, dim=1).indices
-    out["ivfpq"]["recall_at_100_of_exact"] = round(recall_at_k(fs.search(probe, K)[1], exact_ids), 3)
-
-    def refined(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """IVF-PQ's top REFINE * K, re-scored exactly on the mapped float32 embeddings (REFINE * K rows read), top K."""
-        _, ids = fs.search(e, REFINE * K)
-        scores = torch.einsum("qd,qkd->qk", F.normalize(e.float(), dim=-1), g.embeddings[ids])
-        top = scores.topk(K, dim=1)
-        return top.values, ids.gather(1, top.indices)
-
-    out["ivfpq"]["refine"] = REFINE
-    out["ivfpq"]["recall_at_100_of_exact_refined"] = round(recall_at_k(refined(probe)[1], exact_ids), 3)
-    print(f"  recall: {out['ivfpq']}", file=sys.stderr, flush=True)
-    run("ivfpq_search", lambda e: fs.search(e, K))
-    run("ivfpq_refined_search", refined)
+    run("exact", "exact")
+    run("ivfpq_search", fs)
+    run("ivfpq_refined_search", stored)
     out["search_peak_rss_mib"] = peak_rss_mib()
     return out
 
@@ -278,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nlist", type=int, default=512, help="IVF lists (4096 would take ~8x longer to add here)")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--train-size", type=int, default=20480, help="IVF-PQ training sample (40 per list)")
-    parser.add_argument("--faiss-cache", default="/tmp/geosteer_million_faiss",
-                        help="folder keeping the trained IVF-PQ index for the next dtype's run ('' for none)")
     parser.add_argument("--keep", action="store_true", help="keep the last index folder")
     parser.add_argument("--out", default=None, help="JSON file (default bench/results/million_<date>.json, merged)")
     parser.add_argument("--phase", choices=("build", "search"), help=argparse.SUPPRESS)
@@ -291,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(phase_build(folder, args.images, args.dtype)))
         return 0
     if args.phase == "search":
-        print(json.dumps(phase_search(folder, args.nlist, args.nprobe, args.train_size,
-                                      Path(args.faiss_cache) if args.faiss_cache else None)))
+        print(json.dumps(phase_search(folder, args.nlist, args.nprobe, args.train_size)))
         return 0
 
     from geosteer.environment import environment
@@ -313,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         run["load_after_build"] = load()
         print(f"  built: {run}", file=sys.stderr, flush=True)
         run.update(_child(["--phase", "search", "--dir", str(folder), "--nlist", str(args.nlist), "--nprobe",
-                           str(args.nprobe), "--train-size", str(args.train_size), "--faiss-cache", args.faiss_cache]))
+                           str(args.nprobe), "--train-size", str(args.train_size)]))
         run["load_after"] = load()
         doc["runs"].append(run)
         out.write_text(json.dumps(doc, indent=1) + "\n")  # after each run: a later one may not finish

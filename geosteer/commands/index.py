@@ -45,6 +45,14 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regions-dtype", default=None, choices=("float32", "float16", "int8"),
                    help="how region vectors are stored (default: float32; float16 halves them, int8 with a scale per "
                    "row quarters them: 32, 16 or 8 KiB an image at 16 regions, D = 512); an index keeps its own")
+    p.add_argument("--faiss", default=None, metavar="FACTORY",
+                   help="also build a FAISS first stage by its factory string ('IVF4096,PQ64': 64 bytes an image; "
+                   "'HNSW32'; 'Flat'), trained on a sample and stored beside the shards; search and serve then take "
+                   "their candidates from it (needs the faiss extra). An index that has one rebuilds it when a re-run "
+                   "changes the images")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists a query visits (default: nlist / 32)")
+    p.add_argument("--refine", type=int, default=None,
+                   help="FAISS candidates re-scored exactly, as a multiple of K (default: 4; 1: off)")
     p.add_argument("--max-regions", type=int, default=None, help=f"regions per image at most (default: {DEFAULT_MAX_REGIONS})")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"images encoded together (default: {DEFAULT_BATCH}, or what the index in --out used)")
@@ -127,14 +135,21 @@ def run_index(args: argparse.Namespace) -> int:
                                 regions_dtype=args.regions_dtype or rec.get("regions_dtype") or "float32")
             resumed = index.stats["resumed_shards"]
             what = f"resumed after {resumed} finished shards" if state == "partial" and resumed else "new index"
+        built = first_stage(index, args.faiss, args.nprobe, args.refine)
     except UsageError as e:
         return fail("index", str(e))
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last finished shard", file=sys.stderr)
         return 130
+    except ImportError as e:  # --faiss without the faiss extra
+        return fail("index", str(e))
     except ValueError as e:  # another encoder, a changed source, an old format, nothing decodable: one line
         return fail("index", str(e), status=1 if isinstance(e, StoreError) else 2)
     print(summary(args.out, index, what, time.perf_counter() - t0))
+    if built is not None:
+        print(f"  first stage: FAISS {built.factory}, nprobe {built.nprobe}, refine x{built.refine} "
+              f"(trained in {built.timings.get('train', 0.0):.1f} s, added in {built.timings.get('add', 0.0):.1f} s)",
+              file=sys.stderr)
     if state == "complete":
         for listed, verb in ((changes.changed, "encoded again (changed)"), (changes.deleted, "dropped (deleted)")):
             for path in listed[:5]:
@@ -149,6 +164,35 @@ def run_index(args: argparse.Namespace) -> int:
     if len(index.skipped) > 5:
         print(f"  ... and {len(index.skipped) - 5} more (listed in {Path(args.out) / 'manifest.json'})", file=sys.stderr)
     return 0
+
+
+def first_stage(index, factory: str | None, nprobe: int | None, refine: int | None):
+    """Build the index's FAISS first stage when asked for one it lacks, or when its stored one went stale; else None.
+
+    `--faiss FACTORY` (with `--nprobe` / `--refine`) builds one unless the
+    index holds a current one built the same way; without `--faiss`, a stored
+    one that the run left stale (images added, changed or dropped) is built
+    again with its recorded settings.
+    """
+    for name, value in (("--nprobe", nprobe), ("--refine", refine)):
+        if value is not None:
+            check_positive(name, value)
+            if factory is None:
+                raise UsageError(f"{name} goes with --faiss FACTORY")
+    info = index.first_stage_record
+    if factory is None and info is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a stale one: rebuilt here
+        current = index.first_stage
+    if factory is None:
+        if current is not None:
+            return None
+        factory, nprobe, refine = info["factory"], info.get("nprobe"), info.get("refine")
+    elif current is not None and current.factory == factory and (nprobe is None or nprobe == current.nprobe) \
+            and (refine is None or refine == current.refine):
+        return None
+    return index.build_first_stage(factory, nprobe=nprobe, refine=4 if refine is None else refine)
 
 
 def sync_report(stats: dict) -> str:

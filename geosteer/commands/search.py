@@ -62,6 +62,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    "its image folder; * also crosses /, e.g. 'path:holidays/*', 'path:*.png'), 'path:PREFIX/' (a "
                    "folder), 'id:3,5-9' (row ids and ranges). Repeat it or join clauses with '&': all must hold. "
                    "Fewer matching images than -k give fewer results")
+    p.add_argument("--exact", action="store_true",
+                   help="score every embedding, even where the index has a FAISS first stage (geosteer index --faiss)")
 
 
 def _search_plan(args: argparse.Namespace) -> None:
@@ -101,7 +103,8 @@ def run_search(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         index = Index.open(args.index)
         encoder = index_encoder(index, args.model, args.pretrained, args.device)
-        searcher = Searcher(index, encoder, {args.method: method_configs()[args.method]}, k_max=args.k)
+        searcher = Searcher(index, encoder, {args.method: method_configs()[args.method]}, k_max=args.k,
+                            first_stage="exact" if args.exact else "auto")
         allowed = None
         if args.where is not None:
             try:
@@ -122,6 +125,10 @@ def run_search(args: argparse.Namespace) -> int:
         return fail("search", str(e))
     info = {"index": str(args.index), "images": len(index), "model": index.manifest["encoder"]["name"],
             "preset": METHODS[args.method], "seconds": seconds}
+    if searcher.first_stage is not None:
+        fs = searcher.first_stage
+        info["first_stage"] = f"FAISS {fs.factory}" + (f", nprobe {fs.nprobe}" if fs.nprobe else "") + (
+            f", top {fs.refine}K re-scored exactly" if fs.refine > 1 else "")
     if allowed is not None:
         info["where"] = list(args.where)
         info["images_allowed"] = int(allowed.sum())
@@ -147,6 +154,8 @@ def format_results(result, info: dict) -> str:
         lines.append(f"query {q + 1}/{len(result.reranked)}: {text!r}   parts: {' | '.join(result.parts[q])}")
         lines.append(f"method {result.method} (preset {info['preset']!r}), top {k} of K={big_k} candidates re-ranked, "
                      f"{info['images']} images; before = rank by cosine")
+        if "first_stage" in info:
+            lines.append(f"first stage {info['first_stage']}")
         if "where" in info:
             lines.append(f"filter {' & '.join(printable(w) for w in info['where'])}: {info['images_allowed']} images")
         lines.append(f"{'rank':>4}  {'before':>6}  {'score':>7}  {'cosine':>7}  {'align':>6}  {'struct':>6}  path")

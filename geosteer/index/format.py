@@ -67,6 +67,9 @@ MANIFEST = "manifest.json"
 PROGRESS = "build.json"
 SYNC = "sync.json"
 SHARD_DIR = "shards"
+#: The optional FAISS first stage beside the shards (`Index.build_first_stage`) and its record.
+FIRST_STAGE = "first_stage.faiss"
+FIRST_STAGE_INFO = "first_stage.json"
 #: The tensors of a shard, in file order: the 4-byte dtypes first, so each
 #: stays 4-byte aligned in the mapped file (the header is padded to 64).
 TENSORS: tuple[str, ...] = ("embeddings", "parts", "part_boxes", "parts_mask")

@@ -387,6 +387,20 @@ def _on(side, device: torch.device):
     return map_tensors(side, lambda t: t.to(device))
 
 
+def _first_stage_of(first_stage: Any, index: Any, num_items: int):
+    """`Searcher`'s `first_stage` argument as a FAISS first stage, or None for the exact one."""
+    if isinstance(first_stage, str):
+        if first_stage == "exact":
+            return None
+        if first_stage == "auto":
+            return None if isinstance(index, GallerySide) else index.first_stage
+    elif hasattr(first_stage, "search") and hasattr(first_stage, "num_items"):
+        if first_stage.num_items != num_items:
+            raise ValueError(f"first_stage indexes {first_stage.num_items} items but the gallery has N={num_items}")
+        return first_stage
+    raise TypeError(f"first_stage must be 'auto', 'exact' or a FaissFirstStage, got {first_stage!r}")
+
+
 class Searcher:
     """Search an index (or a gallery) with captions: one head per method, built once.
 
@@ -406,6 +420,12 @@ class Searcher:
             compiled search costs what an eager one does (1.01 vs 1.04 ms on
             2 cores) after 5 s or more of compilation per query shape family.
         vocabulary: concept -> nearest confuser for the queries' per-part negatives.
+        first_stage: where the candidates come from: "auto" (an `Index`'s
+            stored FAISS first stage, `Index.build_first_stage`, when it has
+            a current one; else exact), "exact" (every embedding scored), or
+            a `FaissFirstStage` over this gallery. A FAISS first stage
+            serves filters given as one `[N]` mask (its `IDSelector`); a
+            per-query `[Q, N]` mask is searched exactly.
 
     Raises:
         TypeError / ValueError: naming the bad argument; ValueError when
@@ -423,6 +443,7 @@ class Searcher:
         device: torch.device | str | None = None,
         compile: bool | None = None,
         vocabulary: Mapping[str, str] | None = None,
+        first_stage: Any = "auto",
     ) -> None:
         if isinstance(index, GallerySide):
             gallery, self.catalog = index, Catalog(part_boxes=index.part_boxes, parts_mask=index.parts_mask)
@@ -446,6 +467,7 @@ class Searcher:
         if compile is not None and not isinstance(compile, bool):
             raise TypeError(f"compile must be True, False or None (on CUDA only), got {compile!r}")
         num = int(gallery.embeddings.shape[0])
+        self.first_stage = _first_stage_of(first_stage, index, num)
         self.device = gallery.embeddings.device if device is None else _check_device(device)
         self.gallery = _on(gallery, self.device)
         self.encoder = encoder
@@ -525,9 +547,15 @@ class Searcher:
             if mask is not None and mask.dim() == 2 and mask.shape[0] != q.embeddings.shape[0]:
                 raise ValueError(f"allowed must be [N={len(self)}] or [Q={q.embeddings.shape[0]}, N] bool, "
                                  f"got {list(mask.shape)}")
-            # A filtered search runs the head eagerly: a mask would add a graph to every shape family a
-            # compiled head keeps, past dynamo's recompile limit (a hard error under fullgraph=True).
-            result = head(q, self.gallery) if mask is None else head.forward(q, self.gallery, allowed=mask)
+            # A filtered or FAISS search runs the head eagerly: a mask or external candidates would add a graph
+            # to every shape family a compiled head keeps, past dynamo's recompile limit (a hard error under
+            # fullgraph=True).
+            fs = self.first_stage
+            if fs is not None and (mask is None or mask.dim() == 1):
+                cands = fs.search(q.embeddings, head.config.k, allowed=mask, gallery=self.gallery.embeddings)
+                result = head.forward(q, self.gallery, first_stage=cands, allowed=mask)
+            else:
+                result = head(q, self.gallery) if mask is None else head.forward(q, self.gallery, allowed=mask)
         return search_result(result, self.catalog, queries=texts, parts=parts, config=head.config, k=k, method=name)
 
     def _allowed(self, where: str | Sequence[str] | None, allowed: Tensor | None) -> Tensor | None:

@@ -73,6 +73,7 @@ class Index:
         self._paths: tuple[str, ...] | None = None
         self._sizes: tuple[tuple[int, int] | None, ...] | None = None
         self._identity: str | None = None
+        self._first_stage: Any = None  # the opened FAISS first stage, False once found absent or stale
 
     # -- opening
 
@@ -267,6 +268,93 @@ class Index:
                 raise fmt.StoreError(f"index {str(self.path)!r}: {e}") from None
             self._gallery = gallery
         return self._gallery
+
+    # -- the FAISS first stage
+
+    def _embeddings_key(self) -> list[str]:
+        """What a stored first stage was built from: each shard's embeddings checksum, in row order."""
+        return [s["sha256"]["embeddings"] for s in self.manifest["shards"]]
+
+    def build_first_stage(
+        self, factory: str, *, nprobe: int | None = None, train_size: int | None = None, refine: int = 4,
+        seed: int = 0,
+    ):
+        """Build a FAISS first stage over the embeddings by its factory string; store it beside the shards.
+
+        `FaissFirstStage.build(embeddings, factory=factory, ...)` (trained on
+        a sample of the mapped embeddings, added in chunks: no float32 copy
+        of the gallery), written as `first_stage.faiss` + `first_stage.json`
+        (atomically, the record last). Every `Searcher` over this index then
+        takes its candidates from it (`Index.first_stage`), re-scoring the
+        top `refine * K` exactly on the mapped embeddings.
+
+        Args:
+            factory: a FAISS factory string: "IVF4096,PQ64" (64 bytes a
+                vector), "HNSW32", "Flat", ...
+            nprobe: IVF lists searched per query (default nlist / 32).
+            train_size: rows it is trained on (default `FaissFirstStage.build`'s).
+            refine: candidates re-scored exactly, as a multiple of K (1: off).
+            seed: the training sample.
+
+        Returns:
+            the `FaissFirstStage`.
+
+        Raises:
+            ImportError: faiss is not installed (names the extra).
+            ValueError: a bad factory string or setting, naming it.
+        """
+        from geosteer.stages.first_stage_faiss import FaissFirstStage
+
+        fs = FaissFirstStage.build(self.gallery.embeddings, factory=factory, nprobe=nprobe, train_size=train_size,
+                                   refine=refine, seed=seed)
+        (self.path / fmt.FIRST_STAGE_INFO).unlink(missing_ok=True)  # no record names a half-written file
+        fmt.atomic_write(self.path / fmt.FIRST_STAGE, [memoryview(fs.serialize())])
+        fmt.write_json(self.path / fmt.FIRST_STAGE_INFO, {"format": fmt.FORMAT_NAME, "embeddings": self._embeddings_key(),
+                                                          **fs.info()})
+        self._first_stage = fs
+        return fs
+
+    @property
+    def first_stage(self):
+        """The stored FAISS first stage (`build_first_stage`), opened memory-mapped once; None when there is none.
+
+        One built before the embeddings last changed (`add`, `sync`,
+        `remove`, `compact`) no longer covers the gallery: it is not used
+        (a warning says to rebuild it; `geosteer index --faiss` does).
+
+        Raises:
+            ImportError: the index has one but faiss is not installed.
+            StoreError: naming the file, when it cannot be read.
+        """
+        if self._first_stage is None:
+            self._first_stage = self._open_first_stage() or False
+        return self._first_stage or None
+
+    @property
+    def first_stage_record(self) -> dict[str, Any] | None:
+        """The stored FAISS first stage's record (factory, nprobe, refine, sizes, timings), current or not; None if none.
+
+        Raises:
+            StoreError: naming the file, when it cannot be read.
+        """
+        path = self.path / fmt.FIRST_STAGE_INFO
+        return fmt.read_json(path, "FAISS first stage record") if path.exists() else None
+
+    def _open_first_stage(self):
+        info = self.first_stage_record
+        if info is None:
+            return None
+        if info.get("embeddings") != self._embeddings_key() or info.get("num_items") != len(self):
+            warnings.warn(f"the FAISS first stage of {str(self.path)!r} ({info.get('factory')}) was built before the "
+                          "index last changed and is not used; rebuild it: Index.build_first_stage or "
+                          "geosteer index --faiss", RuntimeWarning, stacklevel=3)
+            return None
+        from geosteer.stages.first_stage_faiss import FaissFirstStage
+
+        try:
+            return FaissFirstStage.load(self.path / fmt.FIRST_STAGE, info)
+        except (ValueError, KeyError, TypeError) as e:
+            raise fmt.StoreError(f"FAISS first stage {str(self.path / fmt.FIRST_STAGE)!r} cannot be used: {e}") from None
 
     def verify(self) -> None:
         """Full check: every tensor of every shard against its checksum (reads every byte).
@@ -582,6 +670,7 @@ class Index:
         self._paths = None
         self._sizes = None
         self._identity = None
+        self._first_stage = None
 
 
 def write_index(

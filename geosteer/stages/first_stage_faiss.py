@@ -11,6 +11,13 @@ its candidates to the head instead::
     result = head(query, gallery, gallery_parts=..., query_parts=...,
                   first_stage=(scores, ids))
 
+Any FAISS index by its factory string (`FaissFirstStage.build(gallery,
+factory="IVF4096,PQ64")`: 64 bytes a vector), trained on a sample; with
+`refine` the index's top `refine * k` are re-scored exactly on the gallery's
+own embeddings, which PQ's codes only approximate. `serialize` / `load`
+keep it in a file, opened memory-mapped (the on-disk index stores one:
+`Index.build_first_stage`, `geosteer index --faiss`).
+
 `faiss` is imported lazily, so geosteer works without it; install it with
 `pip install 'geosteer[faiss]'` (the `faiss-cpu` package). The index lives on
 the CPU; tensors from any device are copied over in chunks and the results
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -65,6 +73,9 @@ class FaissFirstStage:
         nprobe: IVF lists visited per query (recall vs speed).
         ef_search: HNSW search breadth (raised to at least k per search).
         timings: seconds spent in "train" and "add" while building.
+        factory: the FAISS factory string it was built from (None: `kind`'s own).
+        refine: with a `gallery` passed to `search`, the index's top
+            `refine * k` are re-scored exactly and the best k kept (1: off).
     """
 
     index: Any
@@ -74,6 +85,8 @@ class FaissFirstStage:
     nprobe: int | None = None
     ef_search: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    factory: str | None = None
+    refine: int = 1
 
     @classmethod
     def build(
@@ -89,6 +102,8 @@ class FaissFirstStage:
         ef_search: int | None = None,
         seed: int = 0,
         chunk_items: int = 65_536,
+        factory: str | None = None,
+        refine: int = 1,
     ) -> "FaissFirstStage":
         """Index `gallery [N, D]` (L2-normalised) for inner-product search.
 
@@ -107,6 +122,14 @@ class FaissFirstStage:
             ef_search: HNSW search breadth; default `max(2 * k, 64)`.
             seed: picks the IVF training sample and seeds k-means.
             chunk_items: rows converted and added per step.
+            factory: a FAISS factory string (`"IVF4096,PQ64"`, `"HNSW32"`,
+                `"Flat"`, ...) built with the inner-product metric instead
+                of `kind`'s index; trained (when it needs training) on
+                `train_size` rows, default `min(N, max(40 * nlist, 10000))`
+                (FAISS asks 39 points per IVF list and per PQ centroid);
+                `nprobe` defaults as for "ivf".
+            refine: keep for `search`: re-score the top `refine * k`
+                exactly when it is given the gallery (1: off).
 
         Returns:
             A `FaissFirstStage`.
@@ -118,6 +141,8 @@ class FaissFirstStage:
         faiss = import_faiss()
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
+            raise ValueError(f"refine must be a positive int, got {refine!r}")
         num_items, dim = _check_gallery(gallery)
         for name, value in (("nlist", nlist), ("nprobe", nprobe), ("train_size", train_size),
                             ("ef_search", ef_search)):
@@ -129,7 +154,21 @@ class FaissFirstStage:
 
         timings: dict[str, float] = {}
         metric = faiss.METRIC_INNER_PRODUCT
-        if kind == "flat":
+        if factory is not None:
+            index, kind, nprobe = _from_factory(faiss, factory, dim, num_items, nprobe)
+            if not index.is_trained:
+                ivf = faiss.try_extract_index_ivf(index)
+                nlist = 0 if ivf is None else ivf.nlist
+                train_size = min(num_items, train_size or max(40 * nlist, 10_000))
+                if train_size < nlist:
+                    raise ValueError(f"train_size={train_size} must be at least the factory's nlist={nlist}")
+                if ivf is not None:
+                    ivf.cp.seed = seed
+                sample = np.sort(np.random.default_rng(seed).choice(num_items, size=train_size, replace=False))
+                start = time.perf_counter()
+                index.train(_rows(gallery, sample))
+                timings["train"] = time.perf_counter() - start
+        elif kind == "flat":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, hnsw_m, metric)
@@ -154,14 +193,58 @@ class FaissFirstStage:
         for first in range(0, num_items, chunk_items):
             index.add(_rows(gallery, slice(first, min(first + chunk_items, num_items))))
         timings["add"] = time.perf_counter() - start
-        return cls(index, kind, num_items, dim, nprobe=nprobe, ef_search=ef_search, timings=timings)
+        return cls(index, kind, num_items, dim, nprobe=nprobe, ef_search=ef_search, timings=timings,
+                   factory=factory, refine=refine)
 
-    def search(self, query: Tensor, k: int, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def info(self) -> dict[str, Any]:
+        """What `load` needs beside the FAISS file (JSON-able): kind, sizes, search settings, how it was built."""
+        return {"kind": self.kind, "factory": self.factory, "num_items": self.num_items, "dim": self.dim,
+                "nprobe": self.nprobe, "ef_search": self.ef_search, "refine": self.refine,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+
+    def serialize(self) -> np.ndarray:
+        """The FAISS index as bytes (`faiss.serialize_index`: a uint8 array), for the caller to write atomically."""
+        return import_faiss().serialize_index(self.index)
+
+    @classmethod
+    def load(cls, path: str | Path, info: dict[str, Any], mmap: bool = True) -> "FaissFirstStage":
+        """Open a FAISS index file written from `serialize()`, with the `info()` it was saved with.
+
+        Args:
+            path: the file.
+            info: `info()` of the saved index.
+            mmap: map the file read-only (`IO_FLAG_MMAP`: IVF lists are paged
+                in as searched, not read whole); False reads it into memory.
+
+        Raises:
+            ValueError: naming the file, when FAISS cannot read it or it does
+                not match `info` (size, dimension).
+        """
+        faiss = import_faiss()
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as e:
+            raise ValueError(f"FAISS index {str(path)!r} cannot be read: {str(e).splitlines()[0]}") from None
+        if index.ntotal != info["num_items"] or index.d != info["dim"]:
+            raise ValueError(f"FAISS index {str(path)!r} holds {index.ntotal} x {index.d} vectors, "
+                             f"its record says {info['num_items']} x {info['dim']}")
+        return cls(index, info["kind"], int(info["num_items"]), int(info["dim"]), nprobe=info.get("nprobe"),
+                   ef_search=info.get("ef_search"), timings=dict(info.get("timings", {})),
+                   factory=info.get("factory"), refine=int(info.get("refine", 1)))
+
+    def search(
+        self, query: Tensor, k: int, allowed: Tensor | None = None, gallery: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Top-`k` gallery items of each query by inner product.
 
         Args:
             query: `[Q, D]` float tensor (normalised here, as the head does).
             k: candidates per query, `1 <= k <= N`; pass at least the head's k.
+            gallery: the gallery's embeddings `[N, D]` (the store's mapped
+                float32): with `refine > 1`, the index's top `refine * k`
+                are re-scored exactly on these rows (only those rows are
+                read) and the best k kept, with their exact scores.
             allowed: a filter, `[N]` bool (True = may be returned), searched
                 with a FAISS `IDSelectorBatch` (`SearchParameters(sel=...)`),
                 so the index returns k allowed items, not k items filtered
@@ -191,14 +274,18 @@ class FaissFirstStage:
             raise ValueError("query contains NaN or inf entries; embeddings must be finite")
         keep = None if allowed is None else self._allowed(allowed)
         if self.kind == "ivf":
-            self.index.nprobe = self.nprobe
+            import_faiss().extract_index_ivf(self.index).nprobe = self.nprobe
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = max(k, self.ef_search or max(2 * k, 64))
-        q = np.ascontiguousarray(F.normalize(query.detach().float(), dim=-1).cpu().numpy())
+        qf = F.normalize(query.detach().float(), dim=-1).cpu()
+        q = np.ascontiguousarray(qf.numpy())
+        fetch = min(self.num_items, self.refine * k) if gallery is not None else k
         if keep is None:
-            scores, ids = self.index.search(q, k)
+            scores, ids = self.index.search(q, fetch)
         else:
-            scores, ids = self._filtered_search(q, k, keep)
+            scores, ids = self._filtered_search(q, fetch, keep)
+        if fetch > k:
+            scores, ids = _rescored(qf, gallery, scores, ids, keep, k)
         missing = ids < 0
         if missing.any():
             rows = int(missing.any(axis=1).sum())
@@ -246,6 +333,40 @@ class FaissFirstStage:
             ids[full, num_allowed:] = pad
             scores[full, num_allowed:] = -1.0
         return scores, ids
+
+
+def _from_factory(faiss, factory: str, dim: int, num_items: int, nprobe: int | None) -> tuple[Any, str, int | None]:
+    """`faiss.index_factory(dim, factory, inner product)`, its kind ("ivf", "hnsw" or "flat") and its nprobe."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise ValueError(f"factory must be a FAISS factory string such as 'IVF4096,PQ64', got {factory!r}")
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"factory {factory!r} is not a FAISS index for D={dim}: {str(e).splitlines()[0]}") from None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        if ivf.nlist > num_items:
+            raise ValueError(f"factory {factory!r} has nlist={ivf.nlist} lists, more than the gallery's N={num_items}")
+        return index, "ivf", min(ivf.nlist, nprobe or max(1, math.ceil(ivf.nlist / 32)))
+    return index, "hnsw" if hasattr(index, "hnsw") else "flat", None
+
+
+def _rescored(query: Tensor, gallery: Tensor, scores: np.ndarray, ids: np.ndarray, keep: np.ndarray | None,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of each row of candidates `ids [Q, k']` by exact inner product with `gallery [N, D]`.
+
+    Rows FAISS left short (-1) score -inf; a filter's padding (disallowed
+    ids) scores -2, below every cosine and above -inf, so it stays padding.
+    """
+    idx = torch.from_numpy(ids)
+    found = idx >= 0
+    rows = gallery[idx.clamp(min=0).to(gallery.device)].float().cpu()  # [Q, k', D]: only these rows are read
+    exact = torch.einsum("qd,qkd->qk", query, rows)
+    if keep is not None:
+        exact = torch.where(torch.from_numpy(keep)[idx.clamp(min=0)], exact, torch.full_like(exact, -2.0))
+    exact = torch.where(found, exact, torch.full_like(exact, float("-inf")))
+    top = exact.topk(k, dim=1)
+    return np.ascontiguousarray(top.values.numpy()), np.ascontiguousarray(idx.gather(1, top.indices).numpy())
 
 
 def recall_at_k(approx_ids: Tensor, exact_ids: Tensor) -> float:
