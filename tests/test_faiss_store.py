@@ -224,6 +224,16 @@ def test_geosteer_index_faiss_builds_keeps_and_rebuilds_it(tmp_path):
     assert found.returncode == 0 and "first stage FAISS Flat, top 2K re-scored exactly" in found.stdout
     exact = run_cli("search", str(out), "a green square", "-k", "2", "--exact")
     assert exact.returncode == 0 and "first stage" not in exact.stdout
+    without = subprocess.run([sys.executable, "-c", "import sys; sys.modules['faiss'] = None; from geosteer.cli import "
+                              "main; sys.exit(main(sys.argv[1:]))", "search", str(out), "a green square"],
+                             capture_output=True, text=True, timeout=300)  # faiss hidden, as if never installed
+    assert without.returncode == 2 and without.stderr.count("\n") == 1, without.stderr
+    assert "pip install 'geosteer[faiss]'" in without.stderr and "or search with --exact" in without.stderr
+    serve = subprocess.run([sys.executable, "-c", "import sys; sys.modules['faiss'] = None; from geosteer.cli import "
+                            "main; sys.exit(main(sys.argv[1:]))", "serve", str(out), "--port", "0"],
+                           capture_output=True, text=True, timeout=300)  # refused before it listens
+    assert serve.returncode == 2 and serve.stderr.count("\n") == 1, serve.stderr
+    assert "has a FAISS first stage (geosteer index --faiss)" in serve.stderr
     bad = run_cli("index", str(folder), "--out", str(out), "--faiss", "IVF9,Bogus", "--no-progress")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "factory 'IVF9,Bogus'" in bad.stderr
     lonely = run_cli("index", str(folder), "--out", str(out), "--nprobe", "4", "--no-progress")

@@ -255,3 +255,11 @@ def index_encoder(index, model: str | None, pretrained: str | None, device: str,
         return index.load_encoder(model, pretrained, device, loader=loader)
     except ValueError as e:  # names the index and both encoders
         raise UsageError(f"--model {model or index.manifest['encoder']['name']!r}: {e}") from None
+
+
+def first_stage_name(fs) -> str:
+    """A searcher's first stage in words: "exact", or "FAISS IVF4096,PQ64, nprobe 128, top 4K re-scored exactly"."""
+    if fs is None:
+        return "exact"
+    return f"FAISS {fs.factory or fs.kind}" + (f", nprobe {fs.nprobe}" if fs.nprobe else "") + (
+        f", top {fs.refine}K re-scored exactly" if fs.refine > 1 else "")

@@ -31,6 +31,7 @@ from geosteer.commands.args import (
     check_writable_file,
     echo,
     fail,
+    first_stage_name,
     index_encoder,
     method_configs,
     printable,
@@ -116,6 +117,8 @@ def run_search(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - t0
     except UsageError as e:
         return fail("search", str(e))
+    except ImportError as e:  # the index's FAISS first stage without the faiss extra
+        return fail("search", f"{e}; or search with --exact")
     except StoreError as e:  # a version, a truncated or corrupt shard: the data, not an argument
         return fail("search", str(e), status=1)
     except ValueError as e:
@@ -126,9 +129,7 @@ def run_search(args: argparse.Namespace) -> int:
     info = {"index": str(args.index), "images": len(index), "model": index.manifest["encoder"]["name"],
             "preset": METHODS[args.method], "seconds": seconds}
     if searcher.first_stage is not None:
-        fs = searcher.first_stage
-        info["first_stage"] = f"FAISS {fs.factory}" + (f", nprobe {fs.nprobe}" if fs.nprobe else "") + (
-            f", top {fs.refine}K re-scored exactly" if fs.refine > 1 else "")
+        info["first_stage"] = first_stage_name(searcher.first_stage)
     if allowed is not None:
         info["where"] = list(args.where)
         info["images_allowed"] = int(allowed.sum())

@@ -58,6 +58,7 @@ from geosteer.commands.args import (
     check_index_argument,
     check_positive,
     fail,
+    first_stage_name,
     index_encoder,
     method_configs,
     set_threads,
@@ -825,6 +826,9 @@ def run_serve(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         try:
             index = Index.open(args.index)
+            index.first_stage  # a stored FAISS first stage opens here: a missing faiss is one line, not a traceback
+        except ImportError as e:
+            raise UsageError(f"INDEX {args.index!r} has a FAISS first stage (geosteer index --faiss): {e}") from None
         except ValueError as e:  # StoreError: a corrupt or foreign manifest / shard, naming the file
             raise UsageError(f"INDEX {args.index!r}: {e}") from None
         encoder = index_encoder(index, args.model, args.pretrained, args.device)
@@ -840,7 +844,7 @@ def run_serve(args: argparse.Namespace) -> int:
     where = f"open http://{_url_host(args.host)}:{args.port}/" if args.port else "open the address uvicorn prints below"
     service = app.state.service
     print(f"geosteer serve: {len(index)} images, model {index.manifest['encoder']['name']}, regions "
-          f"{index.manifest['regions']}; ready in {ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
+          f"{index.manifest['regions']}, first stage {first_stage_name(service.searcher.first_stage)}; ready in {ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
           f"{'compiled' if service.searcher.compiled else 'eager'} on {service.searcher.device}); {where}", file=sys.stderr)
     uvicorn.run(app, **server_options(args.host, args.port, args.log_level))
     return 0
