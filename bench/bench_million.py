@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["shape"] = {"n": N_REGIONS, "D": DIM, "K": K, "block_rows": BLOCK}
     doc["disk_free_before"] = shutil.disk_usage(folder.parent if folder.parent.exists() else "/").free
     for dtype in args.dtypes.split(","):
-        run = {"images": args.images, "regions_dtype": dtype, "started": datetime.datetime.now(
+        run = {"images": args.images, "regions_dtype": dtype, "commit": doc["commit"], "started": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"), "load_before": load()}
         print(f"{args.images} images, {dtype} regions: building ... (load {run['load_before']})", file=sys.stderr,
               flush=True)

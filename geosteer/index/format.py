@@ -43,10 +43,12 @@ import datetime
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import stat
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -376,6 +378,26 @@ def read_header(path: Path) -> tuple[dict, int, int]:
     return header, 8 + hlen, size
 
 
+# MAP_NORESERVE (Linux's value where Python's mmap module does not name it): see `map_private`.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+
+
+def map_private(path: Path, size: int) -> np.ndarray:
+    """The first `size` bytes of the file at `path` as a uint8 array over a private, copy-on-write memory map.
+
+    Nothing is read until used, and a write changes this process's pages,
+    never the file. MAP_NORESERVE: a private writable map is otherwise
+    charged in full against the kernel's commit limit (on this 24 GiB
+    machine without swap, 11.8 GiB), so a shard larger than that (a million
+    images with float32 regions: 35 GB) could not be opened at all
+    (`ENOMEM`) although its pages are only ever read.
+    """
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    return np.frombuffer(mm, dtype=np.uint8)
+
+
 def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "float32") -> dict[str, Tensor]:
     """Memory-map one shard's tensors (copy-on-write pages: nothing is read until used).
 
@@ -391,7 +413,7 @@ def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "fl
     """
     header, data_start, size = read_header(path)
     expected = {name: (_NP_TO_ST[dt], list(shape)) for name, (shape, dt) in tensor_specs(regions_dtype, count, n, dim).items()}
-    mm = np.memmap(path, dtype=np.uint8, mode="c", shape=(size,)) if size else None
+    mm = map_private(path, size) if size else None
     out = {}
     with torch.inference_mode(False):  # normal tensors even under inference mode: the head's check cache needs versions
         for name, (dtype, shape) in expected.items():

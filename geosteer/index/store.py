@@ -1,7 +1,7 @@
 """The on-disk index as an object: open, the memory-mapped gallery, paths and sizes, checks (DESIGN §6).
 
 `Index.open(path)` reads the manifest and the shards' headers only and
-memory-maps the tensors (np.memmap -> torch.from_numpy). It checks, cheaply:
+memory-maps the tensors (a private map, `format.map_private` -> torch.from_numpy). It checks, cheaply:
 the format version, the encoder (when given), that every shard exists, that
 its header matches the manifest (dtypes, shapes) and that its size is what
 its header says (a truncated or extended file). The embeddings' checksums are
