@@ -8,8 +8,10 @@ process and searches it with re-ranking (K = 100 candidates):
 
 - disk bytes, region bytes per image, build seconds, peak RSS of the build;
 - open seconds (manifest + shard headers), first gallery access (the
-  embeddings' checksum, which reads them all), peak RSS of the search process
-  (it counts the pages of the mapped file the search touched);
+  embeddings' checksum and the head's checks, once: both read them all), peak
+  RSS of the search process (it counts the pages of the mapped file the
+  search touched) and, at its end, that RSS split into private memory and
+  mapped file pages;
 - single-query latency p50 / p99 and batched queries/s through
   `geosteer.index.Searcher` (what `geosteer search` and serve run), with
   the exact first stage (every embedding scored) and with the IVF-PQ first
@@ -59,6 +61,18 @@ def load() -> list[float]:
 
 def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def rss_parts_mib() -> dict[str, float]:
+    """This process's resident memory now, split: private (RssAnon) and mapped file pages (RssFile, page cache).
+
+    The peak RSS counts every page of the mapped index the search touched, which the kernel maps in whole
+    folios of its page cache (up to 2 MiB a fault): reclaimable, shared, not memory the search needs.
+    """
+    from bench.common import proc_status_kb
+
+    return {f"{k.lower()}_mib": round(kib / 1024, 1) for k in ("RssAnon", "RssFile")
+            if (kib := proc_status_kb(k)) is not None}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -156,6 +170,7 @@ def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int) -> dict
     g = index.gallery  # checksums the embeddings and certifies them for the head: reads them all once
     out["first_gallery_access_s"] = round(time.perf_counter() - t0, 2)
     out["rss_after_open_mib"] = peak_rss_mib()
+    out["rss_after_open"] = rss_parts_mib()
     q, targets = queries(g, SINGLE_QUERIES + BATCH * BATCHES, seed=1)
 
     # IVF-PQ through the library: `geosteer index --faiss "IVF{nlist},PQ64"` builds this (64 bytes a vector),
@@ -228,6 +243,7 @@ def phase_search(folder: Path, nlist: int, nprobe: int, train_size: int) -> dict
     run("ivfpq_search", fs)
     run("ivfpq_refined_search", stored)
     out["search_peak_rss_mib"] = peak_rss_mib()
+    out["search_end_rss"] = rss_parts_mib()
     return out
 
 

@@ -281,7 +281,8 @@ def summarise(times: Iterable[float]) -> dict:
 # Peak memory
 
 
-def _proc_status_kb(field: str) -> int | None:
+def proc_status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM, RssAnon, RssFile, ...), or None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -325,8 +326,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda.max_memory_allocated"
-        elif _reset_peak_rss() and _proc_status_kb("VmRSS") is not None:
-            self._base = _proc_status_kb("VmRSS") * 1024
+        elif _reset_peak_rss() and proc_status_kb("VmRSS") is not None:
+            self._base = proc_status_kb("VmRSS") * 1024
             self.method = "VmHWM-VmRSS"
         else:
             import resource
@@ -340,7 +341,7 @@ class PeakMemory:
             sync(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         elif self.method == "VmHWM-VmRSS":
-            peak = (_proc_status_kb("VmHWM") or 0) * 1024
+            peak = (proc_status_kb("VmHWM") or 0) * 1024
         else:
             import resource
 
