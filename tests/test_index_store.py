@@ -835,3 +835,58 @@ def test_a_shard_larger_than_the_commit_limit_maps(tmp_path):
         del arr
     finally:
         big.unlink()
+
+
+def test_prefetch_asks_for_exactly_the_candidates_region_rows(tmp_path, monkeypatch):
+    # Each advised byte range must hold exactly that row's region bytes (parts, and scales for int8): read back from
+    # the file and compared with the gallery written, so an off-by-one row or shard fails.
+    import os
+
+    gen = torch.Generator().manual_seed(3)
+    num, n, dim = 23, 3, 8
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    index = write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16),
+                        shard_size=10, regions_dtype="int8")
+    assert len(index.manifest["shards"]) == 3
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: calls.append(
+        (os.readlink(f"/proc/self/fd/{fd}"), offset, size, advice)))
+    index.prefetch(torch.tensor([[3, 17, -1], [22, 10, 3]]))
+    mapped = index.gallery
+    want = {}
+    for r in (3, 17, 22, 10):
+        want.setdefault(r, [mapped.parts[r].numpy().tobytes(), mapped.parts_scale[r].numpy().tobytes()])
+    got = {}
+    for path, offset, size, advice in calls:
+        assert advice == os.POSIX_FADV_WILLNEED
+        with open(path, "rb") as f:
+            f.seek(offset)
+            got.setdefault(path, []).append(f.read(size))
+    found = [b for chunks in got.values() for b in chunks]
+    expected = [b for r in (3, 3, 17, 22, 10) for b in want[r]]
+    assert sorted(found) == sorted(expected)
+    assert len({p for p, *_ in calls}) == 3  # rows 3 / 10, 17 / 22 lie in three shard files
+
+
+def test_a_faiss_searcher_prefetches_its_candidates(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    gen = torch.Generator().manual_seed(4)
+    num, n, dim = 60, 3, 8
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    index = write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16))
+    index.build_first_stage("Flat", refine=1)
+    seen = []
+    monkeypatch.setattr(Index, "prefetch", lambda self, ids: seen.append(ids.clone()))
+    q = geosteer.QuerySide(F.normalize(torch.randn(2, dim, generator=gen), dim=-1),
+                           parts=F.normalize(torch.randn(2, 2, dim, generator=gen), dim=-1),
+                           relations=torch.full((2, 1, 3), -1))
+    searcher = Searcher(Index.open(tmp_path / "idx"), configs=get_config("default", k=20), k_max=20)
+    result = searcher.search(q, k=5)
+    (ids,) = seen
+    assert ids.shape == (2, 20) and set(result.head.indices.reshape(-1).tolist()) <= set(ids.reshape(-1).tolist())
+    Searcher(Index.open(tmp_path / "idx"), configs=get_config("default", k=20), first_stage="exact").search(q, k=5)
+    assert len(seen) == 1  # the exact first stage runs inside the head: nothing to prefetch before it

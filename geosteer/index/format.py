@@ -382,7 +382,11 @@ def read_header(path: Path) -> tuple[dict, int, int]:
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
-def map_private(path: Path, size: int) -> np.ndarray:
+#: Tensors read a row at a time, by candidate: no read-around when a page of them is missed (see `map_private`).
+RANDOM_ACCESS = ("parts", "parts_scale")
+
+
+def map_private(path: Path, size: int, random: Sequence[tuple[int, int]] = ()) -> np.ndarray:
     """The first `size` bytes of the file at `path` as a uint8 array over a private, copy-on-write memory map.
 
     Nothing is read until used, and a write changes this process's pages,
@@ -391,11 +395,60 @@ def map_private(path: Path, size: int) -> np.ndarray:
     machine without swap, 11.8 GiB), so a shard larger than that (a million
     images with float32 regions: 35 GB) could not be opened at all
     (`ENOMEM`) although its pages are only ever read.
+
+    `random`: byte ranges `[begin, end)` read a row at a time (the region
+    rows of the candidates), advised `MADV_RANDOM`: a missed page reads
+    that page, not the read-around of the device's readahead (8 MiB on this
+    machine's disk). 100 random 32 KiB rows of a 35 GB shard not in the
+    page cache: 317 ms with the read-around, 40 ms without, 2.6 ms with
+    `prefetch_rows` first.
     """
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    if hasattr(mmap, "MADV_RANDOM"):
+        for begin, end in random:
+            start = begin // mmap.PAGESIZE * mmap.PAGESIZE
+            if end > start:
+                mm.madvise(mmap.MADV_RANDOM, start, min(end, size) - start)
     return np.frombuffer(mm, dtype=np.uint8)
+
+
+def row_spans(header: dict, data_start: int, names: Sequence[str] = RANDOM_ACCESS) -> dict[str, tuple[int, int]]:
+    """Where the rows of tensors `names` lie in a shard file: name -> (file offset of row 0, bytes per row).
+
+    From the header `read_header` gives; tensors the header lacks or gives
+    no rows for are left out.
+    """
+    out = {}
+    for name in names:
+        spec = header.get(name)
+        offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
+                and isinstance(shape, list) and shape and type(shape[0]) is int and shape[0] > 0):
+            continue  # not ours: `_mapped` names what is wrong with it
+        out[name] = (data_start + offsets[0], (offsets[1] - offsets[0]) // shape[0])
+    return out
+
+
+def prefetch_rows(path: Path, spans: dict[str, tuple[int, int]], rows: Iterable[int]) -> None:
+    """Ask the OS to read rows `rows` of the tensors in `spans` (`row_spans`) into its page cache, without waiting.
+
+    `posix_fadvise(POSIX_FADV_WILLNEED)` per row: the reads of all rows go
+    out at once, so the head's first touch of each finds it in memory; a
+    no-op where the platform has no `posix_fadvise`.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for r in rows:
+            for offset, size in spans.values():
+                advise(fd, offset + r * size, size, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "float32") -> dict[str, Tensor]:
@@ -413,7 +466,9 @@ def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "fl
     """
     header, data_start, size = read_header(path)
     expected = {name: (_NP_TO_ST[dt], list(shape)) for name, (shape, dt) in tensor_specs(regions_dtype, count, n, dim).items()}
-    mm = map_private(path, size) if size else None
+    mm = map_private(path, size, [(offset, offset + size_ * rows) for name, (offset, size_) in
+                                  row_spans(header, data_start).items()
+                                  for rows in [header[name]["shape"][0]]]) if size else None
     out = {}
     with torch.inference_mode(False):  # normal tensors even under inference mode: the head's check cache needs versions
         for name, (dtype, shape) in expected.items():

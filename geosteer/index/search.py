@@ -467,8 +467,11 @@ class Searcher:
         if compile is not None and not isinstance(compile, bool):
             raise TypeError(f"compile must be True, False or None (on CUDA only), got {compile!r}")
         num = int(gallery.embeddings.shape[0])
-        self.first_stage = _first_stage_of(first_stage, index, num)
         self.device = gallery.embeddings.device if device is None else _check_device(device)
+        self.first_stage = _first_stage_of(first_stage, index, num)
+        # an on-disk index searched where it is mapped reads its candidates' region rows ahead (Index.prefetch)
+        self._prefetch = None if isinstance(index, GallerySide) or self.device.type != "cpu" else getattr(
+            index, "prefetch", None)
         self.gallery = _on(gallery, self.device)
         self.encoder = encoder
         self.indexer = None if encoder is None else Indexer(encoder, vocabulary=vocabulary)
@@ -553,6 +556,8 @@ class Searcher:
             fs = self.first_stage
             if fs is not None and (mask is None or mask.dim() == 1):
                 cands = fs.search(q.embeddings, head.config.k, allowed=mask, gallery=self.gallery.embeddings)
+                if self._prefetch is not None and self.gallery.parts is not None:
+                    self._prefetch(cands[1])
                 result = head.forward(q, self.gallery, first_stage=cands, allowed=mask)
             else:
                 result = head(q, self.gallery) if mask is None else head.forward(q, self.gallery, allowed=mask)
