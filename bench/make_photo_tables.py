@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from bench.make_tables import replace_between_markers
+from bench.make_tables import write_or_print
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MARKER = "photos"
@@ -179,12 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     index = args.index or (newest("index_*.jsonl") if list(RESULTS.glob("index_*.jsonl")) else None)
     phrasings = args.phrasings or (newest("phrasings_2*.json") if list(RESULTS.glob("phrasings_2*.json")) else None)
     body = make_markdown(photos, regions, index, phrasings)
-    if args.write:
-        args.write.write_text(replace_between_markers(args.write.read_text(), body, MARKER))
-        print(f"wrote the {MARKER} block of {args.write}", file=sys.stderr)
-    else:
-        print(body)
-    return 0
+    return write_or_print(body, MARKER, args.write)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,16 @@ def replace_between_markers(text: str, body: str, marker: str = DEFAULT_MARKER) 
     return f"{before}{start}\n{body}\n{end}{after}"
 
 
+def write_or_print(body: str, marker: str, path: Path | None) -> int:
+    """Replace block `marker` of the file at `path` with `body` (saying so on stderr), or print `body`; returns 0."""
+    if path is None:
+        print(body)
+        return 0
+    path.write_text(replace_between_markers(path.read_text(), body, marker))
+    print(f"wrote the {marker} block of {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.make_tables", description=__doc__.split("\n\n")[0])
     parser.add_argument("jsonl", nargs="+", help="bench_head.py / bench_assign.py output files")
