@@ -19,6 +19,7 @@ from geosteer.commands.args import (
     check_positive,
     check_writable_folder,
     fail,
+    first_stage_name,
     index_encoder,
     load_model,
     set_threads,
@@ -147,9 +148,8 @@ def run_index(args: argparse.Namespace) -> int:
         return fail("index", str(e), status=1 if isinstance(e, StoreError) else 2)
     print(summary(args.out, index, what, time.perf_counter() - t0))
     if built is not None:
-        print(f"  first stage: FAISS {built.factory}, nprobe {built.nprobe}, refine x{built.refine} "
-              f"(trained in {built.timings.get('train', 0.0):.1f} s, added in {built.timings.get('add', 0.0):.1f} s)",
-              file=sys.stderr)
+        print(f"  first stage: {first_stage_name(built)} (trained in {built.timings.get('train', 0.0):.1f} s, "
+              f"added in {built.timings.get('add', 0.0):.1f} s)", file=sys.stderr)
     if state == "complete":
         for listed, verb in ((changes.changed, "encoded again (changed)"), (changes.deleted, "dropped (deleted)")):
             for path in listed[:5]:
