@@ -261,6 +261,15 @@ def test_shards_are_safetensors_files(built):
         assert np.array_equal(loaded[name], t.numpy()), name
 
 
+def random_gallery(num: int, n: int, dim: int, seed: int) -> tuple[GallerySide, torch.Generator]:
+    """Unit embeddings and regions, every region valid, boxes in [0, 100): a gallery for `write_index`; and its generator."""
+    gen = torch.Generator().manual_seed(seed)
+    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
+                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
+                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    return g, gen
+
+
 def test_write_index_round_trip_in_several_shards(tmp_path):
     gen = torch.Generator().manual_seed(0)
     num, n, dim = 40, 5, 8
@@ -295,11 +304,8 @@ def test_the_gallery_is_checked_once_and_certified(tmp_path, shards):
     # The head then skips its whole-gallery checks of these tensors (no per-call pass over 1M rows).
     from geosteer.ops import checks
 
-    gen = torch.Generator().manual_seed(1)
     num, n, dim = 30, 4, 8
-    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
-                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
-                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    g, _ = random_gallery(num, n, dim, seed=1)
     write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16),
                 shard_size=num // shards)
     with torch.inference_mode():  # a service opens and searches under inference mode: still versioned tensors
@@ -311,13 +317,9 @@ def test_the_gallery_is_checked_once_and_certified(tmp_path, shards):
 
 
 def test_boxes_out_of_range_are_named_at_the_first_gallery_access(tmp_path):
-    gen = torch.Generator().manual_seed(2)
-    num, n, dim = 10, 2, 8
-    boxes = torch.rand(num, n, 4, generator=gen) * 90
-    boxes[3, 1, 2] = 2.0**25
-    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
-                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
-                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=boxes)
+    num = 10
+    g, _ = random_gallery(num, 2, 8, seed=2)
+    g.part_boxes[3, 1, 2] = 2.0**25
     write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16))
     index = Index.open(tmp_path / "idx")
     with pytest.raises(StoreError, match=r"index '.*idx': gallery_part_boxes must lie in \[-1\.67772e\+07"):
@@ -842,11 +844,8 @@ def test_prefetch_asks_for_exactly_the_candidates_region_rows(tmp_path, monkeypa
     # the file and compared with the gallery written, so an off-by-one row or shard fails.
     import os
 
-    gen = torch.Generator().manual_seed(3)
     num, n, dim = 23, 3, 8
-    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
-                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
-                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    g, _ = random_gallery(num, n, dim, seed=3)
     index = write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16),
                         shard_size=10, regions_dtype="int8")
     assert len(index.manifest["shards"]) == 3
@@ -872,11 +871,8 @@ def test_prefetch_asks_for_exactly_the_candidates_region_rows(tmp_path, monkeypa
 
 def test_a_faiss_searcher_prefetches_its_candidates(tmp_path, monkeypatch):
     pytest.importorskip("faiss")
-    gen = torch.Generator().manual_seed(4)
     num, n, dim = 60, 3, 8
-    g = GallerySide(F.normalize(torch.randn(num, dim, generator=gen), dim=-1),
-                    parts=F.normalize(torch.randn(num, n, dim, generator=gen), dim=-1),
-                    parts_mask=torch.ones(num, n, dtype=torch.bool), part_boxes=torch.rand(num, n, 4, generator=gen) * 90)
+    g, gen = random_gallery(num, n, dim, seed=4)
     index = write_index(g, [f"{i}.jpg" for i in range(num)], tmp_path / "idx", encoder=("synthetic", "f" * 16))
     index.build_first_stage("Flat", refine=1)
     seen = []
