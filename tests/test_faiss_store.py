@@ -235,6 +235,15 @@ def test_geosteer_index_faiss_builds_keeps_and_rebuilds_it(tmp_path):
     assert serve.returncode == 2 and serve.stderr.count("\n") == 1, serve.stderr
     assert "has a FAISS first stage (geosteer index --faiss)" in serve.stderr
     bad = run_cli("index", str(folder), "--out", str(out), "--faiss", "IVF9,Bogus", "--no-progress")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "factory 'IVF9,Bogus'" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--faiss: factory 'IVF9,Bogus'" in bad.stderr
+    # refused before any image is encoded: a new index with a bad factory or without faiss writes nothing
+    fresh = tmp_path / "fresh"
+    typo = run_cli("index", str(folder), "--out", str(fresh), "--faiss", "IVF9,Bogus", "--no-progress")
+    assert typo.returncode == 2 and "--faiss: factory 'IVF9,Bogus' is not a FAISS index for D=" in typo.stderr
+    nofaiss = subprocess.run([sys.executable, "-c", "import sys; sys.modules['faiss'] = None; from geosteer.cli import "
+                              "main; sys.exit(main(sys.argv[1:]))", "index", str(folder), "--out", str(fresh),
+                              "--faiss", "Flat", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert nofaiss.returncode == 2 and "--faiss: the FAISS first stage needs the optional `faiss` module" in nofaiss.stderr
+    assert not (fresh / "manifest.json").exists() and not list(fresh.glob("shards/*"))
     lonely = run_cli("index", str(folder), "--out", str(out), "--nprobe", "4", "--no-progress")
     assert lonely.returncode == 2 and "--nprobe goes with --faiss FACTORY" in lonely.stderr

@@ -117,6 +117,7 @@ def run_index(args: argparse.Namespace) -> int:
             index = Index.open(args.out)
             # what changed is known from the files and the manifest alone: the model loads only to encode
             changes = index.changes(args.images, retry_skipped=args.retry_skipped)
+            check_first_stage_arguments(args, index.manifest["dim"])
             encoder = index_encoder(index, args.model, args.pretrained, args.device, say) if changes.to_encode else None
             with warnings.catch_warnings():  # said below, in the command's words
                 warnings.filterwarnings("ignore", message=".*indexed without a file record", category=RuntimeWarning)
@@ -126,6 +127,7 @@ def run_index(args: argparse.Namespace) -> int:
             model, pretrained = (recorded_model(recorded, args.model, args.pretrained) if recorded is not None
                                  else (args.model or DEFAULT_MODEL, args.pretrained))
             encoder = load_model(model, pretrained, args.device, say)
+            check_first_stage_arguments(args, encoder.embed_dim)
             rec = recorded or {}
             index = Index.build(args.images, args.out, encoder,
                                 regions=args.regions or rec.get("regions") or DEFAULT_REGIONS,
@@ -166,19 +168,37 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_first_stage_arguments(args: argparse.Namespace, dim: int) -> None:
+    """`--faiss` / `--nprobe` / `--refine` before any image is encoded: faiss installed, the factory a FAISS index for D.
+
+    Raises:
+        UsageError: naming the argument.
+    """
+    for name, value in (("--nprobe", args.nprobe), ("--refine", args.refine)):
+        if value is not None:
+            check_positive(name, value)
+            if args.faiss is None:
+                raise UsageError(f"{name} goes with --faiss FACTORY")
+    if args.faiss is not None:
+        from geosteer.stages.first_stage_faiss import check_factory
+
+        try:
+            check_factory(args.faiss, dim)
+        except ImportError as e:
+            raise UsageError(f"--faiss: {e}") from None
+        except ValueError as e:
+            raise UsageError(f"--faiss: {e}") from None
+
+
 def first_stage(index, factory: str | None, nprobe: int | None, refine: int | None):
     """Build the index's FAISS first stage when asked for one it lacks, or when its stored one went stale; else None.
 
-    `--faiss FACTORY` (with `--nprobe` / `--refine`) builds one unless the
+    `--faiss FACTORY` (with `--nprobe` / `--refine`, checked before the
+    encoding by `check_first_stage_arguments`) builds one unless the
     index holds a current one built the same way; without `--faiss`, a stored
     one that the run left stale (images added, changed or dropped) is built
     again with its recorded settings.
     """
-    for name, value in (("--nprobe", nprobe), ("--refine", refine)):
-        if value is not None:
-            check_positive(name, value)
-            if factory is None:
-                raise UsageError(f"{name} goes with --faiss FACTORY")
     info = index.first_stage_record
     if factory is None and info is None:
         return None

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["FaissFirstStage", "check_factory", "import_faiss", "recall_at_k"]
+
 Kind = Literal["ivf", "hnsw", "flat"]
 _KINDS = ("ivf", "hnsw", "flat")
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -335,14 +337,31 @@ class FaissFirstStage:
         return scores, ids
 
 
-def _from_factory(faiss, factory: str, dim: int, num_items: int, nprobe: int | None) -> tuple[Any, str, int | None]:
-    """`faiss.index_factory(dim, factory, inner product)`, its kind ("ivf", "hnsw" or "flat") and its nprobe."""
+def check_factory(factory: str, dim: int) -> None:
+    """Raise unless faiss imports and `factory` makes an inner-product index of dimension `dim` (nothing is trained).
+
+    For a command to refuse a bad `--faiss` before hours of encoding, not after.
+
+    Raises:
+        ImportError: faiss is not installed (names the extra).
+        ValueError: naming the factory string and what FAISS said.
+    """
+    _parse_factory(import_faiss(), factory, dim)
+
+
+def _parse_factory(faiss, factory: str, dim: int):
+    """`faiss.index_factory(dim, factory, inner product)`, or a ValueError naming the string."""
     if not isinstance(factory, str) or not factory.strip():
         raise ValueError(f"factory must be a FAISS factory string such as 'IVF4096,PQ64', got {factory!r}")
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"factory {factory!r} is not a FAISS index for D={dim}: {str(e).splitlines()[0]}") from None
+
+
+def _from_factory(faiss, factory: str, dim: int, num_items: int, nprobe: int | None) -> tuple[Any, str, int | None]:
+    """`faiss.index_factory(dim, factory, inner product)`, its kind ("ivf", "hnsw" or "flat") and its nprobe."""
+    index = _parse_factory(faiss, factory, dim)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         if ivf.nlist > num_items:
