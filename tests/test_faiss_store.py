@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from geosteer import GallerySide, QuerySide, get_config
 from geosteer.index import Index, Searcher, StoreError, write_index
-from geosteer.stages.first_stage_faiss import FaissFirstStage, recall_at_k
+from geosteer.stages.first_stage_faiss import PADDING_SCORE, FaissFirstStage, recall_at_k
 
 faiss = pytest.importorskip("faiss", reason="faiss is not installed (pip install 'geosteer[faiss]')")
 
@@ -91,7 +91,7 @@ def test_refinement_keeps_a_filters_padding_last(data):
     rows = torch.nonzero(allowed).squeeze(1).numpy()
     assert np.array_equal(i[:, :10].numpy(), rows[want_i])
     assert np.allclose(s[:, :10].numpy(), want_s, atol=1e-5)
-    assert not allowed[i[:, 10:]].any() and bool((s[:, 10:] == -2.0).all())
+    assert not allowed[i[:, 10:]].any() and bool((s[:, 10:] == PADDING_SCORE).all())
 
 
 def test_serialize_and_load_memory_mapped(data, tmp_path):
@@ -153,10 +153,14 @@ def test_an_index_searches_through_its_stored_first_stage(stored):
     q, cfg = queries(g), get_config("default", k=30)
     via, exact = Searcher(opened, configs=cfg), Searcher(opened, configs=cfg, first_stage="exact")
     assert via.first_stage is not None and exact.first_stage is None
-    for where in (None, "path:b/*"):
-        a, b = via.search(q, k=10, where=where), exact.search(q, k=10, where=where)
-        assert torch.equal(a.head.indices, b.head.indices), where
-        assert torch.allclose(a.head.scores, b.head.scores, atol=1e-5), where
+    # every list probed (nprobe = nlist) makes IVF exact too, so its top 3K re-scored must give the same candidates
+    probed = FaissFirstStage.build(g.embeddings, factory="IVF8,Flat", nprobe=8, refine=3)
+    for searcher in (via, Searcher(opened, configs=cfg, first_stage=probed)):
+        for where in (None, "path:b/*", "id:5-14"):  # id:5-14: 10 allowed < K = 100, the head pads
+            a, b = searcher.search(q, k=10, where=where), exact.search(q, k=10, where=where)
+            assert torch.equal(a.head.indices, b.head.indices), where
+            assert torch.allclose(a.head.scores, b.head.scores, atol=1e-5), where
+            assert [len(r.rows()) for r in a.reranked] == [10] * len(a.reranked)
 
 
 def test_the_searcher_asks_the_first_stage_for_k_with_the_filter(stored, monkeypatch):

@@ -37,7 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FaissFirstStage", "check_factory", "import_faiss", "recall_at_k"]
+__all__ = ["PADDING_SCORE", "FaissFirstStage", "check_factory", "import_faiss", "recall_at_k"]
+
+#: The score of a filter's padding (a disallowed id filling a row short of k): below every cosine, so it sorts
+#: last, and inside the head's range check of first-stage scores ([-1.01, 1.01]), so the head takes the row.
+PADDING_SCORE = -1.001
 
 Kind = Literal["ivf", "hnsw", "flat"]
 _KINDS = ("ivf", "hnsw", "flat")
@@ -251,7 +255,7 @@ class FaissFirstStage:
                 with a FAISS `IDSelectorBatch` (`SearchParameters(sel=...)`),
                 so the index returns k allowed items, not k items filtered
                 afterwards. When it allows M < k items, each row holds them
-                and then k - M disallowed ids at score -1 as padding: pass the
+                and then k - M disallowed ids at `PADDING_SCORE` as padding: pass the
                 same `allowed` to the head, which marks them (id -1).
 
         Returns:
@@ -333,7 +337,7 @@ class FaissFirstStage:
             pad = np.flatnonzero(~keep)[: k - num_allowed]
             full = (ids[:, :num_allowed] >= 0).all(axis=1)
             ids[full, num_allowed:] = pad
-            scores[full, num_allowed:] = -1.0
+            scores[full, num_allowed:] = PADDING_SCORE
         return scores, ids
 
 
@@ -375,14 +379,15 @@ def _rescored(query: Tensor, gallery: Tensor, scores: np.ndarray, ids: np.ndarra
     """The best k of each row of candidates `ids [Q, k']` by exact inner product with `gallery [N, D]`.
 
     Rows FAISS left short (-1) score -inf; a filter's padding (disallowed
-    ids) scores -2, below every cosine and above -inf, so it stays padding.
+    ids) scores `PADDING_SCORE`, below every cosine and above -inf, so it
+    stays padding.
     """
     idx = torch.from_numpy(ids)
     found = idx >= 0
     rows = gallery[idx.clamp(min=0).to(gallery.device)].float().cpu()  # [Q, k', D]: only these rows are read
     exact = torch.einsum("qd,qkd->qk", query, rows)
     if keep is not None:
-        exact = torch.where(torch.from_numpy(keep)[idx.clamp(min=0)], exact, torch.full_like(exact, -2.0))
+        exact = torch.where(torch.from_numpy(keep)[idx.clamp(min=0)], exact, torch.full_like(exact, PADDING_SCORE))
     exact = torch.where(found, exact, torch.full_like(exact, float("-inf")))
     top = exact.topk(k, dim=1)
     return np.ascontiguousarray(top.values.numpy()), np.ascontiguousarray(idx.gather(1, top.indices).numpy())
