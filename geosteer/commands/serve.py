@@ -844,7 +844,8 @@ def run_serve(args: argparse.Namespace) -> int:
     where = f"open http://{_url_host(args.host)}:{args.port}/" if args.port else "open the address uvicorn prints below"
     service = app.state.service
     print(f"geosteer serve: {len(index)} images, model {index.manifest['encoder']['name']}, regions "
-          f"{index.manifest['regions']}, first stage {first_stage_name(service.searcher.first_stage)}; ready in {ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
+          f"{index.manifest['regions']}, first stage {first_stage_name(service.searcher.first_stage)}; ready in "
+          f"{ready:.1f} s (warm-up {service.warm_up_s:.1f} s, heads "
           f"{'compiled' if service.searcher.compiled else 'eager'} on {service.searcher.device}); {where}", file=sys.stderr)
     uvicorn.run(app, **server_options(args.host, args.port, args.log_level))
     return 0

@@ -51,7 +51,7 @@ import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -414,8 +414,21 @@ def map_private(path: Path, size: int, random: Sequence[tuple[int, int]] = ()) -
     return np.frombuffer(mm, dtype=np.uint8)
 
 
-def row_spans(header: dict, data_start: int, names: Sequence[str] = RANDOM_ACCESS) -> dict[str, tuple[int, int]]:
-    """Where the rows of tensors `names` lie in a shard file: name -> (file offset of row 0, bytes per row).
+class RowSpan(NamedTuple):
+    """Where a tensor's rows lie in a shard file."""
+
+    offset: int  # file offset of row 0
+    row_bytes: int
+    rows: int
+
+    @property
+    def end(self) -> int:
+        """The file offset just past the last row."""
+        return self.offset + self.row_bytes * self.rows
+
+
+def row_spans(header: dict, data_start: int, names: Sequence[str] = RANDOM_ACCESS) -> dict[str, RowSpan]:
+    """Where the rows of tensors `names` lie in a shard file: name -> `RowSpan`.
 
     From the header `read_header` gives; tensors the header lacks or gives
     no rows for are left out.
@@ -428,11 +441,11 @@ def row_spans(header: dict, data_start: int, names: Sequence[str] = RANDOM_ACCES
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
                 and isinstance(shape, list) and shape and type(shape[0]) is int and shape[0] > 0):
             continue  # not ours: `_mapped` names what is wrong with it
-        out[name] = (data_start + offsets[0], (offsets[1] - offsets[0]) // shape[0])
+        out[name] = RowSpan(data_start + offsets[0], (offsets[1] - offsets[0]) // shape[0], shape[0])
     return out
 
 
-def prefetch_rows(path: Path, spans: dict[str, tuple[int, int]], rows: Iterable[int]) -> None:
+def prefetch_rows(path: Path, spans: dict[str, RowSpan], rows: Iterable[int]) -> None:
     """Ask the OS to read rows `rows` of the tensors in `spans` (`row_spans`) into its page cache, without waiting.
 
     `posix_fadvise(POSIX_FADV_WILLNEED)` per row: the reads of all rows go
@@ -445,8 +458,8 @@ def prefetch_rows(path: Path, spans: dict[str, tuple[int, int]], rows: Iterable[
     fd = os.open(path, os.O_RDONLY)
     try:
         for r in rows:
-            for offset, size in spans.values():
-                advise(fd, offset + r * size, size, os.POSIX_FADV_WILLNEED)
+            for span in spans.values():
+                advise(fd, span.offset + r * span.row_bytes, span.row_bytes, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
 
@@ -466,9 +479,8 @@ def map_shard(path: Path, count: int, n: int, dim: int, regions_dtype: str = "fl
     """
     header, data_start, size = read_header(path)
     expected = {name: (_NP_TO_ST[dt], list(shape)) for name, (shape, dt) in tensor_specs(regions_dtype, count, n, dim).items()}
-    mm = map_private(path, size, [(offset, offset + size_ * rows) for name, (offset, size_) in
-                                  row_spans(header, data_start).items()
-                                  for rows in [header[name]["shape"][0]]]) if size else None
+    spans = row_spans(header, data_start).values()
+    mm = map_private(path, size, [(span.offset, span.end) for span in spans]) if size else None
     out = {}
     with torch.inference_mode(False):  # normal tensors even under inference mode: the head's check cache needs versions
         for name, (dtype, shape) in expected.items():

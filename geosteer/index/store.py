@@ -75,7 +75,8 @@ class Index:
         self._sizes: tuple[tuple[int, int] | None, ...] | None = None
         self._identity: str | None = None
         self._first_stage: Any = None  # the opened FAISS first stage, False once found absent or stale
-        self._spans: list[dict[str, tuple[int, int]]] | None = None  # per shard: where its region rows lie
+        # for prefetch: each shard's first row (then N), and where its region rows lie in its file
+        self._spans: tuple[list[int], list[dict[str, fmt.RowSpan]]] | None = None
 
     # -- opening
 
@@ -283,23 +284,20 @@ class Index:
         on the FAISS candidates before the head.
         """
         rows = torch.as_tensor(ids).reshape(-1).tolist()
-        if self._spans is None:
-            self._spans = [fmt.row_spans(*fmt.read_header(self.path / s["file"])[:2]) for s in self.manifest["shards"]]
-        bounds = self._row_bounds()
+        if self._spans is None:  # once per opened manifest: each shard's first row and where its region rows lie
+            bounds = [0]
+            for s in self.manifest["shards"]:
+                bounds.append(bounds[-1] + s["count"])
+            self._spans = (bounds, [fmt.row_spans(*fmt.read_header(self.path / s["file"])[:2])
+                                    for s in self.manifest["shards"]])
+        bounds, spans = self._spans
         by_shard: dict[int, list[int]] = {}
         for r in rows:
             if 0 <= r < bounds[-1]:
                 shard = bisect.bisect_right(bounds, r) - 1
                 by_shard.setdefault(shard, []).append(r - bounds[shard])
         for shard, local in by_shard.items():
-            fmt.prefetch_rows(self.path / self.manifest["shards"][shard]["file"], self._spans[shard], local)
-
-    def _row_bounds(self) -> list[int]:
-        """The first row of each shard, then N."""
-        bounds = [0]
-        for s in self.manifest["shards"]:
-            bounds.append(bounds[-1] + s["count"])
-        return bounds
+            fmt.prefetch_rows(self.path / self.manifest["shards"][shard]["file"], spans[shard], local)
 
     # -- the FAISS first stage
 
