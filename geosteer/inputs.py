@@ -283,8 +283,11 @@ def certify_gallery(items: GallerySide) -> None:
     checked in the candidates' rows on every call.
 
     Raises:
+        TypeError: `items` is not a `GallerySide`.
         ValueError: as the head would, naming the tensor.
     """
+    if not isinstance(items, GallerySide):
+        raise TypeError(f"items must be a GallerySide, got {type(items).__name__}")
     checks.certify(items.embeddings, "gallery", "unit")
     if items.part_boxes is not None:
         checks.certify(items.part_boxes, "gallery_part_boxes", "range", bound=MAX_BOX_COORD, hint=_BOX_HINT)

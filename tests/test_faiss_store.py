@@ -119,6 +119,15 @@ def test_bad_factory_strings_are_named(data):
         FaissFirstStage.build(gallery, factory="IVF8192,Flat")
     with pytest.raises(ValueError, match="refine must be a positive int"):
         FaissFirstStage.build(gallery, factory="Flat", refine=0)
+    from geosteer.stages.first_stage_faiss import check_factory
+
+    check_factory("IVF16,PQ8", 32)  # parses; nothing trained
+    with pytest.raises(ValueError, match="factory 'IVF16,Nonsense' is not a FAISS index for D=32"):
+        check_factory("IVF16,Nonsense", 32)
+    with pytest.raises(ValueError, match="dim must be a positive int, got '32'"):
+        check_factory("Flat", "32")
+    with pytest.raises(TypeError, match=r"info must be the dict FaissFirstStage.info\(\) gave"):
+        FaissFirstStage.load("x.faiss", {"kind": "flat"})
 
 
 # ---------------------------------------------------------------- in the store

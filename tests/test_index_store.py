@@ -867,6 +867,9 @@ def test_prefetch_asks_for_exactly_the_candidates_region_rows(tmp_path, monkeypa
     expected = [b for r in (3, 3, 17, 22, 10) for b in want[r]]
     assert sorted(found) == sorted(expected)
     assert len({p for p, *_ in calls}) == 3  # rows 3 / 10, 17 / 22 lie in three shard files
+    for bad, got in ((torch.tensor([1.0]), "torch.float32"), ([3, 17], "list"), (torch.tensor([True]), "torch.bool")):
+        with pytest.raises(TypeError, match=f"ids must be an integer tensor of gallery rows, got {got}"):
+            index.prefetch(bad)
 
 
 def test_a_faiss_searcher_prefetches_its_candidates(tmp_path, monkeypatch):

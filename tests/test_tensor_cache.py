@@ -386,6 +386,10 @@ def test_certify_gives_the_heads_errors():
             checks.certified(good.parts_mask)) == ("unit", f"range {2.0 ** 24}", "rows_any")
     with pytest.raises(ValueError, match="check must be"):
         checks.certify(good.embeddings, "gallery", "norm")
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        checks.certify(good.embeddings.numpy(), "gallery", "unit")
+    with pytest.raises(TypeError, match="items must be a GallerySide, got Tensor"):
+        certify_gallery(good.embeddings)
 
 
 def test_a_certificate_needs_a_version_counter():

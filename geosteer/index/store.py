@@ -273,7 +273,7 @@ class Index:
         return self._gallery
 
     def prefetch(self, ids: Tensor) -> None:
-        """Ask the OS to read the region rows of gallery rows `ids` (any shape, int; -1 ignored) ahead, without waiting.
+        """Ask the OS to read the region rows of gallery rows `ids` (any shape, int; rows outside [0, N) ignored) ahead.
 
         The shards map the region tensors `MADV_RANDOM` (no read-around), and
         this issues one `posix_fadvise(WILLNEED)` per row and tensor
@@ -283,7 +283,10 @@ class Index:
         2.6 ms, against 40 ms read one fault at a time). `Searcher` calls it
         on the FAISS candidates before the head.
         """
-        rows = torch.as_tensor(ids).reshape(-1).tolist()
+        if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+            raise TypeError(f"ids must be an integer tensor of gallery rows, got {got}")
+        rows = ids.reshape(-1).tolist()
         if self._spans is None:  # once per opened manifest: each shard's first row and where its region rows lie
             bounds = [0]
             for s in self.manifest["shards"]:

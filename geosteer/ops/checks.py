@@ -370,8 +370,10 @@ def certify(x: Tensor, name: str, check: str, bound: float | None = None, hint: 
 
     Raises:
         ValueError: the head's message, when `x` fails the check; on a bad
-            `check` name.
+            `check` name. TypeError: `x` is not a tensor.
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if check in ("unit", "finite"):
         level = check
         if x.numel():

@@ -223,9 +223,12 @@ class FaissFirstStage:
                 in as searched, not read whole); False reads it into memory.
 
         Raises:
-            ValueError: naming the file, when FAISS cannot read it or it does
-                not match `info` (size, dimension).
+            TypeError / ValueError: `info` is not a dict holding kind,
+                num_items and dim; naming the file, when FAISS cannot read it
+                or it does not match `info` (size, dimension).
         """
+        if not isinstance(info, dict) or not {"kind", "num_items", "dim"} <= info.keys():
+            raise TypeError(f"info must be the dict FaissFirstStage.info() gave (kind, num_items, dim, ...), got {info!r}")
         faiss = import_faiss()
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
@@ -348,8 +351,10 @@ def check_factory(factory: str, dim: int) -> None:
 
     Raises:
         ImportError: faiss is not installed (names the extra).
-        ValueError: naming the factory string and what FAISS said.
+        ValueError: naming the factory string and what FAISS said; `dim` not a positive int.
     """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
     _parse_factory(import_faiss(), factory, dim)
 
 
